@@ -1,0 +1,161 @@
+"""A cluster: its static info and stats, its host membership, its load balancer and its pools.
+
+The host set changes only through `priority_set.update_hosts()` (discovery calls it); the load
+balancer and the per-host pools follow through the member-update callback: the LB rebuilds its
+host list, pools of removed hosts drain (idle connections close now, busy ones after their
+request). Pools are created lazily on a host's first pick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from podproxy.stats import Counter, Gauge, Histogram, Scope
+from podproxy.upstream.host import Host, HostSet, PrioritySet
+from podproxy.upstream.load_balancer import LoadBalancer
+
+
+@dataclass(slots=True)
+class ClusterStats:
+    """`cluster.<name>.*` (Envoy's ALL_CLUSTER_STATS subset that podproxy maintains)."""
+
+    upstream_cx_total: Counter
+    upstream_cx_active: Gauge
+    upstream_cx_http1_total: Counter
+    upstream_cx_connect_fail: Counter
+    upstream_cx_connect_timeout: Counter
+    upstream_cx_none_healthy: Counter
+    upstream_cx_destroy: Counter
+    upstream_cx_destroy_local: Counter
+    upstream_cx_destroy_remote: Counter
+    upstream_cx_destroy_with_active_rq: Counter
+    upstream_cx_protocol_error: Counter
+    upstream_cx_rx_bytes_total: Counter
+    upstream_cx_tx_bytes_total: Counter
+    upstream_cx_connect_ms: Histogram
+    upstream_cx_length_ms: Histogram
+    upstream_rq_total: Counter
+    upstream_rq_active: Gauge
+    upstream_rq_completed: Counter
+    upstream_rq_pending_total: Counter
+    upstream_rq_pending_active: Gauge
+    upstream_rq_cancelled: Counter
+    upstream_rq_timeout: Counter
+    upstream_rq_rx_reset: Counter
+    upstream_rq_tx_reset: Counter
+    upstream_rq_1xx: Counter
+    upstream_rq_2xx: Counter
+    upstream_rq_3xx: Counter
+    upstream_rq_4xx: Counter
+    upstream_rq_5xx: Counter
+    upstream_rq_time: Histogram
+    membership_change: Counter
+    membership_healthy: Gauge
+    membership_degraded: Gauge
+    membership_excluded: Gauge
+    membership_total: Gauge
+    update_attempt: Counter
+    update_success: Counter
+    update_failure: Counter
+    update_empty: Counter
+    update_no_rebuild: Counter
+    max_host_weight: Gauge
+    lb_healthy_panic: Counter
+
+
+# Circuit-breaker defaults (Envoy's, per priority); printed by /clusters.
+DEFAULT_THRESHOLDS = {
+    "max_connections": 1024,
+    "max_pending_requests": 1024,
+    "max_requests": 1024,
+    "max_retries": 3,
+}
+
+
+class ClusterInfo:
+    """What a cluster is, from config: never changes after start."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        type_name: str,
+        connect_timeout: float,
+        lb_policy: str,
+        scope: Scope,
+        config: Any = None,
+        per_connection_buffer_limit_bytes: int = 1024 * 1024,
+        idle_timeout: float | None = 3600.0,
+    ) -> None:
+        self.name = name
+        self.observability_name = name
+        self.type_name = type_name
+        self.connect_timeout = connect_timeout
+        self.lb_policy = lb_policy
+        self.scope = scope
+        self.stats: ClusterStats = scope.make(ClusterStats)
+        self.config = config
+        self.added_via_api = False
+        self.per_connection_buffer_limit_bytes = per_connection_buffer_limit_bytes
+        self.idle_timeout = idle_timeout
+        self.thresholds = dict(DEFAULT_THRESHOLDS)
+        # Dynamic per-status counters (`upstream_rq_200`), created on first use.
+        self._code_counters: dict[int, Counter] = {}
+
+    def code_counter(self, status: int) -> Counter:
+        c = self._code_counters.get(status)
+        if c is None:
+            c = self._code_counters[status] = self.scope.counter(f"upstream_rq_{status}")
+        return c
+
+
+PoolFactory = Callable[[Host], Any]
+
+
+class Cluster:
+    """Info + membership + LB + per-host pools. Discovery drives membership."""
+
+    def __init__(
+        self,
+        info: ClusterInfo,
+        lb: LoadBalancer,
+        pool_factory: PoolFactory,
+    ) -> None:
+        self.info = info
+        self.lb = lb
+        self.priority_set = PrioritySet()
+        self.pools: dict[str, Any] = {}
+        self._pool_factory = pool_factory
+        self.initialized = False
+        self.discovery: Any = None
+        self.priority_set.add_member_update_cb(self._on_members)
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return self.priority_set.host_set.hosts
+
+    def _on_members(
+        self, host_set: HostSet, added: Sequence[Host], removed: Sequence[Host]
+    ) -> None:
+        self.lb.on_host_set(host_set, added, removed)
+        st = self.info.stats
+        if added or removed:
+            st.membership_change.inc()
+        st.membership_total.set(len(host_set.hosts))
+        st.membership_healthy.set(len(host_set.healthy_hosts))
+        st.max_host_weight.set(max((h.weight for h in host_set.hosts), default=0))
+        for h in removed:
+            pool = self.pools.pop(h.key, None)
+            if pool is not None:
+                pool.drain()
+
+    def pool_for(self, host: Host) -> Any:
+        pool = self.pools.get(host.key)
+        if pool is None:
+            pool = self.pools[host.key] = self._pool_factory(host)
+        return pool
+
+    def choose_host(self, ctx: object = None) -> Host | None:
+        return self.lb.choose_host(ctx)
