@@ -1,0 +1,204 @@
+"""Envoy v2 → v3 rewrites on the raw bootstrap mapping, kept as tables.
+
+`normalize()` never mutates its input and never rejects anything the typed models would reject
+anyway: a value of the wrong shape is passed through for `config.schema` to report. It returns
+the v3 mapping with every known filter's `@type` filled in, plus `aliases` from v3 paths back to
+the paths the user wrote (`...clusters[0].load_assignment...` → `...clusters[0].hosts[0]`), so
+errors name what is in the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from podproxy.config.schema import (
+    CARES_TYPE,
+    DNS_CLUSTER_TYPE,
+    FILE_ACCESS_LOG_TYPE,
+    HCM_TYPE,
+    ROUTER_TYPE,
+    TYPE_URL_PREFIX,
+)
+from podproxy.errors import ConfigError
+
+# Deprecated well-known extension names (removed in Envoy 1.14+) → current names.
+LEGACY_NAMES: dict[str, str] = {
+    "envoy.http_connection_manager": "envoy.filters.network.http_connection_manager",
+    "envoy.router": "envoy.filters.http.router",
+    "envoy.file_access_log": "envoy.access_loggers.file",
+}
+
+# Extension name → the v3 type URL its typed_config must carry (Envoy ≥ 1.22 looks it up).
+TYPE_URL_BY_NAME: dict[str, str] = {
+    "envoy.filters.network.http_connection_manager": HCM_TYPE,
+    "envoy.filters.http.router": ROUTER_TYPE,
+    "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
+    "envoy.cluster.dns": DNS_CLUSTER_TYPE,
+    "envoy.clusters.dns": DNS_CLUSTER_TYPE,
+    "envoy.network.dns_resolver.cares": CARES_TYPE,
+}
+
+# v2 type URLs → v3 type URLs.
+V2_TYPE_URLS: dict[str, str] = {
+    TYPE_URL_PREFIX
+    + "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager": HCM_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.router.v2.Router": ROUTER_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
+}
+
+# Renamed fields: message kind → {v2 name: v3 name}.
+RENAMED_FIELDS: dict[str, dict[str, str]] = {
+    "RouteAction": {"host_rewrite": "host_rewrite_literal"},
+}
+
+# Renamed enum values: (message kind, field) → {v2 name: v3 name}.
+RENAMED_ENUM_VALUES: dict[tuple[str, str], dict[str, str]] = {
+    ("Cluster", "lb_policy"): {"ORIGINAL_DST_LB": "CLUSTER_PROVIDED"},
+}
+
+
+@dataclass
+class Normalized:
+    v3: dict[str, Any]
+    aliases: dict[str, str] = field(default_factory=dict)
+    errors: list[ConfigError] = field(default_factory=list)
+
+
+def normalize(raw: dict[str, Any]) -> Normalized:
+    """Rewrite a v2 (or already v3) bootstrap mapping into v3; see the module docstring."""
+    out = Normalized(copy.deepcopy(raw))
+    _Walker(out).bootstrap(out.v3)
+    return out
+
+
+def _dicts(value: object) -> list[tuple[int, dict[str, Any]]]:
+    if not isinstance(value, list):
+        return []
+    return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
+
+
+def _dict(parent: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = parent.get(key)
+    return value if isinstance(value, dict) else None
+
+
+class _Walker:
+    def __init__(self, out: Normalized) -> None:
+        self.out = out
+
+    def alias(self, v3_path: str, user_path: str) -> None:
+        if v3_path != user_path:
+            self.out.aliases[v3_path] = user_path
+
+    def error(self, path: str, msg: str) -> None:
+        self.out.errors.append(ConfigError(path, msg))
+
+    def rename(self, kind: str, obj: dict[str, Any], path: str) -> None:
+        for old, new in RENAMED_FIELDS.get(kind, {}).items():
+            if old not in obj:
+                continue
+            if new in obj:
+                self.error(f"{path}.{old}", f"cannot be combined with {new}")
+                continue
+            obj[new] = obj.pop(old)
+            self.alias(f"{path}.{new}", f"{path}.{old}")
+        for (k, fld), table in RENAMED_ENUM_VALUES.items():
+            value = obj.get(fld)
+            if k == kind and isinstance(value, str) and value in table:
+                obj[fld] = table[value]
+
+    def extension(self, obj: dict[str, Any], path: str) -> dict[str, Any] | None:
+        """Fix one `{name, config | typed_config}` entry; return its typed_config if a mapping."""
+        name = obj.get("name")
+        if isinstance(name, str) and name in LEGACY_NAMES:
+            obj["name"] = name = LEGACY_NAMES[name]
+        url = TYPE_URL_BY_NAME.get(name) if isinstance(name, str) else None
+        if "config" in obj:
+            if "typed_config" in obj:
+                self.error(f"{path}.config", "cannot be combined with typed_config")
+                return None
+            config = obj.pop("config")
+            if isinstance(config, dict) and url is not None:
+                config = {"@type": url, **config}
+            obj["typed_config"] = config
+            self.alias(f"{path}.typed_config", f"{path}.config")
+        elif "typed_config" not in obj and url is not None:
+            obj["typed_config"] = {"@type": url}
+        typed = _dict(obj, "typed_config")
+        if typed is not None:
+            given = typed.get("@type")
+            if isinstance(given, str) and given in V2_TYPE_URLS:
+                typed["@type"] = V2_TYPE_URLS[given]
+            elif given is None and url is not None:
+                obj["typed_config"] = typed = {"@type": url, **typed}
+        return typed
+
+    def bootstrap(self, b: dict[str, Any]) -> None:
+        static = _dict(b, "static_resources")
+        if static is not None:
+            for i, listener in _dicts(static.get("listeners")):
+                self.listener(listener, f"static_resources.listeners[{i}]")
+            for i, cluster in _dicts(static.get("clusters")):
+                self.cluster(cluster, f"static_resources.clusters[{i}]")
+        admin = _dict(b, "admin")
+        if admin is not None:
+            for i, log in _dicts(admin.get("access_log")):
+                self.extension(log, f"admin.access_log[{i}]")
+
+    def listener(self, listener: dict[str, Any], path: str) -> None:
+        for i, chain in _dicts(listener.get("filter_chains")):
+            for j, flt in _dicts(chain.get("filters")):
+                fpath = f"{path}.filter_chains[{i}].filters[{j}]"
+                typed = self.extension(flt, fpath)
+                if typed is not None and typed.get("@type") == HCM_TYPE:
+                    self.hcm(typed, f"{fpath}.typed_config")
+
+    def hcm(self, hcm: dict[str, Any], path: str) -> None:
+        for i, flt in _dicts(hcm.get("http_filters")):
+            self.extension(flt, f"{path}.http_filters[{i}]")
+        for i, log in _dicts(hcm.get("access_log")):
+            self.extension(log, f"{path}.access_log[{i}]")
+        rc = _dict(hcm, "route_config")
+        if rc is None:
+            return
+        for i, vh in _dicts(rc.get("virtual_hosts")):
+            for j, route in _dicts(vh.get("routes")):
+                rpath = f"{path}.route_config.virtual_hosts[{i}].routes[{j}]"
+                action = _dict(route, "route")
+                if action is not None:
+                    self.rename("RouteAction", action, f"{rpath}.route")
+
+    def cluster(self, cluster: dict[str, Any], path: str) -> None:
+        self.rename("Cluster", cluster, path)
+        ct = _dict(cluster, "cluster_type")
+        if ct is not None:
+            typed = self.extension(ct, f"{path}.cluster_type")
+            resolver = _dict(typed, "typed_dns_resolver_config") if typed else None
+            if resolver is not None:
+                self.extension(
+                    resolver, f"{path}.cluster_type.typed_config.typed_dns_resolver_config"
+                )
+        resolver = _dict(cluster, "typed_dns_resolver_config")
+        if resolver is not None:
+            self.extension(resolver, f"{path}.typed_dns_resolver_config")
+        if "hosts" not in cluster:
+            return
+        hosts = cluster.pop("hosts")
+        if "load_assignment" in cluster:
+            self.error(f"{path}.hosts", "cannot be combined with load_assignment")
+            return
+        if not isinstance(hosts, list):
+            self.error(f"{path}.hosts", "expected a list of addresses")
+            return
+        ep = f"{path}.load_assignment.endpoints[0]"
+        name = cluster.get("name")
+        cluster["load_assignment"] = {
+            # A missing or bad cluster name is reported once, on the cluster itself.
+            "cluster_name": name if isinstance(name, str) and name else "unnamed",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": h}} for h in hosts]}],
+        }
+        self.alias(f"{path}.load_assignment", f"{path}.hosts")
+        for i in range(len(hosts)):
+            self.alias(f"{ep}.lb_endpoints[{i}].endpoint.address", f"{path}.hosts[{i}]")

@@ -1,0 +1,983 @@
+"""Typed, frozen models of the Envoy v3 Bootstrap subset podproxy supports.
+
+Field names are exactly Envoy's (api/envoy/.../v3/*.proto). Durations are float seconds, enums
+are `Enum`s, defaults are filled in. Each model lists in `UNSUPPORTED` the real Envoy fields of
+its proto that podproxy does not implement yet, so the loader can tell them apart from typos.
+Models only check what one message can see; checks across messages live in `config.loader`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, ClassVar, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+TYPE_URL_PREFIX = "type.googleapis.com/"
+HCM_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.router.v3.Router"
+FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+DNS_CLUSTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.clusters.dns.v3.DnsCluster"
+CARES_TYPE = (
+    TYPE_URL_PREFIX + "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
+)
+
+# Cluster.cluster_type names of the DNS cluster extension (both spellings exist in Envoy 1.40).
+DNS_CLUSTER_NAMES = frozenset({"envoy.cluster.dns", "envoy.clusters.dns"})
+
+
+def show(value: object) -> str:
+    """A config value as the user wrote it, for error messages."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return repr(value)
+
+
+# --- scalar types -------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^(-?)(\d+)(?:\.(\d{1,9}))?s$")
+# google.protobuf.Duration range: +-315,576,000,000 seconds.
+_MAX_DURATION_S = 315_576_000_000
+
+
+def _duration_error(value: object) -> PydanticCustomError:
+    return PydanticCustomError(
+        "duration", 'expected a duration like "0.25s", got {got}', {"got": show(value)}
+    )
+
+
+def parse_duration(value: object) -> float:
+    """Proto JSON Duration (`"0.25s"` or `{seconds, nanos}`) to float seconds; never negative."""
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m is None:
+            raise _duration_error(value)
+        seconds = int(m.group(2)) + int((m.group(3) or "0").ljust(9, "0")) / 1e9
+        negative = m.group(1) == "-" and seconds != 0
+    elif isinstance(value, dict):
+        if not set(value) <= {"seconds", "nanos"}:
+            raise _duration_error(value)
+        secs, nanos = value.get("seconds", 0), value.get("nanos", 0)
+        if isinstance(secs, str) and re.fullmatch(r"-?\d+", secs):
+            secs = int(secs)  # proto JSON writes int64 as strings
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (secs, nanos)):
+            raise _duration_error(value)
+        if not -999_999_999 <= nanos <= 999_999_999:
+            raise _duration_error(value)
+        seconds = secs + nanos / 1e9
+        negative = seconds < 0
+    else:
+        raise _duration_error(value)
+    if negative:
+        raise PydanticCustomError(
+            "duration", "expected a non-negative duration, got {got}", {"got": show(value)}
+        )
+    if seconds > _MAX_DURATION_S:
+        raise PydanticCustomError(
+            "duration", "duration out of range, got {got}", {"got": show(value)}
+        )
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Float seconds to the proto JSON form that `parse_duration` reads back."""
+    if seconds < 0 or not math.isfinite(seconds):
+        raise ValueError(f"not a duration: {seconds!r}")
+    nanos = round(seconds * 1e9)
+    whole, frac = divmod(nanos, 1_000_000_000)
+    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".") + "s"
+
+
+def _duration_zero_none(value: object) -> float | None:
+    # Envoy fields where 0 means "disabled" (stream_idle_timeout, route timeout, idle_timeout).
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    return None if seconds == 0 else seconds
+
+
+def _duration_or_none(value: object) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+def _uint(value: object) -> int:
+    # proto JSON accepts integers and decimal strings; YAML booleans and floats are mistakes.
+    if isinstance(value, str) and re.fullmatch(r"\d+", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise PydanticCustomError(
+        "uint", "expected a non-negative integer, got {got}", {"got": show(value)}
+    )
+
+
+def _str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise PydanticCustomError("string", "expected a string, got {got}", {"got": show(value)})
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+OptDuration = Annotated[float | None, BeforeValidator(_duration_or_none)]
+ZeroDisables = Annotated[float | None, BeforeValidator(_duration_zero_none)]
+UInt = Annotated[int, BeforeValidator(_uint)]
+Str = Annotated[str, BeforeValidator(_str)]
+
+E = TypeVar("E", bound=Enum)
+
+
+def _enum_parser(enum: type[E]) -> Callable[[object], E]:
+    def parse(value: object) -> E:
+        if isinstance(value, enum):
+            return value
+        if isinstance(value, str) and value in enum.__members__:
+            return enum[value]
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return enum(value)
+            except ValueError:
+                pass
+        raise PydanticCustomError(
+            "enum",
+            "expected one of {names}, got {got}",
+            {"names": ", ".join(enum.__members__), "got": show(value)},
+        )
+
+    return parse
+
+
+def _unsupported_value(value: Enum) -> PydanticCustomError:
+    return PydanticCustomError(
+        "unsupported", "{name}: Envoy value not supported by podproxy yet", {"name": value.name}
+    )
+
+
+class CodecType(Enum):
+    AUTO = 0
+    HTTP1 = 1
+    HTTP2 = 2
+    HTTP3 = 3
+
+
+class ServerHeaderTransformation(Enum):
+    OVERWRITE = 0
+    APPEND_IF_ABSENT = 1
+    PASS_THROUGH = 2
+
+
+class DiscoveryType(Enum):
+    STATIC = 0
+    STRICT_DNS = 1
+    LOGICAL_DNS = 2
+    EDS = 3
+    ORIGINAL_DST = 4
+
+
+class LbPolicy(Enum):
+    ROUND_ROBIN = 0
+    LEAST_REQUEST = 1
+    RING_HASH = 2
+    RANDOM = 3
+    MAGLEV = 5
+    CLUSTER_PROVIDED = 6
+    LOAD_BALANCING_POLICY_CONFIG = 7
+
+
+class DnsLookupFamily(Enum):
+    AUTO = 0
+    V4_ONLY = 1
+    V6_ONLY = 2
+    V4_PREFERRED = 3
+    ALL = 4
+
+
+class HealthStatus(Enum):
+    UNKNOWN = 0
+    HEALTHY = 1
+    UNHEALTHY = 2
+    DRAINING = 3
+    TIMEOUT = 4
+    DEGRADED = 5
+
+
+class ClusterNotFoundResponseCode(Enum):
+    SERVICE_UNAVAILABLE = 0
+    NOT_FOUND = 1
+    INTERNAL_SERVER_ERROR = 2
+
+
+CodecTypeField = Annotated[CodecType, BeforeValidator(_enum_parser(CodecType))]
+ServerHeaderTransformationField = Annotated[
+    ServerHeaderTransformation, BeforeValidator(_enum_parser(ServerHeaderTransformation))
+]
+DiscoveryTypeField = Annotated[DiscoveryType, BeforeValidator(_enum_parser(DiscoveryType))]
+LbPolicyField = Annotated[LbPolicy, BeforeValidator(_enum_parser(LbPolicy))]
+DnsLookupFamilyField = Annotated[DnsLookupFamily, BeforeValidator(_enum_parser(DnsLookupFamily))]
+HealthStatusField = Annotated[HealthStatus, BeforeValidator(_enum_parser(HealthStatus))]
+ClusterNotFoundResponseCodeField = Annotated[
+    ClusterNotFoundResponseCode, BeforeValidator(_enum_parser(ClusterNotFoundResponseCode))
+]
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+class Message(BaseModel):
+    """Base of every config model: frozen, no extra keys, Envoy's field names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+    UNSUPPORTED: ClassVar[frozenset[str]] = frozenset()
+
+
+def _one_of(model: BaseModel, names: tuple[str, ...], required: bool = True) -> None:
+    present = [n for n in names if getattr(model, n) is not None]
+    if len(present) > 1 or (required and not present):
+        want = "exactly one" if required else "at most one"
+        raise ValueError(f"{want} of {', '.join(names)} must be set, got {len(present)}")
+
+
+class TypedMessage(Message):
+    """A message that may appear inside an `Any` (`typed_config`): accepts its `@type`."""
+
+    TYPE_URL: ClassVar[str] = ""
+    type_url: str | None = Field(default=None, alias="@type")
+
+    @field_validator("type_url")
+    @classmethod
+    def _check_type(cls, value: str | None) -> str | None:
+        if value is not None and value != cls.TYPE_URL:
+            raise PydanticCustomError(
+                "type_url",
+                "{got}: Envoy type not supported here by podproxy yet (expected {want})",
+                {"got": value, "want": cls.TYPE_URL},
+            )
+        return value
+
+
+class SocketAddress(Message):
+    UNSUPPORTED = _names("named_port network_namespace_filepath")
+    address: Str
+    port_value: Annotated[UInt, Field(le=65535)] = 0
+    protocol: Str = "TCP"
+    resolver_name: Str | None = None
+    ipv4_compat: StrictBool = False
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        if isinstance(value, bool):
+            pass
+        elif value in (0, "TCP"):
+            return "TCP"
+        elif value in (1, "UDP"):
+            raise PydanticCustomError(
+                "unsupported", "UDP: Envoy value not supported by podproxy yet"
+            )
+        raise PydanticCustomError(
+            "enum", "expected one of TCP, UDP, got {got}", {"got": show(value)}
+        )
+
+
+class Address(Message):
+    UNSUPPORTED = _names("pipe envoy_internal_address")
+    socket_address: SocketAddress
+
+
+class FileAccessLog(TypedMessage):
+    TYPE_URL = FILE_ACCESS_LOG_TYPE
+    UNSUPPORTED = _names("format json_format typed_json_format log_format")
+    path: Str
+
+
+class AccessLog(Message):
+    UNSUPPORTED = _names("filter")
+    name: Str = "envoy.access_loggers.file"
+    typed_config: FileAccessLog
+
+
+class Admin(Message):
+    UNSUPPORTED = _names("profile_path socket_options ignore_global_conn_limit allow_paths")
+    address: Address
+    access_log_path: Str | None = None
+    access_log: tuple[AccessLog, ...] = ()
+
+    def access_log_paths(self) -> tuple[str, ...]:
+        """Every file the admin access log goes to: `access_log_path` then each file logger."""
+        head = (self.access_log_path,) if self.access_log_path else ()
+        return head + tuple(log.typed_config.path for log in self.access_log)
+
+
+class HttpProtocolOptions(Message):
+    UNSUPPORTED = _names(
+        """
+        max_response_headers_kb headers_with_underscores_action max_requests_per_connection
+        """
+    )
+    idle_timeout: ZeroDisables = 3600.0
+    max_headers_count: Annotated[UInt, Field(ge=1)] = 100
+    max_connection_duration: ZeroDisables = None
+    max_stream_duration: ZeroDisables = None
+
+
+class Http1ProtocolOptions(Message):
+    UNSUPPORTED = _names(
+        """
+        allow_absolute_url header_key_format enable_trailers allow_chunked_length
+        override_stream_error_on_invalid_http_message send_fully_qualified_url
+        use_balsa_parser allow_custom_methods ignore_http_11_upgrade
+        """
+    )
+    accept_http_10: StrictBool = False
+    default_host_for_http_10: Str | None = None
+
+
+class RegexMatcher(Message):
+    UNSUPPORTED = _names("google_re2")
+    regex: Str
+
+    @field_validator("regex")
+    @classmethod
+    def _compile(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise PydanticCustomError(
+                "regex", "invalid regex {got}: {err}", {"got": show(value), "err": str(exc)}
+            ) from None
+        return value
+
+
+class StringMatcher(Message):
+    UNSUPPORTED = _names("custom")
+    exact: Str | None = None
+    prefix: Str | None = None
+    suffix: Str | None = None
+    contains: Str | None = None
+    safe_regex: RegexMatcher | None = None
+    ignore_case: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> StringMatcher:
+        _one_of(self, ("exact", "prefix", "suffix", "contains", "safe_regex"))
+        return self
+
+
+class HeaderMatcher(Message):
+    UNSUPPORTED = _names("range_match")
+    name: Str
+    exact_match: Str | None = None
+    prefix_match: Str | None = None
+    suffix_match: Str | None = None
+    contains_match: Str | None = None
+    safe_regex_match: RegexMatcher | None = None
+    present_match: StrictBool | None = None
+    string_match: StringMatcher | None = None
+    invert_match: StrictBool = False
+    treat_missing_header_as_empty: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderMatcher:
+        _one_of(
+            self,
+            (
+                "exact_match",
+                "prefix_match",
+                "suffix_match",
+                "contains_match",
+                "safe_regex_match",
+                "present_match",
+                "string_match",
+            ),
+            required=False,
+        )
+        return self
+
+
+class RouteMatch(Message):
+    UNSUPPORTED = _names(
+        """
+        connect_matcher path_separated_prefix path_match_policy runtime_fraction
+        query_parameters cookies grpc tls_context dynamic_metadata filter_state
+        """
+    )
+    prefix: Str | None = None
+    path: Str | None = None
+    safe_regex: RegexMatcher | None = None
+    case_sensitive: StrictBool = True
+    headers: tuple[HeaderMatcher, ...] = ()
+
+    @model_validator(mode="after")
+    def _one(self) -> RouteMatch:
+        _one_of(self, ("prefix", "path", "safe_regex"))
+        return self
+
+
+class RouteAction(Message):
+    UNSUPPORTED = _names(
+        """
+        cluster_header weighted_clusters cluster_specifier_plugin
+        inline_cluster_specifier_plugin metadata_match regex_rewrite path_rewrite_policy
+        path_rewrite host_rewrite_header host_rewrite_path_regex append_x_forwarded_host
+        flush_timeout early_data_policy retry_policy retry_policy_typed_config
+        request_mirror_policies priority rate_limits include_vh_rate_limits hash_policy cors
+        max_grpc_timeout grpc_timeout_offset upgrade_configs internal_redirect_policy
+        internal_redirect_action max_internal_redirects hedge_policy max_stream_duration
+        """
+    )
+    cluster: Annotated[Str, Field(min_length=1)]
+    host_rewrite_literal: Str | None = None
+    auto_host_rewrite: StrictBool = False
+    prefix_rewrite: Str | None = None
+    timeout: ZeroDisables = 15.0
+    idle_timeout: ZeroDisables = None
+    cluster_not_found_response_code: ClusterNotFoundResponseCodeField = (
+        ClusterNotFoundResponseCode.SERVICE_UNAVAILABLE
+    )
+
+    @model_validator(mode="after")
+    def _host_rewrite(self) -> RouteAction:
+        if self.host_rewrite_literal is not None and self.auto_host_rewrite:
+            raise ValueError("at most one of host_rewrite_literal, auto_host_rewrite may be set")
+        return self
+
+
+class DataSource(Message):
+    UNSUPPORTED = _names("environment_variable watched_directory")
+    filename: Str | None = None
+    inline_bytes: Str | None = None
+    inline_string: Str | None = None
+    _data: bytes = PrivateAttr(b"")
+
+    @field_validator("filename")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise PydanticCustomError("file", "cannot read file {got}", {"got": show(value)})
+        return value
+
+    @field_validator("inline_bytes")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise PydanticCustomError(
+                    "base64", "expected base64 bytes, got {got}", {"got": show(value)}
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _load(self) -> DataSource:
+        _one_of(self, ("filename", "inline_bytes", "inline_string"))
+        if self.inline_string is not None:
+            self._data = self.inline_string.encode()
+        elif self.inline_bytes is not None:
+            self._data = base64.b64decode(self.inline_bytes)
+        elif self.filename is not None:
+            try:
+                with open(self.filename, "rb") as f:
+                    self._data = f.read()
+            except OSError as exc:
+                raise ValueError(f"filename: cannot read {self.filename!r}: {exc}") from None
+        return self
+
+    def data(self) -> bytes:
+        """The bytes this source holds (a file is read once, at load time)."""
+        return self._data
+
+
+class DirectResponseAction(Message):
+    UNSUPPORTED = _names("body_format")
+    status: Annotated[UInt, Field(ge=200, lt=600)]
+    body: DataSource | None = None
+
+    def body_bytes(self) -> bytes:
+        return b"" if self.body is None else self.body.data()
+
+
+class Route(Message):
+    UNSUPPORTED = _names(
+        """
+        redirect filter_action non_forwarding_action metadata decorator
+        typed_per_filter_config request_headers_to_add request_headers_to_remove
+        response_headers_to_add response_headers_to_remove tracing
+        per_request_buffer_limit_bytes stat_prefix request_body_buffer_limit
+        """
+    )
+    name: Str | None = None
+    match: RouteMatch
+    route: RouteAction | None = None
+    direct_response: DirectResponseAction | None = None
+
+    @model_validator(mode="after")
+    def _action(self) -> Route:
+        _one_of(self, ("route", "direct_response"))
+        return self
+
+
+class VirtualHost(Message):
+    UNSUPPORTED = _names(
+        """
+        matcher require_tls virtual_clusters rate_limits request_headers_to_add
+        request_headers_to_remove response_headers_to_add response_headers_to_remove cors
+        typed_per_filter_config include_request_attempt_count
+        include_attempt_count_in_response retry_policy retry_policy_typed_config
+        hedge_policy include_is_timeout_retry_header per_request_buffer_limit_bytes
+        request_body_buffer_limit request_mirror_policies metadata
+        """
+    )
+    name: Annotated[Str, Field(min_length=1)]
+    domains: Annotated[tuple[Str, ...], Field(min_length=1)]
+    routes: tuple[Route, ...] = ()
+
+
+class RouteConfiguration(Message):
+    UNSUPPORTED = _names(
+        """
+        vhds internal_only_headers response_headers_to_add response_headers_to_remove
+        request_headers_to_add request_headers_to_remove most_specific_header_mutations_wins
+        validate_clusters max_direct_response_body_size_bytes cluster_specifier_plugins
+        request_mirror_policies ignore_port_in_host_matching vhost_header
+        ignore_path_parameters_in_path_matching typed_per_filter_config metadata
+        """
+    )
+    name: Str = ""
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
+
+class Router(TypedMessage):
+    TYPE_URL = ROUTER_TYPE
+    UNSUPPORTED = _names(
+        """
+        dynamic_stats start_child_span upstream_log upstream_log_options
+        strict_check_headers respect_expected_rq_timeout
+        suppress_grpc_request_failure_code_stats upstream_http_filters
+        reject_connect_request_early_data
+        """
+    )
+    suppress_envoy_headers: StrictBool = False
+
+
+ROUTER_NAMES = frozenset({"envoy.filters.http.router", "envoy.router"})
+
+
+class HttpFilter(Message):
+    UNSUPPORTED = _names("config_discovery is_optional disabled")
+    name: Annotated[Str, Field(min_length=1)]
+    typed_config: Router | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ROUTER_NAMES:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: Envoy HTTP filter not supported by podproxy yet (only the router)",
+                {"got": show(value)},
+            )
+        return value
+
+    def router(self) -> Router:
+        """The router's config (`Router()` defaults when no typed_config was given)."""
+        return self.typed_config if self.typed_config is not None else Router()
+
+
+class HttpConnectionManager(TypedMessage):
+    TYPE_URL = HCM_TYPE
+    UNSUPPORTED = _names(
+        """
+        rds scoped_routes add_user_agent tracing http1_safe_max_connection_duration
+        http2_protocol_options http3_protocol_options scheme_header_transformation
+        stream_flush_timeout delayed_close_timeout access_log access_log_flush_interval
+        flush_access_log_on_new_request access_log_options original_ip_detection_extensions
+        early_header_mutation_extensions internal_address_config via
+        forward_client_cert_details set_current_client_cert_details
+        forward_client_cert_matcher proxy_100_continue
+        represent_ipv4_remote_address_as_ipv4_mapped_ipv6 upgrade_configs normalize_path
+        merge_slashes path_with_escaped_slashes_action request_id_extension
+        local_reply_config strip_matching_host_port strip_any_host_port
+        stream_error_on_invalid_http_message path_normalization_options
+        strip_trailing_host_dot proxy_status_config typed_header_validation_config
+        append_x_forwarded_port append_local_overload add_proxy_protocol_connection_state
+        forward_proto_config
+        """
+    )
+    stat_prefix: Annotated[Str, Field(min_length=1)]
+    codec_type: CodecTypeField = CodecType.AUTO
+    route_config: RouteConfiguration
+    http_filters: tuple[HttpFilter, ...] = ()
+    server_name: Str = "podproxy"
+    server_header_transformation: ServerHeaderTransformationField = (
+        ServerHeaderTransformation.OVERWRITE
+    )
+    use_remote_address: StrictBool = False
+    xff_num_trusted_hops: UInt = 0
+    skip_xff_append: StrictBool = False
+    generate_request_id: StrictBool = True
+    preserve_external_request_id: StrictBool = False
+    always_set_request_id_in_response: StrictBool = False
+    stream_idle_timeout: ZeroDisables = 300.0
+    request_timeout: ZeroDisables = None
+    request_headers_timeout: ZeroDisables = None
+    drain_timeout: Duration = 5.0
+    max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
+    common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
+    http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
+
+    @field_validator("codec_type")
+    @classmethod
+    def _codec(cls, value: CodecType) -> CodecType:
+        if value in (CodecType.HTTP2, CodecType.HTTP3):
+            raise _unsupported_value(value)
+        return value
+
+    @field_validator("http_filters")
+    @classmethod
+    def _router_last(cls, value: tuple[HttpFilter, ...]) -> tuple[HttpFilter, ...]:
+        if not value or value[-1].name not in ROUTER_NAMES:
+            raise ValueError("the last HTTP filter must be the router (envoy.filters.http.router)")
+        return value
+
+    def router(self) -> Router:
+        return self.http_filters[-1].router()
+
+
+class NetworkFilter(Message):
+    UNSUPPORTED = _names("config_discovery")
+    name: Str
+    typed_config: HttpConnectionManager
+
+
+class FilterChain(Message):
+    UNSUPPORTED = _names(
+        """
+        filter_chain_match use_proxy_proto metadata transport_socket
+        transport_socket_connect_timeout
+        """
+    )
+    name: Str = ""
+    filters: Annotated[tuple[NetworkFilter, ...], Field(min_length=1, max_length=1)]
+
+
+class Listener(Message):
+    UNSUPPORTED = _names(
+        """
+        additional_addresses stat_prefix fcds_config filter_chain_matcher use_original_dst
+        default_filter_chain metadata deprecated_v1 drain_type listener_filters
+        listener_filters_timeout continue_on_listener_filters_timeout transparent freebind
+        socket_options tcp_fast_open_queue_length traffic_direction udp_listener_config
+        api_listener connection_balance_config reuse_port enable_reuse_port access_log
+        tcp_backlog_size max_connections_to_accept_per_socket_event bind_to_port
+        internal_listener enable_mptcp ignore_global_conn_limit bypass_overload_manager
+        tcp_keepalive
+        """
+    )
+    name: Str = ""
+    address: Address
+    filter_chains: Annotated[tuple[FilterChain, ...], Field(min_length=1, max_length=1)]
+    per_connection_buffer_limit_bytes: UInt = 1048576
+
+
+class Locality(Message):
+    region: Str = ""
+    zone: Str = ""
+    sub_zone: Str = ""
+
+
+class Endpoint(Message):
+    UNSUPPORTED = _names("health_check_config additional_addresses")
+    address: Address
+    hostname: Str = ""
+
+
+class LbEndpoint(Message):
+    UNSUPPORTED = _names("endpoint_name metadata")
+    endpoint: Endpoint
+    load_balancing_weight: Annotated[UInt, Field(ge=1)] | None = None
+    health_status: HealthStatusField = HealthStatus.UNKNOWN
+
+
+class LocalityLbEndpoints(Message):
+    UNSUPPORTED = _names(
+        """
+        metadata load_balancer_endpoints leds_cluster_locality_config proximity
+        """
+    )
+    locality: Locality = Locality()
+    lb_endpoints: tuple[LbEndpoint, ...] = ()
+    priority: Annotated[UInt, Field(le=128)] = 0
+    load_balancing_weight: Annotated[UInt, Field(ge=1)] | None = None
+
+
+class ClusterLoadAssignment(Message):
+    UNSUPPORTED = _names("named_endpoints policy")
+    cluster_name: Annotated[Str, Field(min_length=1)]
+    endpoints: tuple[LocalityLbEndpoints, ...] = ()
+
+
+def _check_refresh(value: float) -> float:
+    # Envoy: dns_refresh_rate must be greater than 1ms (cluster.proto, gt {nanos: 1000000}).
+    if value <= 0.001:
+        raise PydanticCustomError(
+            "duration", "must be greater than 1ms, got {got}", {"got": format_duration(value)}
+        )
+    return value
+
+
+class RefreshRate(Message):
+    base_interval: Duration
+    max_interval: OptDuration = None
+
+    @field_validator("base_interval")
+    @classmethod
+    def _base(cls, value: float) -> float:
+        return _check_refresh(value)
+
+    @model_validator(mode="after")
+    def _max(self) -> RefreshRate:
+        if self.max_interval is None:
+            object.__setattr__(self, "max_interval", 10 * self.base_interval)
+        elif self.max_interval < self.base_interval:
+            raise ValueError("max_interval must not be less than base_interval")
+        return self
+
+
+class DnsResolverOptions(Message):
+    use_tcp_for_dns_lookups: StrictBool = False
+    no_default_search_domain: StrictBool = False
+
+
+class CaresDnsResolverConfig(TypedMessage):
+    TYPE_URL = CARES_TYPE
+    UNSUPPORTED = _names(
+        """
+        edns0_max_payload_size max_udp_channel_duration reinit_channel_on_timeout
+        """
+    )
+    resolvers: tuple[Address, ...] = ()
+    use_resolvers_as_fallback: StrictBool = False
+    filter_unroutable_families: StrictBool = False
+    dns_resolver_options: DnsResolverOptions = DnsResolverOptions()
+    query_timeout_seconds: Annotated[UInt, Field(ge=1)] | None = None
+    query_tries: Annotated[UInt, Field(ge=1)] | None = None
+    udp_max_queries: UInt | None = None
+    rotate_nameservers: StrictBool = False
+
+
+class TypedDnsResolverConfig(Message):
+    name: Str = "envoy.network.dns_resolver.cares"
+    typed_config: CaresDnsResolverConfig = CaresDnsResolverConfig()
+
+
+class DnsCluster(TypedMessage):
+    TYPE_URL = DNS_CLUSTER_TYPE
+    dns_refresh_rate: Duration = 5.0
+    dns_failure_refresh_rate: RefreshRate | None = None
+    respect_dns_ttl: StrictBool = False
+    dns_jitter: OptDuration = None
+    typed_dns_resolver_config: TypedDnsResolverConfig | None = None
+    dns_lookup_family: DnsLookupFamilyField = DnsLookupFamily.AUTO
+    all_addresses_in_single_endpoint: StrictBool = False
+    dns_min_refresh_rate: OptDuration = None
+
+    @field_validator("dns_refresh_rate")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        return _check_refresh(value)
+
+
+class CustomClusterType(Message):
+    name: Str
+    typed_config: DnsCluster = DnsCluster()
+
+    @field_validator("name")
+    @classmethod
+    def _dns_only(cls, value: str) -> str:
+        if value not in DNS_CLUSTER_NAMES:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: Envoy cluster type not supported by podproxy yet",
+                {"got": show(value)},
+            )
+        return value
+
+
+class CommonLbConfig(Message):
+    UNSUPPORTED = _names(
+        """
+        zone_aware_lb_config locality_weighted_lb_config update_merge_window
+        ignore_new_hosts_until_first_hc close_connections_on_host_set_change
+        consistent_hashing_lb_config override_host_status
+        """
+    )
+    healthy_panic_threshold: float = 50.0
+
+    @field_validator("healthy_panic_threshold", mode="before")
+    @classmethod
+    def _percent(cls, value: object) -> float:
+        # envoy.type.v3.Percent: {value: double in [0, 100]}.
+        if isinstance(value, dict) and set(value) <= {"value"}:
+            v = value.get("value", 0.0)
+            if isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100:
+                return float(v)
+        raise PydanticCustomError(
+            "percent", "expected a percent like {{value: 50}}, got {got}", {"got": show(value)}
+        )
+
+
+class LeastRequestLbConfig(Message):
+    UNSUPPORTED = _names("active_request_bias slow_start_config")
+    choice_count: Annotated[UInt, Field(ge=2)] = 2
+
+
+# Cluster fields that only exist in the DnsCluster extension; copied over by `_cluster_type`.
+_DNS_CLUSTER_FIELDS = (
+    "dns_refresh_rate",
+    "dns_failure_refresh_rate",
+    "respect_dns_ttl",
+    "dns_jitter",
+    "typed_dns_resolver_config",
+    "dns_lookup_family",
+    "dns_min_refresh_rate",
+)
+
+
+class Cluster(Message):
+    UNSUPPORTED = _names(
+        """
+        transport_socket_matches transport_socket_matcher alt_stat_name eds_cluster_config
+        health_checks max_requests_per_connection circuit_breakers
+        upstream_http_protocol_options http_protocol_options http2_protocol_options
+        typed_extension_protocol_options dns_resolution_config outlier_detection
+        cleanup_interval upstream_bind_config lb_subset_config ring_hash_lb_config
+        maglev_lb_config original_dst_lb_config round_robin_lb_config transport_socket
+        metadata protocol_selection upstream_connection_options
+        close_connections_on_host_health_failure ignore_health_on_host_removal filters
+        load_balancing_policy lrs_server lrs_report_endpoint_metrics track_timeout_budgets
+        upstream_config track_cluster_stats preconnect_policy
+        connection_pool_per_downstream_connection
+        """
+    )
+    name: Annotated[Str, Field(min_length=1)]
+    type: DiscoveryTypeField = DiscoveryType.STATIC
+    cluster_type: CustomClusterType | None = None
+    connect_timeout: Duration = 5.0
+    lb_policy: LbPolicyField = LbPolicy.ROUND_ROBIN
+    load_assignment: ClusterLoadAssignment | None = None
+    dns_refresh_rate: Duration = 5.0
+    dns_failure_refresh_rate: RefreshRate | None = None
+    respect_dns_ttl: StrictBool = False
+    dns_lookup_family: DnsLookupFamilyField = DnsLookupFamily.AUTO
+    dns_jitter: OptDuration = None
+    dns_min_refresh_rate: OptDuration = None
+    dns_resolvers: tuple[Address, ...] = ()
+    use_tcp_for_dns_lookups: StrictBool = False
+    typed_dns_resolver_config: TypedDnsResolverConfig | None = None
+    wait_for_warm_on_init: StrictBool = True
+    per_connection_buffer_limit_bytes: UInt = 1048576
+    common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
+    common_lb_config: CommonLbConfig = CommonLbConfig()
+    least_request_lb_config: LeastRequestLbConfig = LeastRequestLbConfig()
+
+    @field_validator("dns_min_refresh_rate", mode="before")
+    @classmethod
+    def _not_on_cluster(cls, value: object) -> object:
+        # Only DnsCluster (cluster_type) has this field; Envoy's Cluster does not.
+        raise PydanticCustomError("extra_forbidden", "unknown field")
+
+    @field_validator("dns_refresh_rate")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        return _check_refresh(value)
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, value: DiscoveryType) -> DiscoveryType:
+        if value in (DiscoveryType.EDS, DiscoveryType.ORIGINAL_DST):
+            raise _unsupported_value(value)
+        return value
+
+    @field_validator("lb_policy")
+    @classmethod
+    def _lb(cls, value: LbPolicy) -> LbPolicy:
+        if value in (LbPolicy.CLUSTER_PROVIDED, LbPolicy.LOAD_BALANCING_POLICY_CONFIG):
+            raise _unsupported_value(value)
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_type(self) -> Cluster:
+        if self.cluster_type is None:
+            return self
+        clash = sorted(set(self.model_fields_set) & {"type", *_DNS_CLUSTER_FIELDS})
+        if clash:
+            raise ValueError(f"cluster_type cannot be combined with {', '.join(clash)}")
+        dns = self.cluster_type.typed_config
+        kind = DiscoveryType.LOGICAL_DNS if dns.all_addresses_in_single_endpoint else None
+        object.__setattr__(self, "type", kind or DiscoveryType.STRICT_DNS)
+        for name in _DNS_CLUSTER_FIELDS:
+            object.__setattr__(self, name, getattr(dns, name))
+        return self
+
+
+class StaticResources(Message):
+    UNSUPPORTED = _names("secrets")
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+
+
+class Bootstrap(Message):
+    UNSUPPORTED = _names(
+        """
+        node node_context_params dynamic_resources cluster_manager hds_config flags_path
+        stats_sinks deferred_stat_options stats_config stats_flush_interval
+        stats_flush_on_admin stats_eviction_interval watchdog watchdogs tracing
+        layered_runtime overload_manager enable_dispatcher_stats header_prefix
+        stats_server_version_override use_tcp_for_dns_lookups dns_resolution_config
+        typed_dns_resolver_config bootstrap_extensions fatal_actions config_sources
+        default_config_source default_socket_interface certificate_provider_instances
+        inline_headers perf_tracing_file_path default_regex_engine xds_delegate_extension
+        xds_config_tracker_extension listener_manager application_log_config
+        grpc_async_client_manager_config memory_allocator_manager
+        """
+    )
+    static_resources: StaticResources = StaticResources()
+    admin: Admin | None = None
+
+
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

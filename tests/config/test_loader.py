@@ -1,0 +1,382 @@
+"""Tests for `podproxy.config.loader`: parsing, merging, error paths and cross-checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podproxy.config.loader import LoadedConfig, load, merge
+from podproxy.config.schema import (
+    DiscoveryType,
+    DnsLookupFamily,
+    LbPolicy,
+)
+from podproxy.errors import ConfigErrors
+
+from .conftest import EXAMPLES
+
+HCM = "static_resources.listeners[0].filter_chains[0].filters[0].config"
+ROUTE = f"{HCM}.route_config.virtual_hosts[0].routes[0].route"
+CLUSTER = "static_resources.clusters[0]"
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        load(config_yaml=text)
+    return [str(e) for e in info.value.errors]
+
+
+def replaced(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_seed_v2_and_v3_load_to_equal_bootstraps() -> None:
+    v2 = load(str(EXAMPLES / "seed-v2.yaml")).bootstrap
+    v3 = load(str(EXAMPLES / "seed-v3.yaml")).bootstrap
+    assert v2.static_resources == v3.static_resources
+    # v2 writes the admin log as access_log_path, v3 as a file access logger: same file.
+    assert v2.admin is not None and v3.admin is not None
+    assert v2.admin.address == v3.admin.address
+    assert v2.admin.access_log_paths() == v3.admin.access_log_paths() == ("/tmp/admin_access.log",)
+
+
+def test_seed_v2_typed_values() -> None:
+    b = load(str(EXAMPLES / "seed-v2.yaml")).bootstrap
+    cluster = b.static_resources.clusters[0]
+    assert cluster.type is DiscoveryType.STRICT_DNS
+    assert cluster.dns_lookup_family is DnsLookupFamily.V4_ONLY
+    assert cluster.lb_policy is LbPolicy.ROUND_ROBIN
+    assert cluster.connect_timeout == 0.25
+    assert cluster.dns_refresh_rate == 5.0
+    assert cluster.load_assignment is not None
+    assert cluster.load_assignment.cluster_name == "httpd"
+    sa = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (sa.address, sa.port_value) == ("httpd-discovery", 8080)
+    hcm = b.static_resources.listeners[0].filter_chains[0].filters[0].typed_config
+    assert hcm.stat_prefix == "ingress_http"
+    assert hcm.server_name == "podproxy"
+    assert hcm.stream_idle_timeout == 300.0
+    assert hcm.common_http_protocol_options.idle_timeout == 3600.0
+    assert hcm.router().suppress_envoy_headers is False
+    route = hcm.route_config.virtual_hosts[0].routes[0]
+    assert route.route is not None
+    assert route.route.host_rewrite_literal == "httpd"
+    assert route.route.timeout == 15.0
+    assert b.admin is not None and b.admin.access_log_path == "/tmp/admin_access.log"
+
+
+def test_v3_mapping_has_type_urls(seed_v2_text: str) -> None:
+    v3 = load(config_yaml=seed_v2_text).v3
+    flt = v3["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert flt["name"] == "envoy.filters.network.http_connection_manager"
+    assert flt["typed_config"]["@type"].endswith("http_connection_manager.v3.HttpConnectionManager")
+    router = flt["typed_config"]["http_filters"][0]
+    assert router["typed_config"]["@type"].endswith("router.v3.Router")
+    assert "hosts" not in v3["static_resources"]["clusters"][0]
+
+
+def test_loaded_config_is_frozen(seed_v2_text: str) -> None:
+    loaded = load(config_yaml=seed_v2_text)
+    assert isinstance(loaded, LoadedConfig)
+    with pytest.raises(AttributeError):
+        loaded.bootstrap = loaded.bootstrap  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        loaded.bootstrap.static_resources.clusters[0].name = "x"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("5", "5"), ("250ms", '"250ms"'), ("-1s", '"-1s"'), ("0.25", "0.25"), ("s", '"s"')],
+)
+def test_bad_duration_names_path(seed_v2_text: str, value: str, shown: str) -> None:
+    text = replaced(seed_v2_text, "connect_timeout: 0.25s", f"connect_timeout: {value}")
+    (err,) = errors_of(text)
+    assert err.startswith(f"{CLUSTER}.connect_timeout: ")
+    assert err.endswith(f"got {shown}")
+
+
+def test_duration_int_message_is_exact(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "connect_timeout: 0.25s", "connect_timeout: 5")
+    assert errors_of(text) == [
+        f'{CLUSTER}.connect_timeout: expected a duration like "0.25s", got 5'
+    ]
+
+
+def test_duration_object_form(seed_v2_text: str) -> None:
+    text = replaced(
+        seed_v2_text, "connect_timeout: 0.25s", "connect_timeout: {seconds: 1, nanos: 500000000}"
+    )
+    assert load(config_yaml=text).bootstrap.static_resources.clusters[0].connect_timeout == 1.5
+
+
+def test_bad_enum(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "dns_lookup_family: V4_ONLY", "dns_lookup_family: V4")
+    assert errors_of(text) == [
+        f"{CLUSTER}.dns_lookup_family: expected one of AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, "
+        'ALL, got "V4"'
+    ]
+
+
+def test_enum_by_number(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "type: STRICT_DNS", "type: 2")
+    loaded = load(config_yaml=text)
+    assert loaded.bootstrap.static_resources.clusters[0].type is DiscoveryType.LOGICAL_DNS
+
+
+def test_unknown_field(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "lb_policy: ROUND_ROBIN", "lb_polcy: ROUND_ROBIN")
+    assert errors_of(text) == [f"{CLUSTER}.lb_polcy: unknown field"]
+
+
+def test_unsupported_real_field(seed_v2_text: str) -> None:
+    text = replaced(
+        seed_v2_text, "lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    health_checks: []"
+    )
+    assert errors_of(text) == [
+        f"{CLUSTER}.health_checks: Envoy field not supported by podproxy yet"
+    ]
+
+
+def test_unknown_and_unsupported_inside_v2_config(seed_v2_text: str) -> None:
+    text = replaced(
+        seed_v2_text,
+        "stat_prefix: ingress_http",
+        "stat_prefix: ingress_http\n          tracing: {}\n          bogus: 1",
+    )
+    assert sorted(errors_of(text)) == sorted(
+        [
+            f"{HCM}.bogus: unknown field",
+            f"{HCM}.tracing: Envoy field not supported by podproxy yet",
+        ]
+    )
+
+
+def test_route_to_missing_cluster(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "cluster: httpd", "cluster: nope")
+    assert errors_of(text) == [f'{ROUTE}.cluster: unknown cluster "nope"']
+
+
+def test_missing_required_fields(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "          stat_prefix: ingress_http\n", "")
+    text = replaced(text, "  - name: httpd\n    connect", "  - connect")
+    assert sorted(errors_of(text)) == sorted(
+        [
+            f"{HCM}.stat_prefix: missing required field",
+            f"{CLUSTER}.name: missing required field",
+        ]
+    )
+
+
+def test_wrong_types_with_v2_paths(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "port_value: 8080", "port_value: eighty")
+    text = replaced(text, 'domains: ["*"]', 'domains: "*"')
+    text = replaced(text, "host_rewrite: httpd", "host_rewrite: 5")
+    assert sorted(errors_of(text)) == sorted(
+        [
+            f'{HCM}.route_config.virtual_hosts[0].domains: expected a list, got "*"',
+            f"{ROUTE}.host_rewrite: expected a string, got 5",
+            f"{CLUSTER}.hosts[0].socket_address.port_value: "
+            'expected a non-negative integer, got "eighty"',
+        ]
+    )
+
+
+def test_port_out_of_range(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "port_value: 8080", "port_value: 70000")
+    assert errors_of(text) == [
+        f"{CLUSTER}.hosts[0].socket_address.port_value: must be <= 65535, got 70000"
+    ]
+
+
+def test_every_error_is_listed(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "connect_timeout: 0.25s", "connect_timeout: 5")
+    text = replaced(text, "type: STRICT_DNS", "type: DNS")
+    text = replaced(text, "address: 0.0.0.0", "address: 0.0.0.0\n        what: 1")
+    assert len(errors_of(text)) == 3
+
+
+def test_yaml_syntax_error_names_line(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, 'domains: ["*"]', 'domains: ["*"')
+    (err,) = errors_of(text)
+    assert err.startswith("--config-yaml: YAML syntax error at line 19, column")
+
+
+def test_yaml_syntax_error_in_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("static_resources:\n  clusters: [\n")
+    with pytest.raises(ConfigErrors) as info:
+        load(str(path))
+    assert str(info.value).startswith(f"{path}: YAML syntax error at line 3")
+
+
+@pytest.mark.parametrize(
+    ("text", "msg"),
+    [
+        ("", "empty configuration"),
+        ("- a\n", "expected a mapping at the top level, got a list"),
+        ("just text", 'expected a mapping at the top level, got "just text"'),
+    ],
+)
+def test_empty_and_non_mapping(text: str, msg: str) -> None:
+    assert errors_of(text) == [f"--config-yaml: {msg}"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigErrors) as info:
+        load(str(path))
+    assert str(info.value) == f"{path}: config file not found"
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        load(str(tmp_path))  # a directory
+    assert str(info.value).startswith(f"{tmp_path}: cannot read config file")
+
+
+def test_nothing_given() -> None:
+    with pytest.raises(ConfigErrors):
+        load()
+
+
+def test_json_input(tmp_path: Path, seed_v2_text: str) -> None:
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(yaml.safe_load(seed_v2_text), indent=2))
+    from_json = load(str(path)).bootstrap
+    assert from_json == load(config_yaml=seed_v2_text).bootstrap
+
+
+def test_json_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"admin": \n  {,}\n}')
+    with pytest.raises(ConfigErrors) as info:
+        load(str(path))
+    assert str(info.value).startswith(f"{path}: JSON syntax error at line 2, column 4")
+
+
+def test_config_yaml_merges_over_file(tmp_path: Path) -> None:
+    path = EXAMPLES / "seed-v3.yaml"
+    overlay = """
+static_resources:
+  clusters:
+  - name: other
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: other
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 80}}}
+admin:
+  address:
+    socket_address: {port_value: 9902}
+"""
+    loaded = load(str(path), overlay)
+    clusters = loaded.bootstrap.static_resources.clusters
+    assert [c.name for c in clusters] == ["httpd", "other"]  # repeated fields concatenate
+    assert loaded.bootstrap.admin is not None
+    sa = loaded.bootstrap.admin.address.socket_address
+    assert (sa.address, sa.port_value) == ("127.0.0.1", 9902)  # scalar replaced, message merged
+    assert len(loaded.v3["static_resources"]["clusters"]) == 2
+
+
+def test_config_yaml_over_v2_file_keeps_v2_error_paths(tmp_path: Path) -> None:
+    path = EXAMPLES / "seed-v2.yaml"
+    with pytest.raises(ConfigErrors) as info:
+        load(str(path), "static_resources:\n  clusters:\n  - {name: x, connect_timeout: 3}\n")
+    assert [str(e) for e in info.value.errors] == [
+        'static_resources.clusters[1].connect_timeout: expected a duration like "0.25s", got 3'
+    ]
+
+
+def test_config_yaml_alone(seed_v2_text: str) -> None:
+    assert load(config_yaml=seed_v2_text).bootstrap.static_resources.clusters[0].name == "httpd"
+
+
+def test_merge_semantics() -> None:
+    base = {"a": 1, "m": {"x": 1, "y": 2}, "l": [1]}
+    assert merge(base, {"a": 2, "m": {"y": 3}, "l": [2]}) == {
+        "a": 2,
+        "m": {"x": 1, "y": 3},
+        "l": [1, 2],
+    }
+    assert base == {"a": 1, "m": {"x": 1, "y": 2}, "l": [1]}
+
+
+def test_strict_dns_resolver_name_rejected(seed_v2_text: str) -> None:
+    text = replaced(
+        seed_v2_text, "port_value: 8080", "port_value: 8080\n          resolver_name: r"
+    )
+    assert errors_of(text) == [
+        f"{CLUSTER}.hosts[0].socket_address.resolver_name: "
+        "STRICT_DNS clusters must not have a custom resolver name"
+    ]
+
+
+def test_static_needs_ip(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "type: STRICT_DNS", "type: STATIC")
+    assert errors_of(text) == [
+        f"{CLUSTER}.hosts[0].socket_address.address: a STATIC cluster's endpoint must be an "
+        'IP address, got "httpd-discovery"'
+    ]
+
+
+def test_logical_dns_exactly_one_endpoint(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "type: STRICT_DNS", "type: LOGICAL_DNS")
+    text = replaced(
+        text,
+        "port_value: 8080\n",
+        "port_value: 8080\n      - socket_address: {address: b, port_value: 1}\n",
+    )
+    assert errors_of(text) == [
+        f"{CLUSTER}.hosts: LOGICAL_DNS clusters must have exactly one endpoint, got 2"
+    ]
+
+
+def test_duplicate_names_and_domains() -> None:
+    text = (EXAMPLES / "static.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["static_resources"]["clusters"].append(data["static_resources"]["clusters"][0])
+    rc = data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"
+    ]
+    rc["virtual_hosts"].append({**rc["virtual_hosts"][0], "name": "second"})
+    msgs = errors_of(yaml.safe_dump(data))
+    assert sorted(msgs) == sorted(
+        [
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config."
+            'virtual_hosts[1].domains[0]: duplicate domain "*" (only unique domains are permitted)',
+            'static_resources.clusters[1].name: duplicate cluster name "httpd"',
+        ]
+    )
+
+
+def test_listener_address_must_be_ip(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "address: 0.0.0.0", "address: localhost")
+    assert errors_of(text) == [
+        "static_resources.listeners[0].address.socket_address.address: a listener address must "
+        'be an IP address, got "localhost"'
+    ]
+
+
+def test_non_string_key(seed_v2_text: str) -> None:
+    text = replaced(seed_v2_text, "lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    1: x")
+    assert errors_of(text) == [f"{CLUSTER}.1: keys must be strings"]
+
+
+def test_foreign_typed_config_reports_only_its_type(seed_v2_text: str) -> None:
+    text = replaced(
+        seed_v2_text,
+        "        config:\n",
+        "        typed_config:\n          '@type': type.googleapis.com/envoy.extensions.filters."
+        "network.tcp_proxy.v3.TcpProxy\n",
+    )
+    (err,) = errors_of(text)
+    assert err.startswith(
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.@type: "
+        "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy: "
+        "Envoy type not supported here by podproxy yet"
+    )

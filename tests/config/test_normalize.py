@@ -1,0 +1,99 @@
+"""Tests for `podproxy.config.normalize`: the v2 → v3 rewrite tables and path aliases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from podproxy.config.normalize import normalize
+from podproxy.config.schema import FILE_ACCESS_LOG_TYPE, HCM_TYPE, ROUTER_TYPE
+
+from .conftest import EXAMPLES
+
+FILTER = "static_resources.listeners[0].filter_chains[0].filters[0]"
+
+
+def seed_v2() -> dict[str, Any]:
+    data = yaml.safe_load((EXAMPLES / "seed-v2.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_seed_v2_normalizes_to_seed_v3_except_admin_log() -> None:
+    out = normalize(seed_v2())
+    v3 = yaml.safe_load((EXAMPLES / "seed-v3.yaml").read_text())
+    assert out.errors == []
+    assert out.v3["static_resources"] == v3["static_resources"]
+    assert out.v3["admin"]["access_log_path"] == "/tmp/admin_access.log"
+
+
+def test_input_is_not_mutated() -> None:
+    raw = seed_v2()
+    before = yaml.safe_dump(raw)
+    normalize(raw)
+    assert yaml.safe_dump(raw) == before
+
+
+def test_aliases_point_back_to_v2_paths() -> None:
+    out = normalize(seed_v2())
+    assert out.aliases[f"{FILTER}.typed_config"] == f"{FILTER}.config"
+    route = f"{FILTER}.typed_config.route_config.virtual_hosts[0].routes[0].route"
+    assert out.aliases[f"{route}.host_rewrite_literal"] == f"{route}.host_rewrite"
+    ep = (
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address"
+    )
+    assert out.aliases[ep] == "static_resources.clusters[0].hosts[0]"
+
+
+def test_v3_input_has_no_aliases() -> None:
+    out = normalize(yaml.safe_load((EXAMPLES / "seed-v3.yaml").read_text()))
+    assert out.aliases == {} and out.errors == []
+
+
+def test_v2_type_urls_and_missing_typed_config() -> None:
+    raw = seed_v2()
+    flt = raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    config = flt.pop("config")
+    flt["typed_config"] = {
+        "@type": "type.googleapis.com/envoy.config.filter.network.http_connection_manager.v2."
+        "HttpConnectionManager",
+        **config,
+    }
+    raw["admin"]["access_log"] = [{"name": "envoy.file_access_log", "config": {"path": "/tmp/a"}}]
+    out = normalize(raw).v3
+    typed = out["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    assert typed["@type"] == HCM_TYPE
+    assert typed["http_filters"] == [
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+    ]
+    assert out["admin"]["access_log"] == [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {"@type": FILE_ACCESS_LOG_TYPE, "path": "/tmp/a"},
+        }
+    ]
+
+
+def test_hosts_with_load_assignment_is_an_error() -> None:
+    raw = seed_v2()
+    raw["static_resources"]["clusters"][0]["load_assignment"] = {"cluster_name": "httpd"}
+    (err,) = normalize(raw).errors
+    assert str(err) == "static_resources.clusters[0].hosts: cannot be combined with load_assignment"
+
+
+def test_lb_policy_v2_enum_rename() -> None:
+    raw = seed_v2()
+    raw["static_resources"]["clusters"][0]["lb_policy"] = "ORIGINAL_DST_LB"
+    assert normalize(raw).v3["static_resources"]["clusters"][0]["lb_policy"] == "CLUSTER_PROVIDED"
+
+
+def test_wrong_shapes_pass_through() -> None:
+    raw: dict[str, Any] = {"static_resources": {"listeners": "x", "clusters": [1, {"hosts": 3}]}}
+    out = normalize(raw)
+    assert out.v3["static_resources"]["listeners"] == "x"
+    assert [str(e) for e in out.errors] == [
+        "static_resources.clusters[1].hosts: expected a list of addresses"
+    ]
