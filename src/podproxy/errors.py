@@ -13,7 +13,7 @@ class PodproxyError(Exception):
 
 
 class ConfigError(PodproxyError):
-    """A bootstrap that cannot be used; `path` is the YAML path, e.g. `static_resources.clusters[0]`."""
+    """A bootstrap that cannot be used; `path` is its YAML path (`static_resources.clusters[0]`)."""
 
     def __init__(self, path: str, msg: str) -> None:
         self.path = path

@@ -1,0 +1,195 @@
+"""The `podproxy` command: Envoy's flags for serving and validating, plus subcommands.
+
+`podproxy -c envoy.yaml` serves; `--mode validate` prints `configuration 'PATH' OK` (exit 0) or
+every config error with its YAML path (exit 1), as Envoy does. `podproxy convert -c FILE`
+prints the config as v3 YAML that current Envoy accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from podproxy import __version__
+from podproxy.errors import ConfigError, ConfigErrors
+
+# Envoy's -l levels mapped onto Python's.
+LOG_LEVELS = {
+    "trace": 5,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "off": logging.CRITICAL + 10,
+}
+
+SUBCOMMANDS = ("convert",)
+
+
+class EnvoyFormatter(logging.Formatter):
+    """`[2026-11-26 06:00:00.123][1234][info][main] message`, Envoy's default log shape."""
+
+    _LEVEL: ClassVar[dict[int, str]] = {
+        5: "trace",
+        10: "debug",
+        20: "info",
+        30: "warning",
+        40: "error",
+        50: "critical",
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.localtime(record.created)
+        ms = int(record.msecs)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", t) + f".{ms:03d}"
+        logger = record.name.rsplit(".", 1)[-1] if "." in record.name else record.name
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        level = self._LEVEL.get(record.levelno, record.levelname.lower())
+        return f"[{stamp}][{record.process}][{level}][{logger}] {msg}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EnvoyFormatter())
+    root = logging.getLogger("podproxy")
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS[level])
+    root.propagate = False
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="podproxy",
+        description="An Envoy-compatible HTTP load balancer. Subcommands: convert.",
+    )
+    p.add_argument("-c", "--config-path", help="path to a bootstrap config (YAML or JSON)")
+    p.add_argument("--config-yaml", help="bootstrap YAML merged over --config-path")
+    p.add_argument(
+        "--mode",
+        choices=("serve", "validate", "init_only"),
+        default="serve",
+        help="serve (default); validate the config and exit; or init_only",
+    )
+    p.add_argument("-l", "--log-level", choices=sorted(LOG_LEVELS), default="info")
+    p.add_argument("--concurrency", type=int, default=1, help="worker processes (1)")
+    p.add_argument(
+        "--drain-time-s",
+        type=float,
+        default=600.0,
+        help="how long in-flight requests may run after SIGTERM (600, as Envoy)",
+    )
+    p.add_argument("--service-cluster", default="")
+    p.add_argument("--service-node", default="")
+    p.add_argument("--version", action="version", version=f"podproxy version: {__version__}")
+    return p
+
+
+def _load(config_path: str | None, config_yaml: str | None) -> object:
+    from podproxy.config.loader import load
+
+    return load(config_path, config_yaml)
+
+
+def _print_errors(errors: ConfigErrors | ConfigError) -> None:
+    items = errors.errors if isinstance(errors, ConfigErrors) else [errors]
+    for e in items:
+        print(f"error: {e}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "convert":
+        return convert_main(args_list[1:])
+    args = _serve_parser().parse_args(args_list)
+    if not args.config_path and not args.config_yaml:
+        print("error: at least one of --config-path or --config-yaml is required", file=sys.stderr)
+        return 1
+    setup_logging(args.log_level)
+    if args.concurrency != 1:
+        print(
+            "error: --concurrency other than 1 is not supported by this podproxy yet",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        loaded = _load(args.config_path, args.config_yaml)
+    except (ConfigErrors, ConfigError) as exc:
+        _print_errors(exc)
+        return 1
+    from podproxy.server import Options, Server
+
+    options = Options(
+        config_path=args.config_path,
+        config_yaml=args.config_yaml,
+        log_level=args.log_level,
+        concurrency=args.concurrency,
+        drain_time_s=args.drain_time_s,
+        mode=args.mode.capitalize(),
+        service_cluster=args.service_cluster,
+        service_node=args.service_node,
+    )
+    server = Server(loaded, options)  # type: ignore[arg-type]
+    try:
+        server.build()
+    except (ConfigErrors, ConfigError) as exc:
+        _print_errors(exc)
+        return 1
+    if args.mode == "validate":
+        print(f"configuration '{args.config_path or '(--config-yaml)'}' OK")
+        return 0
+    if args.mode == "init_only":
+        return 0
+    return run_server(server)
+
+
+def run_server(server: object) -> int:
+    import uvloop
+
+    from podproxy.server import Server
+
+    assert isinstance(server, Server)
+    logging.getLogger("podproxy.main").info(
+        "initializing podproxy version %s (pid %d)", __version__, os.getpid()
+    )
+    try:
+        return uvloop.run(server.run())
+    except (ConfigErrors, ConfigError) as exc:
+        _print_errors(exc)
+        return 1
+
+
+def convert_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="podproxy convert",
+        description="Print a bootstrap config (v2 or v3) as v3 YAML that current Envoy accepts.",
+    )
+    p.add_argument("-c", "--config-path", help="path to a bootstrap config (YAML or JSON)")
+    p.add_argument("--config-yaml", help="bootstrap YAML merged over --config-path")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    args = p.parse_args(list(argv))
+    if not args.config_path and not args.config_yaml:
+        print("error: at least one of --config-path or --config-yaml is required", file=sys.stderr)
+        return 1
+    from podproxy.config.convert import to_v3_yaml
+
+    try:
+        loaded = _load(args.config_path, args.config_yaml)
+    except (ConfigErrors, ConfigError) as exc:
+        _print_errors(exc)
+        return 1
+    text = to_v3_yaml(loaded)  # type: ignore[arg-type]
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

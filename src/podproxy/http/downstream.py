@@ -1,0 +1,516 @@
+"""The client side: one `DownstreamConnection` (an asyncio.Protocol) per accepted connection.
+
+Per-connection state lives on the connection; per-request state in an `Exchange`. Requests are
+decoded by `codec.RequestDecoder` and handed to an injected `StreamHandler` one at a time:
+pipelined requests queue behind the active one (reading pauses while any are queued) and are
+answered in order. The handler writes the response with `write()` and ends it with `finish()`;
+the connection decides keep-alive, starts the next queued exchange, and counts stats.
+Idle keep-alive connections are closed by a once-a-second sweep, not a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from podproxy.errors import ProtocolError
+from podproxy.http import codec
+from podproxy.http.codec import RequestHead
+from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
+from podproxy.stats import Counter, Gauge, Histogram
+
+log = logging.getLogger("podproxy.http")
+
+
+@dataclass(slots=True)
+class HttpConnManagerStats:
+    """`http.<stat_prefix>.*` (Envoy's ALL_HTTP_CONN_MAN_STATS subset plus the router's)."""
+
+    downstream_cx_total: Counter
+    downstream_cx_active: Gauge
+    downstream_cx_http1_total: Counter
+    downstream_cx_http1_active: Gauge
+    downstream_cx_destroy: Counter
+    downstream_cx_destroy_remote: Counter
+    downstream_cx_destroy_local: Counter
+    downstream_cx_destroy_active_rq: Counter
+    downstream_cx_destroy_remote_active_rq: Counter
+    downstream_cx_destroy_local_active_rq: Counter
+    downstream_cx_protocol_error: Counter
+    downstream_cx_rx_bytes_total: Counter
+    downstream_cx_tx_bytes_total: Counter
+    downstream_cx_idle_timeout: Counter
+    downstream_cx_drain_close: Counter
+    downstream_cx_length_ms: Histogram
+    downstream_rq_total: Counter
+    downstream_rq_http1_total: Counter
+    downstream_rq_active: Gauge
+    downstream_rq_completed: Counter
+    downstream_rq_1xx: Counter
+    downstream_rq_2xx: Counter
+    downstream_rq_3xx: Counter
+    downstream_rq_4xx: Counter
+    downstream_rq_5xx: Counter
+    downstream_rq_time: Histogram
+    downstream_rq_timeout: Counter
+    downstream_rq_rx_reset: Counter
+    downstream_rq_tx_reset: Counter
+    downstream_rq_too_large: Counter
+    downstream_rq_header_timeout: Counter
+    # router filter (same prefix in Envoy)
+    no_route: Counter
+    no_cluster: Counter
+    rq_direct_response: Counter
+    rq_total: Counter
+    rq_reset_after_downstream_response_started: Counter
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    """`listener.<address>.*`."""
+
+    downstream_cx_total: Counter
+    downstream_cx_destroy: Counter
+    downstream_cx_active: Gauge
+    downstream_cx_length_ms: Histogram
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request and its response on a downstream connection (Envoy's ActiveStream)."""
+
+    conn: DownstreamConnection
+    head: RequestHead
+    start: float
+    request_complete: bool = False
+    response_started: bool = False
+    response_complete: bool = False
+    status: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    flags: str = "-"
+    upstream_host: str = "-"
+    request_id: bytes = b""
+    # Body received while the exchange waited behind another (pipelining).
+    buffered: list[bytes] = field(default_factory=list)
+    # The handler's own per-request state.
+    state: Any = None
+
+
+class StreamHandler(Protocol):
+    """What the connection calls; `router.forwarder.Forwarder` and the admin implement it."""
+
+    def on_request_head(self, ex: Exchange) -> None: ...
+    def on_request_body(self, ex: Exchange, data: bytes) -> None: ...
+    def on_request_end(self, ex: Exchange) -> None: ...
+    def on_downstream_reset(self, ex: Exchange) -> None: ...
+    def on_downstream_write_paused(self, ex: Exchange) -> None: ...
+    def on_downstream_write_resumed(self, ex: Exchange) -> None: ...
+
+
+class AccessLogger(Protocol):
+    def log_exchange(self, ex: Exchange) -> None: ...
+
+
+class ConnectionManagerConfig:
+    """What a downstream connection needs from the HTTP connection manager config."""
+
+    def __init__(
+        self,
+        *,
+        stats: HttpConnManagerStats,
+        listener_stats: ListenerStats | None = None,
+        server_name: bytes = b"podproxy",
+        idle_timeout: float | None = 3600.0,
+        max_headers_bytes: int = codec.DEFAULT_MAX_HEADERS_BYTES,
+        max_headers_count: int = codec.DEFAULT_MAX_HEADERS_COUNT,
+        accept_http_10: bool = False,
+        default_host_for_http_10: bytes | None = None,
+        access_logger: AccessLogger | None = None,
+    ) -> None:
+        self.stats = stats
+        self.listener_stats = listener_stats
+        self.server_name = server_name
+        self.idle_timeout = idle_timeout
+        self.max_headers_bytes = max_headers_bytes
+        self.max_headers_count = max_headers_count
+        self.accept_http_10 = accept_http_10
+        self.default_host_for_http_10 = default_host_for_http_10
+        self.access_logger = access_logger
+        self.rq_class: tuple[Counter, ...] = (
+            stats.downstream_rq_1xx,
+            stats.downstream_rq_1xx,
+            stats.downstream_rq_2xx,
+            stats.downstream_rq_3xx,
+            stats.downstream_rq_4xx,
+            stats.downstream_rq_5xx,
+        )
+
+
+class ConnectionTracker:
+    """The live downstream connections of one listener: idle sweep and drain."""
+
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(self, config: ConnectionManagerConfig, handler: StreamHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self.connections: set[DownstreamConnection] = set()
+        self.draining = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def protocol_factory(self) -> DownstreamConnection:
+        return DownstreamConnection(self)
+
+    def start(self) -> None:
+        if self.config.idle_timeout is not None and self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.config.idle_timeout
+        if timeout is not None:
+            now = loop.time()
+            for conn in list(self.connections):
+                if conn.idle_since is not None and now - conn.idle_since >= timeout:
+                    self.config.stats.downstream_cx_idle_timeout.inc()
+                    conn.close()
+        self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
+
+    def drain(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.active is None:
+                self.config.stats.downstream_cx_drain_close.inc()
+                conn.close()
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+
+    @property
+    def active_requests(self) -> int:
+        return sum(1 for c in self.connections if c.active is not None)
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, tracker: ConnectionTracker) -> None:
+        self.tracker = tracker
+        self.config = tracker.config
+        self.stats = tracker.config.stats
+        self.handler = tracker.handler
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.decoder = codec.RequestDecoder(
+            self, self.config.max_headers_bytes, self.config.max_headers_count
+        )
+        self.active: Exchange | None = None
+        self.decoding: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.idle_since: float | None = None
+        self.closing = False
+        self.write_paused = False
+        self.closing_after_response = False
+        self.pending_error: ProtocolError | None = None
+        self.remote: tuple[str, int] = ("", 0)
+        self.opened = 0.0
+        self.loop = asyncio.get_running_loop()
+
+    # asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.remote = (peer[0], peer[1])
+        self.opened = time.monotonic()
+        self.idle_since = self.loop.time()
+        st = self.stats
+        st.downstream_cx_total.inc()
+        st.downstream_cx_active.inc()
+        st.downstream_cx_http1_total.inc()
+        st.downstream_cx_http1_active.inc()
+        ls = self.config.listener_stats
+        if ls is not None:
+            ls.downstream_cx_total.inc()
+            ls.downstream_cx_active.inc()
+        self.tracker.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.downstream_cx_rx_bytes_total.value += len(data)
+        if self.closing:
+            return
+        try:
+            self.decoder.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after its request still gets its response.
+        if self.active is not None and not self.active.response_complete:
+            self.closing_after_response = True
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closing = self.closing
+        self.closing = True
+        if self.flow is not None:
+            self.flow.closed = True
+        self.tracker.connections.discard(self)
+        st = self.stats
+        st.downstream_cx_active.dec()
+        st.downstream_cx_http1_active.dec()
+        st.downstream_cx_destroy.inc()
+        length_ms = (time.monotonic() - self.opened) * 1000.0
+        st.downstream_cx_length_ms.record(length_ms)
+        ls = self.config.listener_stats
+        if ls is not None:
+            ls.downstream_cx_active.dec()
+            ls.downstream_cx_destroy.inc()
+            ls.downstream_cx_length_ms.record(length_ms)
+        if was_closing:
+            st.downstream_cx_destroy_local.inc()
+        else:
+            st.downstream_cx_destroy_remote.inc()
+        ex = self.active
+        if ex is not None and not ex.response_complete:
+            st.downstream_cx_destroy_active_rq.inc()
+            if was_closing:
+                st.downstream_cx_destroy_local_active_rq.inc()
+            else:
+                st.downstream_cx_destroy_remote_active_rq.inc()
+                st.downstream_rq_rx_reset.inc()
+            self.active = None
+            st.downstream_rq_active.dec()
+            self.handler.on_downstream_reset(ex)
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None:
+            self.handler.on_downstream_write_paused(self.active)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self.handler.on_downstream_write_resumed(self.active)
+
+    # codec.RequestSink ---------------------------------------------------------------
+    def on_request_head(self, head: RequestHead) -> None:
+        ex = Exchange(self, head, self.loop.time())
+        self.decoding = ex
+        st = self.stats
+        st.downstream_rq_total.inc()
+        st.downstream_rq_http1_total.inc()
+        st.downstream_rq_active.inc()
+        if self.active is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            assert self.flow is not None
+            self.flow.pause_reading(PIPELINE_QUEUED)
+
+    def on_request_body(self, data: bytes) -> None:
+        ex = self.decoding
+        if ex is None:
+            return
+        ex.bytes_received += len(data)
+        if ex is self.active:
+            if not ex.response_complete:
+                self.handler.on_request_body(ex, data)
+        else:
+            ex.buffered.append(data)
+
+    def on_request_end(self) -> None:
+        ex = self.decoding
+        if ex is None:
+            return
+        ex.request_complete = True
+        if ex is self.active:
+            if ex.response_complete:
+                self._next()
+            else:
+                self.handler.on_request_end(ex)
+
+    # exchanges -----------------------------------------------------------------------
+    def _start(self, ex: Exchange) -> None:
+        self.active = ex
+        self.idle_since = None
+        head = ex.head
+        if head.version != "1.1":
+            if not self.config.accept_http_10:
+                # Envoy's http1 codec without accept_http_10: 426 Upgrade Required.
+                self.send_local_reply(ex, 426, b"", close=True)
+                return
+            if head.get(b"host") is None and self.config.default_host_for_http_10:
+                head.headers.append((b"host", self.config.default_host_for_http_10))
+        self.handler.on_request_head(ex)
+        if ex.response_complete or ex is not self.active:
+            return
+        for chunk in ex.buffered:
+            self.handler.on_request_body(ex, chunk)
+            if ex.response_complete:
+                return
+        ex.buffered.clear()
+        if ex.request_complete:
+            self.handler.on_request_end(ex)
+
+    def write(self, data: bytes) -> None:
+        """Write response bytes of the active exchange."""
+        transport = self.transport
+        if transport is not None and not self.closing:
+            self.stats.downstream_cx_tx_bytes_total.value += len(data)
+            transport.write(data)
+
+    def response_head_sent(self, ex: Exchange, status: int) -> None:
+        ex.status = status
+        ex.response_started = True
+        self.config.rq_class[status // 100 if status < 600 else 5].inc()
+
+    def finish(self, ex: Exchange, keep_alive: bool) -> None:
+        """The response of `ex` is fully written; keep or close the connection."""
+        if ex.response_complete:
+            return
+        ex.response_complete = True
+        st = self.stats
+        st.downstream_rq_completed.inc()
+        st.downstream_rq_active.dec()
+        st.downstream_rq_time.record((self.loop.time() - ex.start) * 1000.0)
+        logger = self.config.access_logger
+        if logger is not None:
+            logger.log_exchange(ex)
+        if (
+            not keep_alive
+            or not ex.head.keep_alive
+            or self.tracker.draining
+            or self.closing_after_response
+        ):
+            if self.tracker.draining:
+                st.downstream_cx_drain_close.inc()
+            self.close()
+            return
+        if not ex.request_complete:
+            # The response ended before the request body did (e.g. a local reply to an
+            # upload): the rest of the body cannot be skipped safely, so close (as Envoy).
+            self.close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        self.active = None
+        if not self.queue and self.pending_error is not None:
+            self._error_reply(None, self.pending_error)
+            return
+        if self.queue:
+            ex = self.queue.popleft()
+            if not self.queue and self.pending_error is None:
+                assert self.flow is not None
+                self.flow.resume_reading(PIPELINE_QUEUED)
+            self._start(ex)
+        else:
+            self.idle_since = self.loop.time()
+
+    def send_local_reply(
+        self,
+        ex: Exchange,
+        status: int,
+        body: bytes,
+        *,
+        flags: str = "-",
+        close: bool = False,
+        extra: codec.Headers | None = None,
+    ) -> None:
+        """An Envoy local reply (text/plain body) that ends the exchange."""
+        if ex.response_started:
+            # Too late for a reply: the client sees the connection reset (as Envoy).
+            self.stats.rq_reset_after_downstream_response_started.inc()
+            ex.response_complete = True
+            self.stats.downstream_rq_active.dec()
+            self.close()
+            return
+        ex.flags = flags
+        close = close or not ex.head.keep_alive or self.tracker.draining
+        if not ex.request_complete:
+            close = True
+        data = codec.simple_response(
+            status, body, extra=extra, server=self.config.server_name, close=close
+        )
+        ex.bytes_sent += len(body)
+        self.response_head_sent(ex, status)
+        self.write(data)
+        self.finish(ex, keep_alive=not close)
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        """Malformed input: answer with the status hint and close, after what came before."""
+        self.stats.downstream_cx_protocol_error.inc()
+        if exc.status_hint == 431:
+            self.stats.downstream_rq_too_large.inc()
+        log.debug("downstream protocol error from %s: %s", self.remote[0], exc)
+        assert self.flow is not None
+        self.flow.pause_reading(PIPELINE_QUEUED)
+        bad = None if self.decoder.in_head else self.decoding
+        if bad is not None and bad is self.active:
+            if bad.response_started:
+                self.close()  # too late for a reply: reset, as Envoy does
+                return
+            self.handler.on_downstream_reset(bad)
+            self._error_reply(bad, exc)
+            return
+        if bad is not None and bad in self.queue:
+            # Answer the requests queued before the bad one, then the error.
+            while self.queue and self.queue[-1] is not bad:
+                self.queue.pop()
+            self.queue.pop()
+            self.stats.downstream_rq_active.dec()
+        self.pending_error = exc
+        if self.active is None:
+            self._next()
+
+    def _error_reply(self, ex: Exchange | None, exc: ProtocolError) -> None:
+        if ex is None:
+            head = RequestHead(b"GET", b"/", "1.1", [], False)
+            ex = Exchange(self, head, self.loop.time())
+            self.stats.downstream_rq_active.inc()
+        self.active = ex
+        ex.request_complete = False
+        reason = codec.status_line(exc.status_hint).split(b" ", 2)[-1].strip()
+        self.send_local_reply(ex, exc.status_hint, reason, close=True)
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+
+    def __repr__(self) -> str:
+        busy = self.active is not None
+        return f"<DownstreamConnection {self.remote} active={busy} queued={len(self.queue)}>"
+
+
+__all__ = [
+    "PEER_WRITE_BLOCKED",
+    "ConnectionManagerConfig",
+    "ConnectionTracker",
+    "DownstreamConnection",
+    "Exchange",
+    "HttpConnManagerStats",
+    "ListenerStats",
+    "StreamHandler",
+]

@@ -1,0 +1,191 @@
+"""Per-host HTTP/1.1 connection pool: idle, busy and pending, with a connect timeout.
+
+The pool knows nothing of DNS or clusters beyond its host and stats. `acquire()` is
+synchronous: it returns an idle connection or queues the request and starts one connect per
+queued request (HTTP/1.1 carries one request per connection at a time). A connection that
+becomes ready goes to the oldest pending request, else to the idle stack (most recent first, so
+warm connections are reused and cold ones expire). `drain()` is what happens to a host that left
+its cluster: idle connections close now, busy ones close after their response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from podproxy.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
+from podproxy.http.upstream import ConnState, UpstreamConnection
+
+if TYPE_CHECKING:
+    from podproxy.upstream.cluster import ClusterStats
+    from podproxy.upstream.host import Host
+
+log = logging.getLogger("podproxy.pool")
+
+
+class PoolWaiter(Protocol):
+    """A request waiting for a connection."""
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None: ...
+    def on_pool_failure(self, err: UpstreamError) -> None: ...
+
+
+class HostPool:
+    """Connections to one host."""
+
+    def __init__(
+        self,
+        host: Host,
+        stats: ClusterStats,
+        *,
+        connect_timeout: float,
+        idle_timeout: float | None = 3600.0,
+    ) -> None:
+        self.host = host
+        self.stats = stats
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.busy: set[UpstreamConnection] = set()
+        self.pending: deque[PoolWaiter] = deque()
+        self.connecting = 0
+        self.draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # the synchronous steps -------------------------------------------------------------
+    def acquire(self, waiter: PoolWaiter) -> UpstreamConnection | None:
+        """An idle connection now, or None: `waiter` is then called back when one is ready."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.state is not ConnState.IDLE:
+                continue
+            if (
+                self.idle_timeout is not None
+                and time.monotonic() - conn.idle_since > self.idle_timeout
+            ):
+                conn.close()
+                continue
+            conn.state = ConnState.BUSY
+            self.busy.add(conn)
+            return conn
+        self.pending.append(waiter)
+        self.stats.upstream_rq_pending_total.inc()
+        self.stats.upstream_rq_pending_active.inc()
+        if self.connecting < len(self.pending):
+            self._start_connect()
+        return None
+
+    def cancel(self, waiter: PoolWaiter) -> None:
+        try:
+            self.pending.remove(waiter)
+        except ValueError:
+            return
+        self.stats.upstream_rq_pending_active.dec()
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """A request finished on `conn`."""
+        self.busy.discard(conn)
+        if not reusable or self.draining or conn.state is ConnState.CLOSED:
+            conn.state = ConnState.IDLE if conn.state is not ConnState.CLOSED else conn.state
+            conn.close()
+            return
+        self._give(conn)
+
+    def _give(self, conn: UpstreamConnection) -> None:
+        if self.pending:
+            waiter = self.pending.popleft()
+            self.stats.upstream_rq_pending_active.dec()
+            conn.state = ConnState.BUSY
+            self.busy.add(conn)
+            waiter.on_pool_ready(conn)
+            return
+        conn.state = ConnState.IDLE
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def on_connection_closed(self, conn: UpstreamConnection, prev: ConnState) -> None:
+        self.busy.discard(conn)
+        if prev is ConnState.IDLE:
+            with contextlib.suppress(ValueError):
+                self.idle.remove(conn)
+        self.stats.upstream_cx_active.dec()
+        self.host.stats.cx_active -= 1
+        self.stats.upstream_cx_destroy.inc()
+        self.stats.upstream_cx_length_ms.record((time.monotonic() - conn.opened) * 1000.0)
+
+    def drain(self) -> None:
+        """Stop reuse: close idle connections now, busy ones when their response ends."""
+        self.draining = True
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+    def close(self) -> None:
+        self.drain()
+        for conn in list(self.busy):
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.busy and not self.pending and not self.connecting
+
+    # connecting ------------------------------------------------------------------------
+    def _start_connect(self) -> None:
+        self.connecting += 1
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        st = self.stats
+        hst = self.host.stats
+        st.upstream_cx_total.inc()
+        st.upstream_cx_http1_total.inc()
+        hst.cx_total += 1
+        started = time.monotonic()
+        err: UpstreamError | None = None
+        conn: UpstreamConnection | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host.address, self.host.port
+                )
+            conn = proto
+        except TimeoutError:
+            st.upstream_cx_connect_timeout.inc()
+            err = UpstreamConnectTimeout(f"connect to {self.host.key} timed out")
+        except OSError as exc:
+            err = UpstreamConnectError(f"connect to {self.host.key} failed: {exc.strerror or exc}")
+        finally:
+            self.connecting -= 1
+        if err is not None or conn is None:
+            st.upstream_cx_connect_fail.inc()
+            hst.cx_connect_fail += 1
+            log.debug("%s", err)
+            if self.pending:
+                waiter = self.pending.popleft()
+                st.upstream_rq_pending_active.dec()
+                waiter.on_pool_failure(err or UpstreamConnectError("connect failed"))
+            return
+        st.upstream_cx_active.inc()
+        hst.cx_active += 1
+        st.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000.0)
+        if self.draining and not self.pending:
+            conn.state = ConnState.IDLE
+            conn.close()
+            return
+        self._give(conn)
+
+    def __repr__(self) -> str:
+        return (
+            f"<HostPool {self.host.key} idle={len(self.idle)} busy={len(self.busy)} "
+            f"pending={len(self.pending)} connecting={self.connecting}>"
+        )

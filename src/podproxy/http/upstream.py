@@ -1,0 +1,165 @@
+"""One HTTP/1.1 connection to one upstream host.
+
+The connection writes a request, decodes the response into calls on the current
+`UpstreamStream` (the forwarder's per-request object), and tells its pool whether it can be
+reused: only if the response said keep-alive, its framing was explicit, and the request was
+fully written. Socket errors and resets become `UpstreamError`s here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from typing import TYPE_CHECKING, Protocol, cast
+
+from podproxy.errors import ProtocolError, UpstreamError, UpstreamProtocolError, UpstreamResetError
+from podproxy.http import codec
+from podproxy.http.codec import Headers, ResponseHead
+from podproxy.http.flow import FlowControl
+
+if TYPE_CHECKING:
+    from podproxy.http.pool import HostPool
+
+
+class UpstreamStream(Protocol):
+    """The request side that owns a connection while its exchange runs."""
+
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_informational(self, status: int, headers: Headers) -> None: ...
+    def on_upstream_error(self, err: UpstreamError) -> None: ...
+    def on_upstream_write_paused(self) -> None: ...
+    def on_upstream_write_resumed(self) -> None: ...
+
+
+class ConnState(enum.Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    BUSY = "busy"
+    CLOSED = "closed"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """An HTTP/1.1 client connection owned by a `HostPool`."""
+
+    def __init__(self, pool: HostPool) -> None:
+        self.pool = pool
+        self.state = ConnState.CONNECTING
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.decoder = codec.ResponseDecoder(self)
+        self.decoder.on_informational = self._informational
+        self.stream: UpstreamStream | None = None
+        self.request_done = False
+        self.response_started = False
+        self.requests_served = 0
+        self.idle_since = 0.0
+        self.opened = 0.0
+        self.close_after = False
+
+    # asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.opened = time.monotonic()
+
+    def data_received(self, data: bytes) -> None:
+        self.pool.stats.upstream_cx_rx_bytes_total.value += len(data)
+        if self.stream is None:
+            # Bytes while idle: the peer is confused; this connection is not reusable.
+            self.close()
+            return
+        try:
+            self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.pool.stats.upstream_cx_protocol_error.inc()
+            self._fail(UpstreamProtocolError(str(exc)))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is ConnState.CLOSED:
+            return
+        prev = self.state
+        self.state = ConnState.CLOSED
+        if self.flow is not None:
+            self.flow.closed = True
+        stream = self.stream
+        if stream is not None:
+            if self.decoder.eof():
+                return  # a close-delimited response just ended; on_response_end ran
+            self.stream = None
+            self.pool.stats.upstream_cx_destroy_with_active_rq.inc()
+            stream.on_upstream_error(UpstreamResetError("upstream connection closed"))
+        self.pool.on_connection_closed(self, prev)
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.on_upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.on_upstream_write_resumed()
+
+    # driving a request ---------------------------------------------------------------
+    def attach(self, stream: UpstreamStream, no_body_response: bool) -> None:
+        self.stream = stream
+        self.state = ConnState.BUSY
+        self.request_done = False
+        self.response_started = False
+        self.decoder.expect_no_body(no_body_response)
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and self.state is not ConnState.CLOSED:
+            self.pool.stats.upstream_cx_tx_bytes_total.value += len(data)
+            transport.write(data)
+
+    def detach(self) -> None:
+        """The stream gives up the connection mid-exchange (reset, timeout): close it."""
+        self.stream = None
+        self.close()
+
+    def _informational(self, status: int, headers: Headers) -> None:
+        if self.stream is not None:
+            self.stream.on_informational(status, headers)
+
+    # codec.ResponseSink --------------------------------------------------------------
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.response_started = True
+        self.close_after = not head.keep_alive
+        if self.stream is not None:
+            self.stream.on_response_head(head)
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.on_response_body(data)
+
+    def on_response_end(self) -> None:
+        stream = self.stream
+        self.stream = None
+        self.requests_served += 1
+        reusable = not self.close_after and self.request_done and self.state is ConnState.BUSY
+        self.pool.release(self, reusable)
+        if stream is not None:
+            stream.on_response_end()
+
+    # -----------------------------------------------------------------------------
+    def _fail(self, err: UpstreamError) -> None:
+        stream = self.stream
+        self.stream = None
+        self.close()
+        if stream is not None:
+            stream.on_upstream_error(err)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def __repr__(self) -> str:
+        key, state = self.pool.host.key, self.state.value
+        return f"<UpstreamConnection {key} {state} served={self.requests_served}>"

@@ -1,0 +1,346 @@
+"""The composition root: build everything from a loaded config, run it, drain it, stop.
+
+Init phases as Envoy's: the admin listener opens first (`/ready` answers 503
+`PRE_INITIALIZING`/`INITIALIZING`), clusters warm (first discovery round), then the listeners
+open and the server is `LIVE`. SIGTERM/SIGINT or POST /quitquitquit start the drain: listeners
+stop accepting, keep-alive connections close as their responses end, and the process exits once
+no request is in flight or `--drain-time-s` has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from podproxy import __version__
+from podproxy.access_log import AccessLogRecord, FileAccessLog
+from podproxy.admin import Admin, ServerState
+from podproxy.config.loader import LoadedConfig
+from podproxy.errors import ConfigError
+from podproxy.http import codec
+from podproxy.http.downstream import (
+    ConnectionManagerConfig,
+    ConnectionTracker,
+    Exchange,
+    HttpConnManagerStats,
+)
+from podproxy.listener import BoundListener, build_http_listener
+from podproxy.stats import Counter, Gauge, Store
+from podproxy.upstream.cluster import Cluster
+from podproxy.upstream.cluster_manager import ClusterManager
+
+log = logging.getLogger("podproxy.main")
+
+# Admin request bodies are tiny; anything bigger is refused (413).
+ADMIN_MAX_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """`server.*`."""
+
+    live: Gauge
+    state: Gauge
+    uptime: Gauge
+    concurrency: Gauge
+    total_connections: Gauge
+    days_until_first_cert_expiring: Gauge
+    hot_restart_epoch: Gauge
+    memory_allocated: Gauge
+    memory_physical_size: Gauge
+    parent_connections: Gauge
+    version: Gauge
+    envoy_bug_failures: Counter
+    static_unknown_fields: Counter
+
+
+# Envoy's server.state gauge values.
+_STATE_VALUE = {
+    ServerState.LIVE: 0,
+    ServerState.DRAINING: 1,
+    ServerState.PRE_INITIALIZING: 2,
+    ServerState.INITIALIZING: 3,
+}
+
+
+@dataclass
+class Options:
+    """Command-line options the server runs with (shown by /server_info)."""
+
+    config_path: str | None = None
+    config_yaml: str | None = None
+    log_level: str = "info"
+    concurrency: int = 1
+    drain_time_s: float = 600.0
+    mode: str = "Serve"
+    service_cluster: str = ""
+    service_node: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AdminStreamHandler:
+    """Serves admin requests on the same HTTP code as the proxy."""
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+
+    def on_request_head(self, ex: Exchange) -> None:
+        ex.state = bytearray()
+
+    def on_request_body(self, ex: Exchange, data: bytes) -> None:
+        body = ex.state
+        if body is None:
+            return
+        if len(body) + len(data) > ADMIN_MAX_BODY:
+            ex.state = None
+            ex.conn.send_local_reply(ex, 413, b"Payload Too Large", close=True)
+            return
+        body.extend(data)
+
+    def on_request_end(self, ex: Exchange) -> None:
+        body = ex.state
+        if body is None:
+            return
+        ex.state = None
+        try:
+            resp = self.admin.handle(
+                ex.head.method.decode("latin-1"), ex.head.target.decode("latin-1"), bytes(body)
+            )
+        except Exception:  # an admin bug must not take the server down
+            log.exception("admin handler failed")
+            ex.conn.send_local_reply(ex, 500, b"internal error")
+            return
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+        data = codec.simple_response(
+            resp.status,
+            resp.body,
+            content_type=resp.content_type.encode("latin-1"),
+            extra=extra,
+            server=None,
+            close=not ex.head.keep_alive,
+        )
+        ex.bytes_sent = len(resp.body)
+        ex.conn.response_head_sent(ex, resp.status)
+        ex.conn.write(data)
+        ex.conn.finish(ex, keep_alive=True)
+
+    def on_downstream_reset(self, ex: Exchange) -> None:
+        ex.state = None
+
+    def on_downstream_write_paused(self, ex: Exchange) -> None:
+        pass
+
+    def on_downstream_write_resumed(self, ex: Exchange) -> None:
+        pass
+
+
+class ExchangeAccessLogger:
+    """Writes one Envoy-format access-log line per finished exchange to each file."""
+
+    def __init__(self, logs: list[FileAccessLog]) -> None:
+        self.logs = logs
+
+    def log_exchange(self, ex: Exchange) -> None:
+        loop = ex.conn.loop
+        now = loop.time()
+        head = ex.head
+
+        def header(name: bytes) -> str | None:
+            v = head.get(name)
+            return None if v is None else v.decode("latin-1")
+
+        record = AccessLogRecord(
+            start_time=time.time() - (now - ex.start),
+            method=head.method.decode("latin-1"),
+            path=header(b"x-envoy-original-path") or head.target.decode("latin-1"),
+            protocol=f"HTTP/{head.version}",
+            response_code=ex.status,
+            response_flags="" if ex.flags == "-" else ex.flags,
+            bytes_received=ex.bytes_received,
+            bytes_sent=ex.bytes_sent,
+            duration_ms=int((now - ex.start) * 1000),
+            x_forwarded_for=header(b"x-forwarded-for"),
+            user_agent=header(b"user-agent"),
+            request_id=ex.request_id.decode("latin-1")
+            if ex.request_id
+            else header(b"x-request-id"),
+            authority=header(b"host"),
+            upstream_host=None if ex.upstream_host == "-" else ex.upstream_host,
+        )
+        for log_file in self.logs:
+            log_file.log(record)
+
+
+class Server:
+    """One podproxy process."""
+
+    def __init__(self, loaded: LoadedConfig, options: Options) -> None:
+        self.loaded = loaded
+        self.options = options
+        self.version = __version__
+        self.store = Store()
+        self.stats = self.store.scope("server.").make(ServerStats)
+        self.cluster_manager = ClusterManager(self.store)
+        self.http_listeners: list[BoundListener] = []
+        self.admin_listener: BoundListener | None = None
+        self.start_time = time.time()
+        self.healthcheck_failed = False
+        self._state = ServerState.PRE_INITIALIZING
+        self._stop: asyncio.Event | None = None
+        self._access_logs: list[Any] = []
+
+    # AdminContext -------------------------------------------------------------------
+    def clusters(self) -> list[Cluster]:
+        return list(self.cluster_manager.clusters.values())
+
+    def state(self) -> ServerState:
+        return self._state
+
+    def set_healthcheck_failed(self, failed: bool) -> None:
+        self.healthcheck_failed = failed
+        self.stats.live.set(0 if failed else 1)
+
+    def config_dump(self) -> dict[str, Any]:
+        return self.loaded.v3
+
+    def listeners(self) -> list[tuple[str, str]]:
+        return [(lst.name, lst.address_str) for lst in self.http_listeners]
+
+    def command_line_options(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "config_path": o.config_path or "",
+            "config_yaml": o.config_yaml or "",
+            "log_level": o.log_level,
+            "concurrency": o.concurrency,
+            "drain_time": f"{o.drain_time_s:g}s",
+            "mode": o.mode,
+            "service_cluster": o.service_cluster,
+            "service_node": o.service_node,
+            **o.extra,
+        }
+
+    def request_shutdown(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    # lifecycle ----------------------------------------------------------------------
+    def _set_state(self, state: ServerState) -> None:
+        self._state = state
+        self.stats.state.set(_STATE_VALUE[state])
+
+    def build(self) -> None:
+        """Build clusters and listeners from config; unsupported things fail here."""
+        b = self.loaded.bootstrap
+        for i, c in enumerate(b.static_resources.clusters):
+            self.cluster_manager.add_cluster(c, f"static_resources.clusters[{i}]")
+        for lc in b.static_resources.listeners:
+            self.http_listeners.append(
+                build_http_listener(lc, self.cluster_manager.clusters, self.store)
+            )
+        if b.admin is not None:
+            self.admin_listener = self._build_admin(b.admin)
+
+    def _build_admin(self, admin_cfg: Any) -> BoundListener:
+        sa = admin_cfg.address.socket_address
+        try:
+            logs = [FileAccessLog(p) for p in admin_cfg.access_log_paths()]
+        except OSError as exc:
+            raise ConfigError(
+                "admin.access_log_path", f"cannot open {exc.filename!r}: {exc.strerror or exc}"
+            ) from exc
+        self._access_logs.extend(logs)
+        stats = self.store.scope("http.admin.").make(HttpConnManagerStats)
+        ccfg = ConnectionManagerConfig(
+            stats=stats,
+            server_name=b"envoy",
+            accept_http_10=True,
+            access_logger=ExchangeAccessLogger(logs) if logs else None,
+        )
+        admin = Admin(self)
+        tracker = ConnectionTracker(ccfg, AdminStreamHandler(admin))
+        return BoundListener("admin", sa.address, sa.port_value, tracker)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.stats.concurrency.set(self.options.concurrency)
+        self.stats.live.set(1)
+        uptime_task = loop.create_task(self._tick())
+        try:
+            if self.admin_listener is not None:
+                await self._bind(self.admin_listener)
+                log.info("admin address: %s", self.admin_listener.address_str)
+            self._set_state(ServerState.INITIALIZING)
+            log.info("cm init: initializing %d cluster(s)", len(self.cluster_manager.clusters))
+            init = loop.create_task(self.cluster_manager.initialize())
+            stop_wait = loop.create_task(self._stop.wait())
+            await asyncio.wait({init, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not init.done():
+                init.cancel()
+                return 0
+            stop_wait.cancel()
+            init.result()
+            log.info("cm init: all clusters initialized")
+            for lst in self.http_listeners:
+                await self._bind(lst)
+                log.info("listener '%s' listening on %s", lst.name, lst.address_str)
+            self._set_state(ServerState.LIVE)
+            log.info("starting main dispatch loop")
+            await self._stop.wait()
+            await self._drain()
+            return 0
+        finally:
+            uptime_task.cancel()
+            for lst in self.http_listeners:
+                lst.close()
+            self.cluster_manager.shutdown()
+            if self.admin_listener is not None:
+                self.admin_listener.close()
+            for al in self._access_logs:
+                al.close()
+            log.info("exiting")
+
+    async def _bind(self, lst: BoundListener) -> None:
+        try:
+            await lst.start()
+        except OSError as exc:
+            raise ConfigError(
+                "", f"cannot bind listener '{lst.name}' to {lst.address_str}: {exc.strerror or exc}"
+            ) from exc
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.warning("caught %s", sig.name)
+        self.request_shutdown()
+
+    async def _drain(self) -> None:
+        self._set_state(ServerState.DRAINING)
+        self.stats.live.set(0)
+        log.info("shutting down: draining listeners for up to %gs", self.options.drain_time_s)
+        for lst in self.http_listeners:
+            lst.stop_accepting()
+            lst.drain()
+        deadline = time.monotonic() + self.options.drain_time_s
+        while time.monotonic() < deadline:
+            if not any(lst.tracker.active_requests for lst in self.http_listeners):
+                break
+            await asyncio.sleep(0.05)
+
+    async def _tick(self) -> None:
+        while True:
+            self.stats.uptime.set(int(time.time() - self.start_time))
+            self.stats.total_connections.set(
+                sum(len(lst.tracker.connections) for lst in self.http_listeners)
+            )
+            await asyncio.sleep(1.0)
+
+
+def pid() -> int:
+    return os.getpid()

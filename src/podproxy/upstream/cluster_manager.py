@@ -1,0 +1,114 @@
+"""The cluster manager: builds clusters by type from config, warms them, and owns their pools.
+
+Clusters are built once at start (static_resources). `initialize()` starts every cluster's
+discovery and resolves when all primary clusters have finished their first round (warming);
+the server opens its listeners only after that. Admin reads clusters through `clusters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from podproxy.errors import ConfigError
+from podproxy.http.pool import HostPool
+from podproxy.stats import Counter, Gauge, Store
+from podproxy.upstream.cluster import Cluster, ClusterInfo
+from podproxy.upstream.discovery import CLUSTER_TYPES
+from podproxy.upstream.host import Host
+from podproxy.upstream.load_balancer import LB_POLICIES, RandomFn, default_random
+
+
+@dataclass(slots=True)
+class ClusterManagerStats:
+    """`cluster_manager.*`."""
+
+    cluster_added: Counter
+    cluster_modified: Counter
+    cluster_removed: Counter
+    cluster_updated: Counter
+    active_clusters: Gauge
+    warming_clusters: Gauge
+
+
+def _name(v: Any) -> str:
+    return str(getattr(v, "name", v))
+
+
+class ClusterManager:
+    """All clusters of the server, by name."""
+
+    def __init__(self, store: Store, random: RandomFn = default_random) -> None:
+        self.store = store
+        self.random = random
+        self.stats = store.scope("cluster_manager.").make(ClusterManagerStats)
+        self.clusters: dict[str, Cluster] = {}
+        self._discoveries: list[Any] = []
+
+    def add_cluster(self, cfg: Any, path: str) -> Cluster:
+        """Build a cluster from its typed config; unsupported types fail here, clearly."""
+        type_name = _name(cfg.type)
+        factory = CLUSTER_TYPES.get(type_name)
+        if factory is None:
+            raise ConfigError(
+                f"{path}.type",
+                f"cluster type {type_name} is not supported by this podproxy yet",
+            )
+        policy = _name(cfg.lb_policy)
+        lb_factory = LB_POLICIES.get(policy)
+        if lb_factory is None:
+            raise ConfigError(
+                f"{path}.lb_policy", f"lb_policy {policy} is not supported by podproxy yet"
+            )
+        panic = 50.0
+        clc = getattr(cfg, "common_lb_config", None)
+        if clc is not None and getattr(clc, "healthy_panic_threshold", None) is not None:
+            panic = float(clc.healthy_panic_threshold)
+        lb_kwargs: dict[str, Any] = {"random": self.random, "panic_threshold": panic}
+        lrc = getattr(cfg, "least_request_lb_config", None)
+        if policy == "LEAST_REQUEST" and lrc is not None and getattr(lrc, "choice_count", None):
+            lb_kwargs["choice_count"] = int(lrc.choice_count)
+        idle_timeout: float | None = 3600.0
+        chpo = getattr(cfg, "common_http_protocol_options", None)
+        if chpo is not None:
+            idle_timeout = chpo.idle_timeout
+        info = ClusterInfo(
+            cfg.name,
+            type_name=type_name,
+            connect_timeout=cfg.connect_timeout,
+            lb_policy=policy,
+            scope=self.store.scope(f"cluster.{cfg.name}."),
+            config=cfg,
+            per_connection_buffer_limit_bytes=getattr(
+                cfg, "per_connection_buffer_limit_bytes", 1024 * 1024
+            ),
+            idle_timeout=idle_timeout,
+        )
+        pool_factory: Callable[[Host], HostPool] = lambda host: HostPool(  # noqa: E731
+            host, info.stats, connect_timeout=info.connect_timeout, idle_timeout=idle_timeout
+        )
+        cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
+        cluster.discovery = factory(cluster, cfg, path)
+        self.clusters[cfg.name] = cluster
+        self.stats.cluster_added.inc()
+        self.stats.active_clusters.set(len(self.clusters))
+        return cluster
+
+    async def initialize(self) -> None:
+        """Start discovery everywhere; return when every cluster finished its first round."""
+        for c in self.clusters.values():
+            c.discovery.start()
+        while True:
+            warming = [c for c in self.clusters.values() if not c.initialized]
+            self.stats.warming_clusters.set(len(warming))
+            if not warming:
+                return
+            await asyncio.sleep(0.01)
+
+    def shutdown(self) -> None:
+        for c in self.clusters.values():
+            c.discovery.stop()
+            for pool in c.pools.values():
+                pool.close()

@@ -1,0 +1,142 @@
+"""The sans-I/O codec: framing, limits, smuggling defences, HEAD and 1xx handling."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from podproxy.errors import ProtocolError
+from podproxy.http import codec
+from podproxy.http.codec import RequestDecoder, RequestHead, ResponseDecoder, ResponseHead
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def on_request_head(self, head: RequestHead) -> None:
+        self.events.append(head)
+
+    def on_request_body(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def on_request_end(self) -> None:
+        self.events.append("end")
+
+    on_response_head = on_request_head  # type: ignore[assignment]
+    on_response_body = on_request_body
+    on_response_end = on_request_end
+
+
+def decode(data: bytes, **kw: int) -> list[object]:
+    sink = Sink()
+    RequestDecoder(sink, **kw).feed(data)
+    return sink.events
+
+
+def test_headers_lowercased_and_pipelined_requests_in_order() -> None:
+    ev = decode(
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-Thing: V\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    a, end_a, b, body, end_b = ev
+    assert isinstance(a, RequestHead) and isinstance(b, RequestHead)
+    assert (a.method, a.target, a.headers) == (b"GET", b"/a", [(b"host", b"x"), (b"x-thing", b"V")])
+    assert (b.method, body, end_a, end_b) == (b"POST", b"abc", "end", "end")
+
+
+def test_chunked_body_is_decoded() -> None:
+    ev = decode(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    assert b"".join(e for e in ev if isinstance(e, bytes)) == b"abcde"
+    assert ev[-1] == "end"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # request smuggling: CL and TE together, two different CLs
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        # bad chunk framing
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n",
+        # malformed request line and header
+        b"GET\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ],
+)
+def test_malformed_requests_are_400(raw: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(raw)
+    assert info.value.status_hint == 400
+
+
+def test_oversized_headers_are_431() -> None:
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+    with pytest.raises(ProtocolError) as info:
+        decode(big)
+    assert info.value.status_hint == 431
+
+
+def test_too_many_headers_are_431() -> None:
+    many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(ProtocolError) as info:
+        decode(many)
+    assert info.value.status_hint == 431
+    decode(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(99)) + b"\r\n")
+
+
+@given(st.binary(max_size=200))
+def test_fuzzed_input_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data)
+
+
+def test_response_to_head_has_no_body_and_parser_is_reusable() -> None:
+    sink = Sink()
+    dec = ResponseDecoder(sink)
+    dec.expect_no_body()
+    dec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert isinstance(sink.events[0], ResponseHead) and sink.events[1:] == ["end"]
+    dec.expect_no_body(False)
+    dec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.events[-2:] == [b"ok", "end"]
+
+
+def test_interim_1xx_is_reported_apart_from_the_final_head() -> None:
+    sink = Sink()
+    seen: list[int] = []
+    dec = ResponseDecoder(sink)
+    dec.on_informational = lambda status, headers: seen.append(status)
+    dec.feed(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    assert seen == [103]
+    head = sink.events[0]
+    assert isinstance(head, ResponseHead) and head.status == 204 and sink.events[1:] == ["end"]
+
+
+def test_close_delimited_body_ends_at_eof() -> None:
+    sink = Sink()
+    dec = ResponseDecoder(sink)
+    dec.feed(b"HTTP/1.1 200 OK\r\n\r\nhello")
+    head = sink.events[0]
+    assert isinstance(head, ResponseHead) and not head.keep_alive
+    assert dec.eof() is True
+    assert sink.events[1:] == [b"hello", "end"]
+
+
+def test_garbage_response_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError):
+        ResponseDecoder(Sink()).feed(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+
+def test_simple_response_and_chunks() -> None:
+    out = codec.simple_response(503, b"no healthy upstream", server=b"podproxy")
+    assert out.startswith(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 19\r\n")
+    assert b"content-type: text/plain\r\n" in out and out.endswith(b"\r\n\r\nno healthy upstream")
+    assert codec.encode_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
