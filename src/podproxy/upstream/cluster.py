@@ -126,9 +126,11 @@ class Cluster:
         self.info = info
         self.lb = lb
         self.priority_set = PrioritySet()
-        self.pools: dict[str, Any] = {}
+        # Keyed by the Host object: a LOGICAL_DNS host keeps its pool when its address moves.
+        self.pools: dict[Host, Any] = {}
         self._pool_factory = pool_factory
         self.initialized = False
+        self._init_callbacks: list[Callable[[], None]] = []
         self.discovery: Any = None
         self.priority_set.add_member_update_cb(self._on_members)
 
@@ -147,15 +149,30 @@ class Cluster:
         st.membership_healthy.set(len(host_set.healthy_hosts))
         st.max_host_weight.set(max((h.weight for h in host_set.hosts), default=0))
         for h in removed:
-            pool = self.pools.pop(h.key, None)
+            pool = self.pools.pop(h, None)
             if pool is not None:
                 pool.drain()
 
     def pool_for(self, host: Host) -> Any:
-        pool = self.pools.get(host.key)
+        pool = self.pools.get(host)
         if pool is None:
-            pool = self.pools[host.key] = self._pool_factory(host)
+            pool = self.pools[host] = self._pool_factory(host)
         return pool
+
+    def mark_initialized(self) -> None:
+        """Discovery finished its first round (warming is over for this cluster)."""
+        if self.initialized:
+            return
+        self.initialized = True
+        callbacks, self._init_callbacks = self._init_callbacks, []
+        for cb in callbacks:
+            cb()
+
+    def on_initialized(self, cb: Callable[[], None]) -> None:
+        if self.initialized:
+            cb()
+        else:
+            self._init_callbacks.append(cb)
 
     def choose_host(self, ctx: object = None) -> Host | None:
         return self.lb.choose_host(ctx)

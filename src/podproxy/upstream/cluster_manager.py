@@ -16,7 +16,13 @@ from podproxy.errors import ConfigError
 from podproxy.http.pool import HostPool
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster, ClusterInfo
-from podproxy.upstream.discovery import CLUSTER_TYPES
+from podproxy.upstream.discovery import CLUSTER_TYPES, DNS_TYPES
+from podproxy.upstream.dns import (
+    DnspythonResolver,
+    DnsStats,
+    Resolver,
+    resolver_config_from_cluster,
+)
 from podproxy.upstream.host import Host
 from podproxy.upstream.load_balancer import LB_POLICIES, RandomFn, default_random
 
@@ -40,10 +46,17 @@ def _name(v: Any) -> str:
 class ClusterManager:
     """All clusters of the server, by name."""
 
-    def __init__(self, store: Store, random: RandomFn = default_random) -> None:
+    def __init__(
+        self,
+        store: Store,
+        random: RandomFn = default_random,
+        resolver_factory: Callable[[Any], Resolver] | None = None,
+    ) -> None:
         self.store = store
         self.random = random
         self.stats = store.scope("cluster_manager.").make(ClusterManagerStats)
+        self.dns_stats = store.scope("dns.cares.").make(DnsStats)
+        self.resolver_factory = resolver_factory or self._default_resolver
         self.clusters: dict[str, Cluster] = {}
         self._discoveries: list[Any] = []
 
@@ -90,22 +103,39 @@ class ClusterManager:
             host, info.stats, connect_timeout=info.connect_timeout, idle_timeout=idle_timeout
         )
         cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
-        cluster.discovery = factory(cluster, cfg, path)
+        if type_name in DNS_TYPES:
+            cluster.discovery = factory(
+                cluster, cfg, path, resolver=self.resolver_factory(cfg), random=self.random
+            )
+        else:
+            cluster.discovery = factory(cluster, cfg, path)
         self.clusters[cfg.name] = cluster
         self.stats.cluster_added.inc()
         self.stats.active_clusters.set(len(self.clusters))
         return cluster
 
+    def _default_resolver(self, cfg: Any) -> Resolver:
+        return DnspythonResolver(resolver_config_from_cluster(cfg), stats=self.dns_stats)
+
     async def initialize(self) -> None:
         """Start discovery everywhere; return when every cluster finished its first round."""
-        for c in self.clusters.values():
-            c.discovery.start()
-        while True:
-            warming = [c for c in self.clusters.values() if not c.initialized]
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        warming = set(self.clusters)
+        self.stats.warming_clusters.set(len(warming))
+
+        def warmed(name: str) -> None:
+            warming.discard(name)
             self.stats.warming_clusters.set(len(warming))
-            if not warming:
-                return
-            await asyncio.sleep(0.01)
+            if not warming and not done.done():
+                done.set_result(None)
+
+        for name, c in self.clusters.items():
+            c.on_initialized(lambda name=name: warmed(name))  # type: ignore[misc]
+            c.discovery.start()
+        if not warming and not done.done():
+            done.set_result(None)
+        await done
 
     def shutdown(self) -> None:
         for c in self.clusters.values():

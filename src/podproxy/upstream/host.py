@@ -112,6 +112,11 @@ class Host:
         self.removed = False  # set once the host left its cluster; pools drain on it
         self.key = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
+    def set_address(self, address: str) -> None:
+        """LOGICAL_DNS moves its one host: new connections go to `address`, old ones stay."""
+        self.address = address
+        self.key = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
+
     @property
     def healthy(self) -> bool:
         return not (self.health_flags & UNHEALTHY_FLAGS)
