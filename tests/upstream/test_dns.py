@@ -94,7 +94,7 @@ def resolver(port: int, tmp_path: Path, **kw: object) -> DnspythonResolver:
         "search mynamespace.svc.cluster.local svc.cluster.local cluster.local\n"
         "options ndots:5\n"
     )
-    cfg = ResolverConfig(query_timeout=1.0, query_tries=1, **kw)  # type: ignore[arg-type]
+    cfg = ResolverConfig(query_timeout=2.0, query_tries=2, **kw)  # type: ignore[arg-type]
     return DnspythonResolver(
         cfg,
         resolv_conf=str(conf),
