@@ -204,6 +204,17 @@ class ConnectionTracker:
         return sum(1 for c in self.connections if c.active is not None)
 
 
+def _expects_body(head: RequestHead) -> bool:
+    """Whether a request has a body to read (RFC 9112 §6.3: only with these two fields).
+
+    Off the hot path: asked only when a response ended before its request did.
+    """
+    for k, v in head.headers:
+        if k == b"transfer-encoding" or (k == b"content-length" and v.strip(b" \t0")):
+            return True
+    return False
+
+
 class DownstreamConnection(asyncio.Protocol):
     """One client connection."""
 
@@ -260,8 +271,10 @@ class DownstreamConnection(asyncio.Protocol):
             self._protocol_error(exc)
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes after its request still gets its response.
-        if self.active is not None and not self.active.response_complete:
+        # A client that half-closes after its request still gets its response; one that
+        # half-closes mid-request can never finish it, so that is a reset (close now).
+        ex = self.active
+        if ex is not None and ex.request_complete and not ex.response_complete:
             self.closing_after_response = True
             return True
         return None
@@ -355,7 +368,7 @@ class DownstreamConnection(asyncio.Protocol):
         if head.version != "1.1":
             if not self.config.accept_http_10:
                 # Envoy's http1 codec without accept_http_10: 426 Upgrade Required.
-                self.send_local_reply(ex, 426, b"", close=True)
+                self.send_local_reply(ex, 426, b"Upgrade Required", close=True)
                 return
             if head.get(b"host") is None and self.config.default_host_for_http_10:
                 head.headers.append((b"host", self.config.default_host_for_http_10))
@@ -405,9 +418,12 @@ class DownstreamConnection(asyncio.Protocol):
             self.close()
             return
         if not ex.request_complete:
-            # The response ended before the request body did (e.g. a local reply to an
-            # upload): the rest of the body cannot be skipped safely, so close (as Envoy).
-            self.close()
+            if _expects_body(ex.head):
+                # The response ended before the request body did (e.g. a local reply to an
+                # upload): the rest of the body cannot be skipped safely, so close (as Envoy).
+                self.close()
+            # Else a reply sent from the head callback of a bodyless request: its end is in
+            # the same read, and on_request_end moves on to the next request.
             return
         self._next()
 
@@ -445,7 +461,7 @@ class DownstreamConnection(asyncio.Protocol):
             return
         ex.flags = flags
         close = close or not ex.head.keep_alive or self.tracker.draining
-        if not ex.request_complete:
+        if not ex.request_complete and _expects_body(ex.head):
             close = True
         data = codec.simple_response(
             status, body, extra=extra, server=self.config.server_name, close=close
