@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := curl
+# Debian packages the tests use: curl, and dnsmasq for the DNS tests.
+APT_PACKAGES := curl dnsmasq
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench venv system-deps clean
@@ -11,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # A venv with podproxy and its test tools; re-done when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
-		$(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv && \
 		$(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -19,16 +20,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests use; installed only when a command is missing.
+# Installed only when missing (dnsmasq lives in /usr/sbin, so ask dpkg, not PATH).
 system-deps:
-	@missing=""; for c in $(APT_PACKAGES); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		$(SUDO) apt-get update && $(SUDO) apt-get install -y $$missing; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
 run: $(STAMP)
-	$(PY) -m podproxy.examples_run
+	$(PY) -m podproxy.run_example
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q

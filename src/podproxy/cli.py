@@ -2,7 +2,8 @@
 
 `podproxy -c envoy.yaml` serves; `--mode validate` prints `configuration 'PATH' OK` (exit 0) or
 every config error with its YAML path (exit 1), as Envoy does. `podproxy convert -c FILE`
-prints the config as v3 YAML that current Envoy accepts.
+prints the config as v3 YAML that current Envoy accepts; `podproxy sandbox` runs the post's
+scenario on this machine (podproxy.sandbox.main).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from podproxy import __version__
 from podproxy.errors import ConfigError, ConfigErrors
+from podproxy.upstream.dns import parse_host_port
+
+if TYPE_CHECKING:
+    from podproxy.config.loader import LoadedConfig
+    from podproxy.server import Server
 
 # Envoy's -l levels mapped onto Python's.
 LOG_LEVELS = {
@@ -30,7 +36,10 @@ LOG_LEVELS = {
     "off": logging.CRITICAL + 10,
 }
 
-SUBCOMMANDS = ("convert",)
+SUBCOMMANDS = ("convert", "sandbox", "cluster-dns")
+
+# --mode as Envoy spells it in /server_info's command_line_options.
+MODE_NAMES = {"serve": "Serve", "validate": "Validate", "init_only": "InitOnly"}
 
 
 class EnvoyFormatter(logging.Formatter):
@@ -69,7 +78,8 @@ def setup_logging(level: str) -> None:
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="podproxy",
-        description="An Envoy-compatible HTTP load balancer. Subcommands: convert.",
+        description="An Envoy-compatible HTTP load balancer. "
+        "Subcommands: convert, sandbox, cluster-dns.",
     )
     p.add_argument("-c", "--config-path", help="path to a bootstrap config (YAML or JSON)")
     p.add_argument("--config-yaml", help="bootstrap YAML merged over --config-path")
@@ -89,11 +99,25 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--service-cluster", default="")
     p.add_argument("--service-node", default="")
+    # podproxy's own: where DNS clusters look names up, as a pod's resolv.conf would say.
+    p.add_argument(
+        "--resolv-conf",
+        default="/etc/resolv.conf",
+        help="resolv.conf whose nameservers, search list and ndots DNS clusters use",
+    )
+    p.add_argument(
+        "--dns-server",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="nameserver to use instead of resolv.conf's (repeatable; a cluster's own "
+        "typed_dns_resolver_config resolvers still win)",
+    )
     p.add_argument("--version", action="version", version=f"podproxy version: {__version__}")
     return p
 
 
-def _load(config_path: str | None, config_yaml: str | None) -> object:
+def _load(config_path: str | None, config_yaml: str | None) -> LoadedConfig:
     from podproxy.config.loader import load
 
     return load(config_path, config_yaml)
@@ -109,7 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "convert":
         return convert_main(args_list[1:])
-    args = _serve_parser().parse_args(args_list)
+    if args_list and args_list[0] == "sandbox":
+        from podproxy.sandbox.main import main as sandbox_main
+
+        return sandbox_main(args_list[1:])
+    if args_list and args_list[0] == "cluster-dns":
+        from podproxy.sandbox.cluster_dns import main as cluster_dns_main
+
+        return cluster_dns_main(args_list[1:])
+    parser = _serve_parser()
+    args = parser.parse_args(args_list)
+    try:
+        dns_servers = tuple(parse_host_port(s) for s in args.dns_server)
+    except ValueError as exc:
+        parser.error(f"--dns-server: {exc}")
     if not args.config_path and not args.config_yaml:
         print("error: at least one of --config-path or --config-yaml is required", file=sys.stderr)
         return 1
@@ -133,38 +170,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         concurrency=args.concurrency,
         drain_time_s=args.drain_time_s,
-        mode=args.mode.capitalize(),
+        mode=MODE_NAMES[args.mode],
         service_cluster=args.service_cluster,
         service_node=args.service_node,
+        resolv_conf=args.resolv_conf,
+        dns_servers=dns_servers,
     )
-    server = Server(loaded, options)  # type: ignore[arg-type]
+    server = Server(loaded, options)
     try:
+        # Builds clusters, routes and listeners; binds, resolves and opens nothing.
         server.build()
     except (ConfigErrors, ConfigError) as exc:
         _print_errors(exc)
         return 1
     if args.mode == "validate":
-        print(f"configuration '{args.config_path or '(--config-yaml)'}' OK")
+        # Envoy's exact line, on stdout; an empty path when only --config-yaml was given.
+        print(f"configuration '{args.config_path or ''}' OK")
         return 0
     if args.mode == "init_only":
         return 0
     return run_server(server)
 
 
-def run_server(server: object) -> int:
+def run_server(server: Server) -> int:
     import uvloop
 
-    from podproxy.server import Server
-
-    assert isinstance(server, Server)
     logging.getLogger("podproxy.main").info(
         "initializing podproxy version %s (pid %d)", __version__, os.getpid()
     )
     try:
         return uvloop.run(server.run())
     except (ConfigErrors, ConfigError) as exc:
+        # Bind failures and the like: one line, no traceback.
         _print_errors(exc)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own SIGINT handler was installed
+        return 130
 
 
 def convert_main(argv: Sequence[str]) -> int:
@@ -186,7 +227,7 @@ def convert_main(argv: Sequence[str]) -> int:
     except (ConfigErrors, ConfigError) as exc:
         _print_errors(exc)
         return 1
-    text = to_v3_yaml(loaded)  # type: ignore[arg-type]
+    text = to_v3_yaml(loaded)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)

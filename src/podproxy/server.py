@@ -33,6 +33,7 @@ from podproxy.listener import BoundListener, build_http_listener
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.cluster_manager import ClusterManager
+from podproxy.upstream.dns import DnspythonResolver, Resolver, resolver_config_from_cluster
 
 log = logging.getLogger("podproxy.main")
 
@@ -80,6 +81,10 @@ class Options:
     mode: str = "Serve"
     service_cluster: str = ""
     service_node: str = ""
+    # Where STRICT_DNS/LOGICAL_DNS clusters find their nameservers when their config names none
+    # (the sandbox and tests point these at their own cluster DNS).
+    resolv_conf: str = "/etc/resolv.conf"
+    dns_servers: tuple[tuple[str, int], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -185,14 +190,24 @@ class Server:
         self.version = __version__
         self.store = Store()
         self.stats = self.store.scope("server.").make(ServerStats)
-        self.cluster_manager = ClusterManager(self.store)
+        self.cluster_manager = ClusterManager(self.store, resolver_factory=self._resolver)
         self.http_listeners: list[BoundListener] = []
         self.admin_listener: BoundListener | None = None
         self.start_time = time.time()
         self.healthcheck_failed = False
         self._state = ServerState.PRE_INITIALIZING
         self._stop: asyncio.Event | None = None
-        self._access_logs: list[Any] = []
+        self._access_logs: list[FileAccessLog] = []
+        self._access_log_paths: list[str] = []
+
+    def _resolver(self, cluster_cfg: Any) -> Resolver:
+        """A DNS cluster's resolver: its own settings over the process' (built, not started)."""
+        return DnspythonResolver(
+            resolver_config_from_cluster(cluster_cfg),
+            resolv_conf=self.options.resolv_conf,
+            default_nameservers=self.options.dns_servers,
+            stats=self.cluster_manager.dns_stats,
+        )
 
     # AdminContext -------------------------------------------------------------------
     def clusters(self) -> list[Cluster]:
@@ -202,8 +217,9 @@ class Server:
         return self._state
 
     def set_healthcheck_failed(self, failed: bool) -> None:
+        """`/healthcheck/fail|ok`: Envoy reports DRAINING and `server.live` 0 while failed."""
         self.healthcheck_failed = failed
-        self.stats.live.set(0 if failed else 1)
+        self._update_live()
 
     def config_dump(self) -> dict[str, Any]:
         return self.loaded.v3
@@ -233,6 +249,12 @@ class Server:
     def _set_state(self, state: ServerState) -> None:
         self._state = state
         self.stats.state.set(_STATE_VALUE[state])
+        self._update_live()
+
+    def _update_live(self) -> None:
+        # server.live: 1 unless draining, whether by signal or by /healthcheck/fail.
+        draining = self.healthcheck_failed or self._state is ServerState.DRAINING
+        self.stats.live.set(0 if draining else 1)
 
     def build(self) -> None:
         """Build clusters and listeners from config; unsupported things fail here."""
@@ -248,19 +270,17 @@ class Server:
 
     def _build_admin(self, admin_cfg: Any) -> BoundListener:
         sa = admin_cfg.address.socket_address
-        try:
-            logs = [FileAccessLog(p) for p in admin_cfg.access_log_paths()]
-        except OSError as exc:
-            raise ConfigError(
-                "admin.access_log_path", f"cannot open {exc.filename!r}: {exc.strerror or exc}"
-            ) from exc
-        self._access_logs.extend(logs)
+        # Files are opened by run(), not here: `--mode validate` builds but touches nothing.
+        self._access_log_paths = list(admin_cfg.access_log_paths())
         stats = self.store.scope("http.admin.").make(HttpConnManagerStats)
         ccfg = ConnectionManagerConfig(
             stats=stats,
             server_name=b"envoy",
             accept_http_10=True,
-            access_logger=ExchangeAccessLogger(logs) if logs else None,
+            # The logger holds the list that run() fills, so the files open later.
+            access_logger=ExchangeAccessLogger(self._access_logs)
+            if self._access_log_paths
+            else None,
         )
         admin = Admin(self)
         tracker = ConnectionTracker(ccfg, AdminStreamHandler(admin))
@@ -272,9 +292,10 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.stats.concurrency.set(self.options.concurrency)
-        self.stats.live.set(1)
+        self._update_live()
         uptime_task = loop.create_task(self._tick())
         try:
+            self._open_access_logs()
             if self.admin_listener is not None:
                 await self._bind(self.admin_listener)
                 log.info("admin address: %s", self.admin_listener.address_str)
@@ -298,6 +319,9 @@ class Server:
             await self._drain()
             return 0
         finally:
+            # Embedded runs (run_example, tests) get their loop's signals back.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             uptime_task.cancel()
             for lst in self.http_listeners:
                 lst.close()
@@ -308,12 +332,24 @@ class Server:
                 al.close()
             log.info("exiting")
 
+    def _open_access_logs(self) -> None:
+        for path in self._access_log_paths:
+            try:
+                self._access_logs.append(FileAccessLog(path))
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ConfigError(
+                    "admin.access_log_path", f"cannot open {path!r}: {reason}"
+                ) from exc
+
     async def _bind(self, lst: BoundListener) -> None:
         try:
             await lst.start()
         except OSError as exc:
+            # asyncio wraps the errno in a long message; the errno's own text is the clear part.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ConfigError(
-                "", f"cannot bind listener '{lst.name}' to {lst.address_str}: {exc.strerror or exc}"
+                "", f"cannot bind listener '{lst.name}' to {lst.address_str}: {reason}"
             ) from exc
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -322,7 +358,6 @@ class Server:
 
     async def _drain(self) -> None:
         self._set_state(ServerState.DRAINING)
-        self.stats.live.set(0)
         log.info("shutting down: draining listeners for up to %gs", self.options.drain_time_s)
         for lst in self.http_listeners:
             lst.stop_accepting()

@@ -211,7 +211,14 @@ async def test_dns_version_txt(server: ClusterDNS) -> None:
     assert r.answer[0].ttl == 28800
 
 
-async def test_out_of_zone_is_refused(server: ClusterDNS) -> None:
+async def test_out_of_zone_is_nxdomain_as_from_upstream(server: ClusterDNS) -> None:
+    r = await query(server, "httpd-discovery")
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert not r.flags & dns.flags.AA and not r.authority
+
+
+async def test_out_of_zone_can_be_refused(server: ClusterDNS) -> None:
+    server.out_of_zone = "refused"
     r = await query(server, "example.com")
     assert r.rcode() == dns.rcode.REFUSED
     assert not r.flags & dns.flags.AA
@@ -414,7 +421,7 @@ async def test_servfail_mode(server: ClusterDNS) -> None:
     server.servfail = True
     r = await query(server, FQDN)
     assert r.rcode() == dns.rcode.SERVFAIL and not r.answer
-    assert (await query(server, "example.com")).rcode() == dns.rcode.REFUSED
+    assert (await query(server, "example.com")).rcode() == dns.rcode.NXDOMAIN
     with pytest.raises(dns.resolver.NoNameservers):
         await resolver(server, lifetime=2.0).resolve(FQDN)
     server.servfail = False

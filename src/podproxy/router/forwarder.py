@@ -259,10 +259,17 @@ class Forwarder:
         if route.prefix_rewrite is not None and route.prefix is not None:
             out.append(b"x-envoy-original-path: " + target + b"\r\n")
             target = route.prefix_rewrite + target[len(route.prefix) :]
+        rewritten: bytes | None = None
         if route.host_rewrite is not None:
-            authority = route.host_rewrite
+            rewritten = route.host_rewrite
         elif route.auto_host_rewrite and host.hostname:
-            authority = host.hostname.encode()
+            rewritten = host.hostname.encode()
+        if rewritten is not None:
+            # Envoy keeps the Host the client sent in x-envoy-original-host (checked against
+            # Envoy 1.40 side by side).
+            if not cfg.suppress_envoy_headers:
+                out.append(b"x-envoy-original-host: " + authority + b"\r\n")
+            authority = rewritten
         if chunked:
             extra.append(b"transfer-encoding: chunked\r\n")
         elif content_length is not None:

@@ -187,7 +187,7 @@ class ClusterDNS:
 
     Knobs (plain attributes, read per query): `ttl`, `shuffle` (loadbalance plugin), `servfail`
     (not yet synced with the API, §1.7), `drop` (answer nothing), `delay` (seconds before each
-    answer).
+    answer), `out_of_zone` ("nxdomain" or "refused" for names outside the zone).
     """
 
     def __init__(
@@ -207,6 +207,8 @@ class ClusterDNS:
         self.shuffle = shuffle
         self.servfail = False
         self.drop = False
+        # Out-of-zone names: "nxdomain" (an upstream that knows no such name) or "refused".
+        self.out_of_zone = "nxdomain"
         self.delay = 0.0
         self.state = state if state is not None else ClusterState()
         self._rng = rng if rng is not None else random.Random()
@@ -503,7 +505,12 @@ class ClusterDNS:
         if q.rdclass != dns.rdataclass.IN or (
             not qname.is_subdomain(self.zone) and reverse_zone is None
         ):
-            response.set_rcode(dns.rcode.REFUSED)  # not ours; CoreDNS would forward
+            # Not ours. CoreDNS forwards such names upstream; we never leave the machine, so by
+            # default answer as that upstream does for a name that does not exist (a pod's search
+            # walk for `httpd-discovery` ends on the bare name and must see NXDOMAIN there).
+            response.set_rcode(
+                dns.rcode.REFUSED if self.out_of_zone == "refused" else dns.rcode.NXDOMAIN
+            )
             return response
         if self.servfail:  # CoreDNS before its first sync with the API (§1.7)
             response.set_rcode(dns.rcode.SERVFAIL)
