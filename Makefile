@@ -30,8 +30,9 @@ system-deps:
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
+# The post's scenario on this machine: cluster DNS, pods, podproxy on the post's config, load.
 run: $(STAMP)
-	$(PY) -m podproxy.run_example
+	$(PY) -m podproxy sandbox
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q

@@ -795,6 +795,28 @@ async def test_connection_failure(proxy: StartProxy, free_port: Callable[..., in
     assert p.counter("http.ingress_http.downstream_rq_5xx") == 2
 
 
+async def test_connect_failure_goes_to_another_host(
+    proxy: StartProxy, backend: Callable[..., Awaitable[Backend]], free_port: Callable[..., int]
+) -> None:
+    # A pod that stopped before DNS said so: nothing was sent, so another host may answer.
+    up = await backend(name="up")
+    dead = ("127.0.0.1", free_port("127.0.0.1"))
+    p = await proxy(bootstrap([cluster("app", [dead, up.address])]))
+    async with await RawClient.open(*p.address) as client:
+        for _ in range(6):
+            client.send(request(method="POST", path="/upload", body=b"x" * 1000))
+            resp = await client.response()
+            assert resp.status == 200 and resp.header("x-backend") == "up"
+    assert len(up.requests) == 6
+    # Round robin moves on with each pick, so after the first request every first pick lands on
+    # the dead host (no outlier detection yet to eject it): one refused connect per request,
+    # and one more for the first if the random start was the dead host.
+    retries = p.counter("cluster.app.upstream_rq_retry")
+    assert retries in (5, 6)
+    assert p.counter("cluster.app.upstream_rq_retry_success") == retries
+    assert p.counter("cluster.app.upstream_cx_connect_fail") == retries
+
+
 async def test_upstream_request_timeout(
     proxy: StartProxy, backend: Callable[..., Awaitable[Backend]]
 ) -> None:

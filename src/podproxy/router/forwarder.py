@@ -63,8 +63,10 @@ _REQ_HANDLED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _RESP_HANDLED = HOP_BY_HOP | {b"content-length"}
 
 # Request bodies up to this size are kept so a request that met a dead keep-alive
-# connection can be sent again on a fresh one.
+# connection, or a host that refused the connection, can be sent again.
 REPLAY_LIMIT = 64 * 1024
+# Hosts one request may try when connecting fails (nothing was sent, so any host may serve it).
+MAX_HOST_ATTEMPTS = 3
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -316,6 +318,7 @@ class UpstreamRequest:
         "route",
         "sent_at",
         "timer",
+        "tried",
     )
 
     def __init__(
@@ -340,6 +343,7 @@ class UpstreamRequest:
         self.sent_at = 0.0
         self.done = False
         self.retried = False
+        self.tried: tuple[Host, ...] = ()
         ex.upstream_host = host.key
 
     # request direction -----------------------------------------------------------------
@@ -379,10 +383,54 @@ class UpstreamRequest:
     def on_pool_failure(self, err: UpstreamError) -> None:
         if self.done:
             return
+        if self._try_another_host():
+            return
         dflow = self.ex.conn.flow
         if dflow is not None:
             dflow.resume_reading(HANDLER_HOLD)
         self._fail(err)
+
+    def _try_another_host(self) -> bool:
+        """After a failed connect, send the request to another host of the cluster.
+
+        No byte of the request left, so this is safe for every method. It covers a pod that
+        stopped before DNS said so (Envoy answers 503 here unless a retry policy is set).
+        """
+        if (
+            self.replay is None
+            or self.response_head is not None
+            or self.route.auto_host_rewrite
+            or len(self.tried) + 1 >= MAX_HOST_ATTEMPTS
+        ):
+            return False
+        failed = self.host
+        tried = (*self.tried, failed)
+        cluster = self.cluster
+        host = None
+        for _ in range(len(cluster.hosts)):
+            candidate = cluster.choose_host()
+            if candidate is None:
+                return False
+            if candidate not in tried:
+                host = candidate
+                break
+        if host is None:
+            return False
+        self.tried = tried
+        failed.stats.rq_active -= 1
+        failed.stats.rq_error += 1
+        host.stats.rq_total += 1
+        host.stats.rq_active += 1
+        cluster.info.stats.upstream_rq_retry.inc()
+        self.host = host
+        self.pool = cluster.pool_for(host)
+        self.ex.upstream_host = host.key
+        self.conn = None
+        self.pending_body = list(self.replay)
+        conn = self.pool.acquire(self)
+        if conn is not None:
+            self.on_pool_ready(conn)
+        return True
 
     def send_body(self, data: bytes) -> None:
         if self.done:
@@ -494,6 +542,8 @@ class UpstreamRequest:
         st = info.stats
         st.upstream_rq_completed.inc()
         info.code_counter(status).inc()
+        if self.tried:
+            st.upstream_rq_retry_success.inc()
         if status < 300:
             st.upstream_rq_2xx.inc()
         elif status < 400:

@@ -43,6 +43,8 @@ class ClusterStats:
     upstream_rq_pending_active: Gauge
     upstream_rq_cancelled: Counter
     upstream_rq_timeout: Counter
+    upstream_rq_retry: Counter
+    upstream_rq_retry_success: Counter
     upstream_rq_rx_reset: Counter
     upstream_rq_tx_reset: Counter
     upstream_rq_1xx: Counter
