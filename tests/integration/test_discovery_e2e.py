@@ -22,6 +22,7 @@ import pytest
 
 from integration.backends import free_port, http_get
 from podproxy.config.loader import load
+from podproxy.config.schema import CARES_TYPE, DNS_CLUSTER_TYPE, HCM_TYPE, ROUTER_TYPE
 from podproxy.sandbox.cluster_dns import ClusterDNS, write_resolv_conf
 from podproxy.sandbox.load import LoadGenerator
 from podproxy.sandbox.pods import Pod
@@ -377,3 +378,91 @@ async def test_interop_with_dnsmasq(
     reload()
     await wait_for(lambda: len(world.membership()) == 1, 5.0)
     assert re.fullmatch(r"httpd-2", (await get(world))[1])
+
+
+async def test_removed_host_finishes_in_flight_then_its_connections_close(world: World) -> None:
+    for i in range(2):
+        await world.add_pod(i)
+    await world.start_proxy(refresh="0.3s")
+    gone = world.pods["httpd-1"]
+    # Warm keep-alive connections to both pods, then start a slow request on httpd-1.
+    for _ in range(4):
+        assert (await get(world))[0] == 200
+    assert gone.open_connections >= 1
+    slow: asyncio.Task[object] | None = None
+    for _ in range(4):  # round robin: one of the next two requests lands on httpd-1
+        task = asyncio.ensure_future(
+            http_get("127.0.0.1", world.listen_port, "/?delay=1.5", timeout=5)
+        )
+        await asyncio.sleep(0.1)
+        if gone.in_flight:
+            slow = task
+            break
+        await task
+    assert slow is not None
+    world.dns.set_ready("httpd-1", NS, False)
+    await wait_for(lambda: len(world.membership()) == 1, 3.0)
+    assert gone.in_flight == 1  # removed from the proxy, its request still running
+    before = gone.requests
+    for _ in range(6):
+        assert await get(world) == (200, "httpd-0")  # no new requests for the removed host
+    assert gone.requests == before
+    r = await slow
+    assert r.status == 200 and r.header("x-pod") == "httpd-1"  # in-flight finished
+    await wait_for(lambda: gone.open_connections == 0, 3.0)  # ...and then its connection closed
+
+
+async def test_envoy_1_40_cluster_type_form(world: World) -> None:
+    await world.add_pod(0)
+    host, port = world.dns.address
+    text = f"""
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {world.listen_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM_TYPE}
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: httpd}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": {ROUTER_TYPE}}}
+  clusters:
+  - name: httpd
+    connect_timeout: 0.25s
+    lb_policy: ROUND_ROBIN
+    cluster_type:
+      name: envoy.cluster.dns
+      typed_config:
+        "@type": {DNS_CLUSTER_TYPE}
+        dns_refresh_rate: 0.5s
+        dns_lookup_family: V4_ONLY
+        typed_dns_resolver_config:
+          name: envoy.network.dns_resolver.cares
+          typed_config:
+            "@type": {CARES_TYPE}
+            resolvers: [{{socket_address: {{address: {host}, port_value: {port}}}}}]
+    load_assignment:
+      cluster_name: httpd
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: "{FQDN}.", port_value: {world.pod_port}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {world.admin_port}}}}}
+"""
+    world.server = Server(load(config_yaml=text), Options(drain_time_s=1))
+    world.server.build()
+    assert world.server.cluster_manager.clusters["httpd"].info.type_name == "STRICT_DNS"
+    world.task = asyncio.get_running_loop().create_task(world.server.run())
+    await wait_for(lambda: bool(world.membership()), 5.0)
+    await world.add_pod(1)
+    await wait_for(lambda: len(world.membership()) == 2, 5.0)
