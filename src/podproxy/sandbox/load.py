@@ -28,6 +28,11 @@ class LoadStats:
     first_seen: dict[str, float] = field(default_factory=dict)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     recent_errors: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    recent_by_pod: dict[str, deque[float]] = field(default_factory=dict)
+
+    def pod_rate(self, pod: str, window: float = 2.0) -> float:
+        now = time.monotonic()
+        return sum(1 for t in self.recent_by_pod.get(pod, ()) if now - t <= window) / window
 
     def rate(self, window: float = 2.0) -> float:
         now = time.monotonic()
@@ -117,8 +122,13 @@ class LoadGenerator:
             pod = headers.get("x-pod", "?")
             st.ok += 1
             st.by_pod[pod] += 1
-            st.first_seen.setdefault(pod, time.monotonic())
-            st.recent.append(time.monotonic())
+            now = time.monotonic()
+            st.first_seen.setdefault(pod, now)
+            st.recent.append(now)
+            recent = st.recent_by_pod.get(pod)
+            if recent is None:
+                recent = st.recent_by_pod[pod] = deque(maxlen=5_000)
+            recent.append(now)
         else:
             self._error(f"HTTP {status}")
         return headers.get("connection", "").lower() != "close"

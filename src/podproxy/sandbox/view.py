@@ -21,10 +21,14 @@ from podproxy.sandbox.scenario import Scenario
 KEYS = "[+] scale up  [-] scale down  [k] kill newest  [u] unready newest  [r] all ready  [q] quit"
 
 
-def pods_table(sc: Scenario, title: str = "pods", *, first_request: bool = False) -> Table:
+def pods_table(
+    sc: Scenario, title: str = "pods", *, first_request: bool = False, live: bool = False
+) -> Table:
     t = Table(title=title, expand=False)
     for col in ("pod", "IP", "state", "requests", "share"):
         t.add_column(col, justify="right" if col in ("requests", "share") else "left")
+    if live:
+        t.add_column("req/s now", justify="right")
     if first_request:
         t.add_column("first request after joining DNS", justify="right")
     member = set(sc.membership)
@@ -40,6 +44,8 @@ def pods_table(sc: Scenario, title: str = "pods", *, first_request: bool = False
             str(n),
             f"{share:5.1f}%",
         ]
+        if live:
+            cells.append(f"{sc.load.stats.pod_rate(name):6.1f}")
         if first_request:
             took = sc.first_traffic_after(name)
             cells.append("-" if took is None else f"{took:.2f}s")
@@ -64,7 +70,7 @@ def render(sc: Scenario) -> Group:
         head,
         dns_line,
         proxy_line,
-        pods_table(sc, "pods  (* = in the proxy's host set)"),
+        pods_table(sc, "pods  (* = in the proxy's host set)", live=True),
         Panel(events, title="events"),
         Text(KEYS, style="dim"),
     )
