@@ -124,6 +124,8 @@ class Histogram:
         # double_to_hist_bucket (the 1e-13 absorbs rounding at bin edges, e.g. 0.11).
         if 1.0 <= value < 100.0:
             k = int(value * 10.0 + 1e-13) if value < 10.0 else 100 + int(value + 1e-13)
+        elif 0.1 <= value < 1.0:  # sub-millisecond: most loopback requests
+            k = int(value * 100.0 + 1e-13) - 100
         elif value > 0:
             e = _floor(_log10(value))
             m = int(value / _POW10[e + 128] * 10.0 + 1e-13)

@@ -79,18 +79,26 @@ http_date = _DateCache()
 
 
 class RequestHead:
-    """A parsed request line and headers. `headers` names are lower-case."""
+    """A parsed request line and headers. `headers` names are lower-case; `host` is the
+    (first) Host value, picked out while parsing because every request needs it."""
 
-    __slots__ = ("headers", "keep_alive", "method", "target", "version")
+    __slots__ = ("headers", "host", "keep_alive", "method", "target", "version")
 
     def __init__(
-        self, method: bytes, target: bytes, version: str, headers: Headers, keep_alive: bool
+        self,
+        method: bytes,
+        target: bytes,
+        version: str,
+        headers: Headers,
+        keep_alive: bool,
+        host: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
         self.keep_alive = keep_alive
+        self.host = host
 
     def get(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -144,6 +152,7 @@ class RequestDecoder:
 
     __slots__ = (
         "_headers",
+        "_host",
         "_parser",
         "_size",
         "_url",
@@ -166,6 +175,7 @@ class RequestDecoder:
         self._headers: Headers = []
         self._url = b""
         self._size = 0
+        self._host: bytes | None = None
         self.in_head = False
 
     def feed(self, data: bytes) -> None:
@@ -187,6 +197,7 @@ class RequestDecoder:
         self._headers = []
         self._url = b""
         self._size = 0
+        self._host = None
         self.in_head = True
 
     def on_url(self, url: bytes) -> None:
@@ -200,7 +211,10 @@ class RequestDecoder:
         headers = self._headers
         if self._size > self.max_headers_bytes or len(headers) >= self.max_headers_count:
             raise ProtocolError("request headers too large", 431)
-        headers.append((name.lower(), value))
+        name = name.lower()
+        if name == b"host" and self._host is None:
+            self._host = value
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
@@ -212,6 +226,7 @@ class RequestDecoder:
                 p.get_http_version(),
                 self._headers,
                 p.should_keep_alive(),
+                self._host,
             )
         )
 

@@ -178,7 +178,7 @@ class ConnectionTracker:
             now = loop.time()
             for conn in list(self.connections):
                 if conn.idle_since is not None and now - conn.idle_since >= timeout:
-                    self.config.stats.downstream_cx_idle_timeout.inc()
+                    self.config.stats.downstream_cx_idle_timeout.value += 1
                     conn.close()
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
@@ -187,7 +187,7 @@ class ConnectionTracker:
         self.draining = True
         for conn in list(self.connections):
             if conn.active is None:
-                self.config.stats.downstream_cx_drain_close.inc()
+                self.config.stats.downstream_cx_drain_close.value += 1
                 conn.close()
 
     def stop(self) -> None:
@@ -251,14 +251,14 @@ class DownstreamConnection(asyncio.Protocol):
         self.opened = time.monotonic()
         self.idle_since = self.loop.time()
         st = self.stats
-        st.downstream_cx_total.inc()
-        st.downstream_cx_active.inc()
-        st.downstream_cx_http1_total.inc()
-        st.downstream_cx_http1_active.inc()
+        st.downstream_cx_total.value += 1
+        st.downstream_cx_active.value += 1
+        st.downstream_cx_http1_total.value += 1
+        st.downstream_cx_http1_active.value += 1
         ls = self.config.listener_stats
         if ls is not None:
-            ls.downstream_cx_total.inc()
-            ls.downstream_cx_active.inc()
+            ls.downstream_cx_total.value += 1
+            ls.downstream_cx_active.value += 1
         self.tracker.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -286,30 +286,30 @@ class DownstreamConnection(asyncio.Protocol):
             self.flow.closed = True
         self.tracker.connections.discard(self)
         st = self.stats
-        st.downstream_cx_active.dec()
-        st.downstream_cx_http1_active.dec()
-        st.downstream_cx_destroy.inc()
+        st.downstream_cx_active.value -= 1
+        st.downstream_cx_http1_active.value -= 1
+        st.downstream_cx_destroy.value += 1
         length_ms = (time.monotonic() - self.opened) * 1000.0
         st.downstream_cx_length_ms.record(length_ms)
         ls = self.config.listener_stats
         if ls is not None:
-            ls.downstream_cx_active.dec()
-            ls.downstream_cx_destroy.inc()
+            ls.downstream_cx_active.value -= 1
+            ls.downstream_cx_destroy.value += 1
             ls.downstream_cx_length_ms.record(length_ms)
         if was_closing:
-            st.downstream_cx_destroy_local.inc()
+            st.downstream_cx_destroy_local.value += 1
         else:
-            st.downstream_cx_destroy_remote.inc()
+            st.downstream_cx_destroy_remote.value += 1
         ex = self.active
         if ex is not None and not ex.response_complete:
-            st.downstream_cx_destroy_active_rq.inc()
+            st.downstream_cx_destroy_active_rq.value += 1
             if was_closing:
-                st.downstream_cx_destroy_local_active_rq.inc()
+                st.downstream_cx_destroy_local_active_rq.value += 1
             else:
-                st.downstream_cx_destroy_remote_active_rq.inc()
-                st.downstream_rq_rx_reset.inc()
+                st.downstream_cx_destroy_remote_active_rq.value += 1
+                st.downstream_rq_rx_reset.value += 1
             self.active = None
-            st.downstream_rq_active.dec()
+            st.downstream_rq_active.value -= 1
             self.handler.on_downstream_reset(ex)
         self.queue.clear()
 
@@ -328,9 +328,9 @@ class DownstreamConnection(asyncio.Protocol):
         ex = Exchange(self, head, self.loop.time())
         self.decoding = ex
         st = self.stats
-        st.downstream_rq_total.inc()
-        st.downstream_rq_http1_total.inc()
-        st.downstream_rq_active.inc()
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_active.value += 1
         if self.active is None:
             self._start(ex)
         else:
@@ -370,8 +370,9 @@ class DownstreamConnection(asyncio.Protocol):
                 # Envoy's http1 codec without accept_http_10: 426 Upgrade Required.
                 self.send_local_reply(ex, 426, b"Upgrade Required", close=True)
                 return
-            if head.get(b"host") is None and self.config.default_host_for_http_10:
-                head.headers.append((b"host", self.config.default_host_for_http_10))
+            if head.host is None and self.config.default_host_for_http_10:
+                head.host = self.config.default_host_for_http_10
+                head.headers.append((b"host", head.host))
         self.handler.on_request_head(ex)
         if ex.response_complete or ex is not self.active:
             return
@@ -401,12 +402,13 @@ class DownstreamConnection(asyncio.Protocol):
             return
         ex.response_complete = True
         st = self.stats
-        st.downstream_rq_completed.inc()
-        st.downstream_rq_active.dec()
+        st.downstream_rq_completed.value += 1
+        st.downstream_rq_active.value -= 1
         st.downstream_rq_time.record((self.loop.time() - ex.start) * 1000.0)
         logger = self.config.access_logger
         if logger is not None:
             logger.log_exchange(ex)
+        ex.state = None  # break the exchange <-> handler cycle so no GC pass is needed
         if (
             not keep_alive
             or not ex.head.keep_alive
@@ -414,7 +416,7 @@ class DownstreamConnection(asyncio.Protocol):
             or self.closing_after_response
         ):
             if self.tracker.draining:
-                st.downstream_cx_drain_close.inc()
+                st.downstream_cx_drain_close.value += 1
             self.close()
             return
         if not ex.request_complete:
@@ -454,9 +456,9 @@ class DownstreamConnection(asyncio.Protocol):
         """An Envoy local reply (text/plain body) that ends the exchange."""
         if ex.response_started:
             # Too late for a reply: the client sees the connection reset (as Envoy).
-            self.stats.rq_reset_after_downstream_response_started.inc()
+            self.stats.rq_reset_after_downstream_response_started.value += 1
             ex.response_complete = True
-            self.stats.downstream_rq_active.dec()
+            self.stats.downstream_rq_active.value -= 1
             self.close()
             return
         ex.flags = flags
@@ -473,9 +475,9 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         """Malformed input: answer with the status hint and close, after what came before."""
-        self.stats.downstream_cx_protocol_error.inc()
+        self.stats.downstream_cx_protocol_error.value += 1
         if exc.status_hint == 431:
-            self.stats.downstream_rq_too_large.inc()
+            self.stats.downstream_rq_too_large.value += 1
         log.debug("downstream protocol error from %s: %s", self.remote[0], exc)
         assert self.flow is not None
         self.flow.pause_reading(PIPELINE_QUEUED)
@@ -492,7 +494,7 @@ class DownstreamConnection(asyncio.Protocol):
             while self.queue and self.queue[-1] is not bad:
                 self.queue.pop()
             self.queue.pop()
-            self.stats.downstream_rq_active.dec()
+            self.stats.downstream_rq_active.value -= 1
         self.pending_error = exc
         if self.active is None:
             self._next()
@@ -501,7 +503,7 @@ class DownstreamConnection(asyncio.Protocol):
         if ex is None:
             head = RequestHead(b"GET", b"/", "1.1", [], False)
             ex = Exchange(self, head, self.loop.time())
-            self.stats.downstream_rq_active.inc()
+            self.stats.downstream_rq_active.value += 1
         self.active = ex
         ex.request_complete = False
         reason = codec.status_line(exc.status_hint).split(b" ", 2)[-1].strip()

@@ -74,8 +74,8 @@ class HostPool:
             self.busy.add(conn)
             return conn
         self.pending.append(waiter)
-        self.stats.upstream_rq_pending_total.inc()
-        self.stats.upstream_rq_pending_active.inc()
+        self.stats.upstream_rq_pending_total.value += 1
+        self.stats.upstream_rq_pending_active.value += 1
         if self.connecting < len(self.pending):
             self._start_connect()
         return None
@@ -85,7 +85,7 @@ class HostPool:
             self.pending.remove(waiter)
         except ValueError:
             return
-        self.stats.upstream_rq_pending_active.dec()
+        self.stats.upstream_rq_pending_active.value -= 1
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         """A request finished on `conn`."""
@@ -99,7 +99,7 @@ class HostPool:
     def _give(self, conn: UpstreamConnection) -> None:
         if self.pending:
             waiter = self.pending.popleft()
-            self.stats.upstream_rq_pending_active.dec()
+            self.stats.upstream_rq_pending_active.value -= 1
             conn.state = ConnState.BUSY
             self.busy.add(conn)
             waiter.on_pool_ready(conn)
@@ -113,9 +113,9 @@ class HostPool:
         if prev is ConnState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(conn)
-        self.stats.upstream_cx_active.dec()
+        self.stats.upstream_cx_active.value -= 1
         self.host.stats.cx_active -= 1
-        self.stats.upstream_cx_destroy.inc()
+        self.stats.upstream_cx_destroy.value += 1
         self.stats.upstream_cx_length_ms.record((time.monotonic() - conn.opened) * 1000.0)
 
     def drain(self) -> None:
@@ -147,8 +147,8 @@ class HostPool:
         loop = asyncio.get_running_loop()
         st = self.stats
         hst = self.host.stats
-        st.upstream_cx_total.inc()
-        st.upstream_cx_http1_total.inc()
+        st.upstream_cx_total.value += 1
+        st.upstream_cx_http1_total.value += 1
         hst.cx_total += 1
         started = time.monotonic()
         err: UpstreamError | None = None
@@ -160,22 +160,22 @@ class HostPool:
                 )
             conn = proto
         except TimeoutError:
-            st.upstream_cx_connect_timeout.inc()
+            st.upstream_cx_connect_timeout.value += 1
             err = UpstreamConnectTimeout(f"connect to {self.host.key} timed out")
         except OSError as exc:
             err = UpstreamConnectError(f"connect to {self.host.key} failed: {exc.strerror or exc}")
         finally:
             self.connecting -= 1
         if err is not None or conn is None:
-            st.upstream_cx_connect_fail.inc()
+            st.upstream_cx_connect_fail.value += 1
             hst.cx_connect_fail += 1
             log.debug("%s", err)
             if self.pending:
                 waiter = self.pending.popleft()
-                st.upstream_rq_pending_active.dec()
+                st.upstream_rq_pending_active.value -= 1
                 waiter.on_pool_failure(err or UpstreamConnectError("connect failed"))
             return
-        st.upstream_cx_active.inc()
+        st.upstream_cx_active.value += 1
         hst.cx_active += 1
         st.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000.0)
         if self.draining and not self.pending:

@@ -75,7 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.decoder.feed(data)
         except ProtocolError as exc:
-            self.pool.stats.upstream_cx_protocol_error.inc()
+            self.pool.stats.upstream_cx_protocol_error.value += 1
             self._fail(UpstreamProtocolError(str(exc)))
 
     def eof_received(self) -> bool | None:
@@ -93,7 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.decoder.eof():
                 return  # a close-delimited response just ended; on_response_end ran
             self.stream = None
-            self.pool.stats.upstream_cx_destroy_with_active_rq.inc()
+            self.pool.stats.upstream_cx_destroy_with_active_rq.value += 1
             stream.on_upstream_error(UpstreamResetError("upstream connection closed"))
         self.pool.on_connection_closed(self, prev)
 

@@ -13,8 +13,9 @@ task is created per request; only a new upstream connection costs one.
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +86,19 @@ def _is_internal_address(addr: str) -> bool:
 
 
 def new_request_id() -> bytes:
-    """A random UUID4 as 36 ASCII bytes, cheaper than uuid.uuid4()."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
+    """A random UUID4 as 36 ASCII bytes.
+
+    From the Mersenne Twister, not os.urandom: a request id must be unique, not secret, and a
+    getrandom() syscall per request is measurable on the hot path.
+    """
+    h = "%032x" % ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+_getrandbits = random.getrandbits
+# RFC 9562 §5.4: version 4 in bits 48-51, variant 10 in bits 64-65 (counted from the left).
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 @dataclass(slots=True)
@@ -109,6 +117,57 @@ class ForwarderConfig:
     scheme: bytes = b"http"
 
 
+class TimeoutQueue:
+    """Route timeouts without a timer per request.
+
+    Requests sharing one timeout value expire in the order they finished sending, so a FIFO of
+    `[deadline, request]` entries and one loop timer armed for the oldest live entry suffice.
+    A request that completes clears its entry (the request is dropped at once; the entry is
+    popped when it reaches the front), so memory is bounded by requests in flight plus the
+    entries behind the oldest live one.
+    """
+
+    __slots__ = ("_timer", "entries", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.entries: deque[list[Any]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, ureq: UpstreamRequest) -> list[Any]:
+        entries = self.entries
+        while entries and entries[0][1] is None:
+            entries.popleft()
+        loop = asyncio.get_running_loop()
+        entry: list[Any] = [loop.time() + self.timeout, ureq]
+        entries.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry[0], self._fire)
+        return entry
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entries = self.entries
+        while entries:
+            deadline, ureq = entries[0]
+            if ureq is None:
+                entries.popleft()
+                continue
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._fire)
+                return
+            entries.popleft()
+            ureq.on_timeout()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.entries.clear()
+
+
 class Forwarder:
     """Envoy's router filter as a `StreamHandler`."""
 
@@ -123,41 +182,53 @@ class Forwarder:
         self.clusters = clusters
         self.config = config
         self.stats = stats
+        # Precomputed header lines (hot path: appended as they are).
+        self._xfp_line = b"x-forwarded-proto: " + config.scheme + b"\r\n"
+        self._server_line = b"server: " + config.server_name + b"\r\n"
+        self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
+        self._add_server = config.server_header_transformation != "PASS_THROUGH"
+        self._timeouts: dict[float, TimeoutQueue] = {}
+
+    def timeout_queue(self, timeout: float) -> TimeoutQueue:
+        q = self._timeouts.get(timeout)
+        if q is None:
+            q = self._timeouts[timeout] = TimeoutQueue(timeout)
+        return q
 
     # StreamHandler ---------------------------------------------------------------------
     def on_request_head(self, ex: Exchange) -> None:
         head = ex.head
         conn = ex.conn
-        authority = head.get(b"host")
+        authority = head.host
         if authority is None:
             # RFC 9112 §3.2: a 1.1 request without Host is a 400.
             conn.send_local_reply(ex, 400, b"missing host header", flags="DPE", close=True)
             return
-        self.stats.rq_total.inc()
+        self.stats.rq_total.value += 1
         route = self.routes.route(authority, head.target, head.headers)
         if route is None:
-            self.stats.no_route.inc()
+            self.stats.no_route.value += 1
             conn.send_local_reply(ex, 404, b"", flags="NR")
             return
         if route.direct_status is not None:
-            self.stats.rq_direct_response.inc()
+            self.stats.rq_direct_response.value += 1
             conn.send_local_reply(ex, route.direct_status, route.direct_body)
             return
         assert route.cluster is not None
         cluster = self.clusters.get(route.cluster)
         if cluster is None:
-            self.stats.no_cluster.inc()
+            self.stats.no_cluster.value += 1
             conn.send_local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
             return
         host = cluster.choose_host()
         if host is None:
-            cluster.info.stats.upstream_cx_none_healthy.inc()
+            cluster.info.stats.upstream_cx_none_healthy.value += 1
             conn.send_local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
             return
-        if head.get(b"expect") == b"100-continue":
+        ureq = UpstreamRequest(self, ex, route, cluster, host)
+        if ureq.expect_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             conn.write(CONTINUE_100)
-        ureq = UpstreamRequest(self, ex, route, cluster, host)
         ex.state = ureq
         ureq.start()
 
@@ -187,26 +258,26 @@ class Forwarder:
             ureq.conn.flow.resume_reading(PEER_WRITE_BLOCKED)
 
     # Building the upstream request -----------------------------------------------------
-    def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool]:
-        """The upstream request head bytes, and whether the body is sent chunked."""
+    def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool, bool]:
+        """The upstream request head bytes, whether the body goes chunked, and whether the
+        client asked for `100-continue`. One pass over the headers, one join."""
         cfg = self.config
         head = ex.head
         target = head.target
-        out: list[bytes] = []
+        out: list[bytes] = [head.method, b" ", target, b" HTTP/1.1\r\nhost: ", b"", b"\r\n"]
         extra: list[bytes] = []
-        authority = b""
+        authority = head.host or b""
         xff: bytes | None = None
         has_xfp = False
         request_id: bytes | None = None
         chunked = False
-        content_length: bytes | None = None
+        expect_continue = False
         connection_tokens: set[bytes] | None = None
+        overwrite_xfp = cfg.use_remote_address
         for k, v in head.headers:
             if k in _REQ_HANDLED:
-                if k == b"host":
-                    authority = v
-                elif k == b"content-length":
-                    content_length = v
+                if k == b"content-length":
+                    extra += (b"content-length: ", v, b"\r\n")
                 elif k == b"transfer-encoding":
                     chunked = True
                 elif k == b"connection":
@@ -214,23 +285,32 @@ class Forwarder:
                     toks -= {b"close", b"keep-alive", b""}
                     if toks:
                         connection_tokens = toks
+                elif k == b"expect":
+                    expect_continue = v.lower() == b"100-continue"
                 elif k == b"te" and v.strip().lower() == b"trailers":
                     extra.append(b"te: trailers\r\n")
                 continue
-            if k == b"x-forwarded-for":
-                xff = v if xff is None else xff + b"," + v
-                continue
-            if k == b"x-forwarded-proto":
-                has_xfp = True
-            elif k == b"x-request-id":
-                request_id = v
-                continue
-            elif k.startswith(b"x-envoy-") and k in INTERNAL_ONLY:
-                continue
-            out.append(k + b": " + v + b"\r\n")
+            if k[:2] == b"x-":
+                if k == b"x-forwarded-for":
+                    xff = v if xff is None else xff + b"," + v
+                    continue
+                if k == b"x-forwarded-proto":
+                    if overwrite_xfp:
+                        continue
+                    has_xfp = True
+                elif k == b"x-request-id":
+                    request_id = v
+                    continue
+                elif k in INTERNAL_ONLY:
+                    continue
+            out += (k, b": ", v, b"\r\n")
         if connection_tokens:
-            # RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too.
-            out = [line for line in out if line.split(b":", 1)[0] not in connection_tokens]
+            # RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too (rare: rebuild).
+            kept = out[:6]
+            for n in range(6, len(out), 4):
+                if out[n] not in connection_tokens:
+                    kept += out[n : n + 4]
+            out = kept
 
         internal = False
         if cfg.use_remote_address:
@@ -241,26 +321,24 @@ class Forwarder:
         elif xff is not None and b"," not in xff:
             internal = _is_internal_address(xff.strip().decode("latin-1"))
         if xff is not None:
-            out.append(b"x-forwarded-for: " + xff + b"\r\n")
+            out += (b"x-forwarded-for: ", xff, b"\r\n")
         if internal:
             out.append(b"x-envoy-internal: true\r\n")
-        if not has_xfp or cfg.use_remote_address:
-            if has_xfp:
-                out = [line for line in out if not line.startswith(b"x-forwarded-proto:")]
-            out.append(b"x-forwarded-proto: " + cfg.scheme + b"\r\n")
+        if not has_xfp:
+            out.append(self._xfp_line)
         if (
             request_id is None
             or (not internal and cfg.use_remote_address and not cfg.preserve_external_request_id)
         ) and (cfg.generate_request_id or request_id is not None):
             request_id = new_request_id()
         if request_id is not None:
-            out.append(b"x-request-id: " + request_id + b"\r\n")
+            out += (b"x-request-id: ", request_id, b"\r\n")
             ex.request_id = request_id
-        if route.timeout is not None and not cfg.suppress_envoy_headers:
-            out.append(b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(route.timeout * 1000))
+        if not cfg.suppress_envoy_headers:
+            out.append(route.timeout_header)
         if route.prefix_rewrite is not None and route.prefix is not None:
-            out.append(b"x-envoy-original-path: " + target + b"\r\n")
-            target = route.prefix_rewrite + target[len(route.prefix) :]
+            out += (b"x-envoy-original-path: ", target, b"\r\n")
+            out[2] = route.prefix_rewrite + target[len(route.prefix) :]
         rewritten: bytes | None = None
         if route.host_rewrite is not None:
             rewritten = route.host_rewrite
@@ -270,28 +348,14 @@ class Forwarder:
             # Envoy keeps the Host the client sent in x-envoy-original-host (checked against
             # Envoy 1.40 side by side).
             if not cfg.suppress_envoy_headers:
-                out.append(b"x-envoy-original-host: " + authority + b"\r\n")
+                out += (b"x-envoy-original-host: ", authority, b"\r\n")
             authority = rewritten
+        out[4] = authority
         if chunked:
-            extra.append(b"transfer-encoding: chunked\r\n")
-        elif content_length is not None:
-            extra.append(b"content-length: " + content_length + b"\r\n")
-        return (
-            b"".join(
-                [
-                    head.method,
-                    b" ",
-                    target,
-                    b" HTTP/1.1\r\nhost: ",
-                    authority,
-                    b"\r\n",
-                    *out,
-                    *extra,
-                    b"\r\n",
-                ]
-            ),
-            chunked,
-        )
+            extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
+        extra.append(b"\r\n")
+        out += extra
+        return b"".join(out), chunked, expect_continue
 
 
 class UpstreamRequest:
@@ -303,6 +367,7 @@ class UpstreamRequest:
         "conn",
         "done",
         "ex",
+        "expect_continue",
         "fwd",
         "head_bytes",
         "held_head",
@@ -331,7 +396,7 @@ class UpstreamRequest:
         self.host = host
         self.pool: HostPool = cluster.pool_for(host)
         self.conn: UpstreamConnection | None = None
-        self.head_bytes, self.body_chunked = fwd.request_head(ex, route, host)
+        self.head_bytes, self.body_chunked, self.expect_continue = fwd.request_head(ex, route, host)
         self.pending_body: list[bytes] = []
         self.replay: list[bytes] | None = []
         self.replay_size = 0
@@ -339,7 +404,7 @@ class UpstreamRequest:
         self.response_head: ResponseHead | None = None
         self.response_chunked = False
         self.held_head: bytes | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: list[Any] | None = None  # its TimeoutQueue entry
         self.sent_at = 0.0
         self.done = False
         self.retried = False
@@ -349,8 +414,8 @@ class UpstreamRequest:
     # request direction -----------------------------------------------------------------
     def start(self) -> None:
         st = self.cluster.info.stats
-        st.upstream_rq_total.inc()
-        st.upstream_rq_active.inc()
+        st.upstream_rq_total.value += 1
+        st.upstream_rq_active.value += 1
         self.host.stats.rq_total += 1
         self.host.stats.rq_active += 1
         self.sent_at = time.monotonic()
@@ -421,7 +486,7 @@ class UpstreamRequest:
         failed.stats.rq_error += 1
         host.stats.rq_total += 1
         host.stats.rq_active += 1
-        cluster.info.stats.upstream_rq_retry.inc()
+        cluster.info.stats.upstream_rq_retry.value += 1
         self.host = host
         self.pool = cluster.pool_for(host)
         self.ex.upstream_host = host.key
@@ -454,7 +519,7 @@ class UpstreamRequest:
         self.request_ended = True
         timeout = self.route.timeout
         if timeout is not None and not self.done:
-            self.timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+            self.timer = self.fwd.timeout_queue(timeout).add(self)
         conn = self.conn
         if conn is not None and not self.done:
             if self.body_chunked:
@@ -472,48 +537,48 @@ class UpstreamRequest:
             return
         self.response_head = head
         ex = self.ex
-        cfg = self.fwd.config
+        fwd = self.fwd
         status = head.status
         out = [codec.status_line(status)]
         has_date = False
         server_seen = False
-        append = out.append
+        drop_server = fwd._drop_upstream_server
         for k, v in head.headers:
             if k in _RESP_HANDLED:
                 continue
             if k == b"server":
-                if cfg.server_header_transformation == "OVERWRITE":
+                if drop_server:
                     continue
                 server_seen = True
             elif k == b"date":
                 has_date = True
-            append(k + b": " + v + b"\r\n")
-        no_body = ex.head.method == b"HEAD" or status == 204 or status == 304
+            out += (k, b": ", v, b"\r\n")
         keep_alive = True
         if head.content_length is not None:
             if status != 204:
-                append(b"content-length: %d\r\n" % head.content_length)
-        elif not no_body:
+                out.append(b"content-length: %d\r\n" % head.content_length)
+        elif not (ex.head.method == b"HEAD" or status == 204 or status == 304):
             if ex.head.version == "1.1":
                 self.response_chunked = True
-                append(b"transfer-encoding: chunked\r\n")
+                out.append(b"transfer-encoding: chunked\r\n")
             else:
                 keep_alive = False  # close-delimited for an HTTP/1.0 client
         if not has_date:
-            append(b"date: " + codec.http_date.get() + b"\r\n")
-        if cfg.server_header_transformation != "PASS_THROUGH" and not server_seen:
-            append(b"server: " + cfg.server_name + b"\r\n")
+            out += (b"date: ", codec.http_date.get(), b"\r\n")
+        if fwd._add_server and not server_seen:
+            out.append(fwd._server_line)
+        cfg = fwd.config
         if not cfg.suppress_envoy_headers:
             ms = int((time.monotonic() - self.sent_at) * 1000)
-            append(b"x-envoy-upstream-service-time: %d\r\n" % ms)
+            out.append(b"x-envoy-upstream-service-time: %d\r\n" % ms)
         if cfg.always_set_request_id_in_response and ex.request_id:
-            append(b"x-request-id: " + ex.request_id + b"\r\n")
+            out += (b"x-request-id: ", ex.request_id, b"\r\n")
         conn = ex.conn
         if not keep_alive or not ex.head.keep_alive or conn.tracker.draining:
-            append(b"connection: close\r\n")
+            out.append(b"connection: close\r\n")
         elif ex.head.version != "1.1":
-            append(b"connection: keep-alive\r\n")
-        append(b"\r\n")
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
         conn.response_head_sent(ex, status)
         # Held back so that the head and the first body bytes (usually the whole body, in
         # the same read) leave in one write: on loopback each write is a costly syscall.
@@ -540,18 +605,18 @@ class UpstreamRequest:
         status = head.status
         info = self.cluster.info
         st = info.stats
-        st.upstream_rq_completed.inc()
-        info.code_counter(status).inc()
+        st.upstream_rq_completed.value += 1
+        info.code_counter(status).value += 1
         if self.tried:
-            st.upstream_rq_retry_success.inc()
+            st.upstream_rq_retry_success.value += 1
         if status < 300:
-            st.upstream_rq_2xx.inc()
+            st.upstream_rq_2xx.value += 1
         elif status < 400:
-            st.upstream_rq_3xx.inc()
+            st.upstream_rq_3xx.value += 1
         elif status < 500:
-            st.upstream_rq_4xx.inc()
+            st.upstream_rq_4xx.value += 1
         else:
-            st.upstream_rq_5xx.inc()
+            st.upstream_rq_5xx.value += 1
         st.upstream_rq_time.record((time.monotonic() - self.sent_at) * 1000.0)
         hst = self.host.stats
         if status >= 500:
@@ -608,10 +673,10 @@ class UpstreamRequest:
     def _complete(self) -> None:
         self.done = True
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer[1] = None  # the queue drops the entry when it reaches the front
             self.timer = None
         st = self.cluster.info.stats
-        st.upstream_rq_active.dec()
+        st.upstream_rq_active.value -= 1
         self.host.stats.rq_active -= 1
         flow = self.ex.conn.flow
         if flow is not None:
@@ -629,18 +694,18 @@ class UpstreamRequest:
         if isinstance(err, UpstreamConnectError):
             pass
         else:
-            st.upstream_rq_rx_reset.inc()
+            st.upstream_rq_rx_reset.value += 1
         ex = self.ex
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
         ex.conn.send_local_reply(ex, 503, body, flags=err.flag)
 
-    def _on_timeout(self) -> None:
+    def on_timeout(self) -> None:
         self.timer = None
         if self.done:
             return
         self._complete()
         st = self.cluster.info.stats
-        st.upstream_rq_timeout.inc()
+        st.upstream_rq_timeout.value += 1
         self.host.stats.rq_timeout += 1
         if self.conn is not None:
             self.conn.detach()
@@ -655,8 +720,8 @@ class UpstreamRequest:
         if self.done:
             return
         self._complete()
-        self.cluster.info.stats.upstream_rq_tx_reset.inc()
-        self.cluster.info.stats.upstream_rq_cancelled.inc()
+        self.cluster.info.stats.upstream_rq_tx_reset.value += 1
+        self.cluster.info.stats.upstream_rq_cancelled.value += 1
         if self.conn is not None:
             self.conn.detach()
             self.conn = None

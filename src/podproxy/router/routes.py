@@ -32,6 +32,8 @@ class Route:
     direct_status: int | None = None
     direct_body: bytes = b""
     cluster_not_found_status: int = 503
+    # `x-envoy-expected-rq-timeout-ms: N\r\n`, precomputed (empty when the timeout is off).
+    timeout_header: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,10 +204,19 @@ def _path_matcher(match: Any) -> tuple[Callable[[bytes], bool], bytes | None]:
 def compile_route(r: Any, index: int) -> Route:
     path_ok, prefix = _path_matcher(r.match)
     preds = tuple(header_predicate(h) for h in (r.match.headers or ()))
+    matches: Callable[[bytes, Headers], bool]
     if preds:
 
         def matches(path: bytes, headers: Headers) -> bool:
             return path_ok(path) and all(p(headers) for p in preds)
+
+    elif prefix is not None and r.match.prefix is not None and r.match.case_sensitive is not False:
+        # The common case (`prefix: "/"`): one call per match, not two.
+        startswith = bytes.startswith
+        pre = prefix
+
+        def matches(path: bytes, headers: Headers) -> bool:
+            return startswith(path, pre)
 
     else:
 
@@ -235,6 +246,11 @@ def compile_route(r: Any, index: int) -> Route:
         prefix_rewrite=a.prefix_rewrite.encode() if a.prefix_rewrite is not None else None,
         timeout=a.timeout,
         cluster_not_found_status=status,
+        timeout_header=(
+            b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(a.timeout * 1000)
+            if a.timeout is not None
+            else b""
+        ),
     )
 
 
