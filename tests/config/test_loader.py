@@ -155,6 +155,19 @@ def test_unknown_and_unsupported_inside_v2_config(seed_v2_text: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["drain_timeout: 5s", "request_headers_timeout: 5s", "xff_num_trusted_hops: 1"],
+)
+def test_fields_podproxy_does_not_run_yet_are_errors(seed_v2_text: str, field: str) -> None:
+    # Accepting them would ignore them silently: they are errors until the runtime has them.
+    text = replaced(
+        seed_v2_text, "stat_prefix: ingress_http", f"stat_prefix: ingress_http\n          {field}"
+    )
+    name = field.split(":")[0]
+    assert errors_of(text) == [f"{HCM}.{name}: Envoy field not supported by podproxy yet"]
+
+
 def test_route_to_missing_cluster(seed_v2_text: str) -> None:
     text = replaced(seed_v2_text, "cluster: httpd", "cluster: nope")
     assert errors_of(text) == [f'{ROUTE}.cluster: unknown cluster "nope"']

@@ -140,7 +140,7 @@ def test_bool_is_strict() -> None:
 
 def test_socket_address() -> None:
     sa = SocketAddress.model_validate({"address": "10.0.0.1", "port_value": "80"})
-    assert (sa.port_value, sa.protocol, sa.ipv4_compat) == (80, "TCP", False)
+    assert (sa.port_value, sa.protocol) == (80, "TCP")
     assert one_error(SocketAddress, {"address": "a", "protocol": "UDP"})[1] == (
         "UDP: Envoy value not supported by podproxy yet"
     )
@@ -235,7 +235,7 @@ HCM_MIN: dict[str, Any] = {
 def test_hcm_defaults_and_zero_disables() -> None:
     hcm = HttpConnectionManager.model_validate(HCM_MIN)
     assert hcm.codec_type is CodecType.AUTO
-    assert (hcm.stream_idle_timeout, hcm.request_timeout, hcm.drain_timeout) == (300.0, None, 5.0)
+    assert (hcm.stream_idle_timeout, hcm.request_timeout) == (300.0, None)
     assert hcm.max_request_headers_kb == 60 and hcm.generate_request_id is True
     hcm = HttpConnectionManager.model_validate(
         {

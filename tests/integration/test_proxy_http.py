@@ -989,3 +989,52 @@ async def test_cli_subprocess_end_to_end(
     assert echoed_headers(resp)["x-forwarded-proto"] == ["http"]
     stats = await proc.admin_get("/stats")
     assert "cluster.app.upstream_rq_200: 1" in stats.body.decode()
+
+
+# --- connection-manager timeouts (checked by a once-a-second sweep) ----------------------------
+
+
+async def test_route_idle_timeout_is_a_408_stream_timeout(
+    proxy: StartProxy, backend: Callable[..., Awaitable[Backend]]
+) -> None:
+    b = await backend()
+    p = await proxy(
+        bootstrap([cluster("app", [b.address])], routes=[route("/", "app", idle_timeout="1s")])
+    )
+    started = time.monotonic()
+    async with await RawClient.open(*p.address) as client:
+        client.send(request(path="/sleep/5"))
+        resp = await client.response(timeout=5.0)
+    assert (resp.status, resp.body) == (408, b"stream timeout")
+    assert 1.0 <= time.monotonic() - started < 3.5
+    assert p.counter("http.ingress_http.downstream_rq_idle_timeout") == 1
+
+
+async def test_request_timeout_is_a_408(
+    proxy: StartProxy, backend: Callable[..., Awaitable[Backend]]
+) -> None:
+    b = await backend()
+    p = await proxy(bootstrap([cluster("app", [b.address])], hcm={"request_timeout": "1s"}))
+    async with await RawClient.open(*p.address) as client:
+        # A body that never completes: the request is not received in time.
+        client.send(b"POST /upload HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\nab")
+        resp = await client.response(timeout=5.0)
+        assert (resp.status, resp.body) == (408, b"request timeout")
+        assert await client.closed_by_peer()
+    assert p.counter("http.ingress_http.downstream_rq_timeout") == 1
+
+
+async def test_max_connection_duration_closes_keep_alive_connections(
+    proxy: StartProxy, backend: Callable[..., Awaitable[Backend]]
+) -> None:
+    b = await backend()
+    p = await proxy(
+        bootstrap(
+            [cluster("app", [b.address])],
+            hcm={"common_http_protocol_options": {"max_connection_duration": "1s"}},
+        )
+    )
+    async with await RawClient.open(*p.address) as client:
+        client.send(request(path="/status/200"))
+        assert (await client.response()).status == 200
+        assert await client.closed_by_peer(timeout=4.0)

@@ -26,6 +26,7 @@ def action(cluster: str, **kw: object) -> NS:
         auto_host_rewrite=False,
         prefix_rewrite=kw.get("prefix_rewrite"),
         timeout=15.0,
+        idle_timeout=None,
         cluster_not_found_response_code=None,
     )
 

@@ -285,12 +285,11 @@ class TypedMessage(Message):
 
 
 class SocketAddress(Message):
-    UNSUPPORTED = _names("named_port network_namespace_filepath")
+    UNSUPPORTED = _names("named_port network_namespace_filepath ipv4_compat")
     address: Str
     port_value: Annotated[UInt, Field(le=65535)] = 0
     protocol: Str = "TCP"
     resolver_name: Str | None = None
-    ipv4_compat: StrictBool = False
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -341,12 +340,12 @@ class HttpProtocolOptions(Message):
     UNSUPPORTED = _names(
         """
         max_response_headers_kb headers_with_underscores_action max_requests_per_connection
+        max_stream_duration
         """
     )
     idle_timeout: ZeroDisables = 3600.0
     max_headers_count: Annotated[UInt, Field(ge=1)] = 100
     max_connection_duration: ZeroDisables = None
-    max_stream_duration: ZeroDisables = None
 
 
 class Http1ProtocolOptions(Message):
@@ -630,7 +629,7 @@ class HttpConnectionManager(TypedMessage):
         stream_error_on_invalid_http_message path_normalization_options
         strip_trailing_host_dot proxy_status_config typed_header_validation_config
         append_x_forwarded_port append_local_overload add_proxy_protocol_connection_state
-        forward_proto_config
+        forward_proto_config xff_num_trusted_hops request_headers_timeout drain_timeout
         """
     )
     stat_prefix: Annotated[Str, Field(min_length=1)]
@@ -642,15 +641,12 @@ class HttpConnectionManager(TypedMessage):
         ServerHeaderTransformation.OVERWRITE
     )
     use_remote_address: StrictBool = False
-    xff_num_trusted_hops: UInt = 0
     skip_xff_append: StrictBool = False
     generate_request_id: StrictBool = True
     preserve_external_request_id: StrictBool = False
     always_set_request_id_in_response: StrictBool = False
     stream_idle_timeout: ZeroDisables = 300.0
     request_timeout: ZeroDisables = None
-    request_headers_timeout: ZeroDisables = None
-    drain_timeout: Duration = 5.0
     max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
     common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
     http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
@@ -783,16 +779,14 @@ class CaresDnsResolverConfig(TypedMessage):
     UNSUPPORTED = _names(
         """
         edns0_max_payload_size max_udp_channel_duration reinit_channel_on_timeout
+        filter_unroutable_families udp_max_queries rotate_nameservers
         """
     )
     resolvers: tuple[Address, ...] = ()
     use_resolvers_as_fallback: StrictBool = False
-    filter_unroutable_families: StrictBool = False
     dns_resolver_options: DnsResolverOptions = DnsResolverOptions()
     query_timeout_seconds: Annotated[UInt, Field(ge=1)] | None = None
     query_tries: Annotated[UInt, Field(ge=1)] | None = None
-    udp_max_queries: UInt | None = None
-    rotate_nameservers: StrictBool = False
 
 
 class TypedDnsResolverConfig(Message):

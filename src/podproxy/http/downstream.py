@@ -61,6 +61,7 @@ class HttpConnManagerStats:
     downstream_rq_tx_reset: Counter
     downstream_rq_too_large: Counter
     downstream_rq_header_timeout: Counter
+    downstream_rq_idle_timeout: Counter
     # router filter (same prefix in Envoy)
     no_route: Counter
     no_cluster: Counter
@@ -95,6 +96,8 @@ class Exchange:
     flags: str = "-"
     upstream_host: str = "-"
     request_id: bytes = b""
+    # The route's idle_timeout, when it overrides the connection manager's stream idle timeout.
+    idle_timeout: float | None = None
     # Body received while the exchange waited behind another (pipelining).
     buffered: list[bytes] = field(default_factory=list)
     # The handler's own per-request state.
@@ -131,8 +134,16 @@ class ConnectionManagerConfig:
         accept_http_10: bool = False,
         default_host_for_http_10: bytes | None = None,
         access_logger: AccessLogger | None = None,
+        stream_idle_timeout: float | None = 300.0,
+        request_timeout: float | None = None,
+        max_connection_duration: float | None = None,
+        buffer_limit: int | None = None,
     ) -> None:
         self.stats = stats
+        self.stream_idle_timeout = stream_idle_timeout
+        self.request_timeout = request_timeout
+        self.max_connection_duration = max_connection_duration
+        self.buffer_limit = buffer_limit
         self.listener_stats = listener_stats
         self.server_name = server_name
         self.idle_timeout = idle_timeout
@@ -152,7 +163,14 @@ class ConnectionManagerConfig:
 
 
 class ConnectionTracker:
-    """The live downstream connections of one listener: idle sweep and drain."""
+    """The live downstream connections of one listener: timeouts, sweep and drain.
+
+    Timeouts are checked by one sweep a second rather than a timer per request, so they fire
+    up to a second late: the connection idle timeout (`common_http_protocol_options.
+    idle_timeout`), `max_connection_duration`, the stream idle timeout (HCM
+    `stream_idle_timeout`, or the route's `idle_timeout`) and `request_timeout`. A stream is idle
+    when no byte moved on its connection in either direction (`io_count` did not change).
+    """
 
     SWEEP_INTERVAL = 1.0
 
@@ -167,19 +185,19 @@ class ConnectionTracker:
         return DownstreamConnection(self)
 
     def start(self) -> None:
-        if self.config.idle_timeout is not None and self._sweeper is None:
+        if self._sweeper is None:
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        timeout = self.config.idle_timeout
-        if timeout is not None:
-            now = loop.time()
-            for conn in list(self.connections):
-                if conn.idle_since is not None and now - conn.idle_since >= timeout:
-                    self.config.stats.downstream_cx_idle_timeout.value += 1
-                    conn.close()
+        now = loop.time()
+        cfg = self.config
+        for conn in list(self.connections):
+            try:
+                conn.check_timeouts(now, cfg)
+            except Exception:  # a sweep must never stop: log and go on
+                log.exception("timeout check failed for %r", conn)
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def drain(self) -> None:
@@ -236,20 +254,26 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing_after_response = False
         self.pending_error: ProtocolError | None = None
+        # Stream idle detection by the sweep: bumped on every read and write.
+        self.io_count = 0
+        self._seen_io = 0
+        self._idle_since_io = 0.0
         self.remote: tuple[str, int] = ("", 0)
         self.opened = 0.0
+        self.opened_loop = 0.0
         self.loop = asyncio.get_running_loop()
 
     # asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
-        self.flow = FlowControl(transport)
+        self.flow = FlowControl(transport, self.config.buffer_limit)
         peer = transport.get_extra_info("peername")
         if peer:
             self.remote = (peer[0], peer[1])
         self.opened = time.monotonic()
         self.idle_since = self.loop.time()
+        self.opened_loop = self.idle_since
         st = self.stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_active.value += 1
@@ -262,6 +286,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.tracker.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.io_count += 1
         self.stats.downstream_cx_rx_bytes_total.value += len(data)
         if self.closing:
             return
@@ -388,6 +413,7 @@ class DownstreamConnection(asyncio.Protocol):
         """Write response bytes of the active exchange."""
         transport = self.transport
         if transport is not None and not self.closing:
+            self.io_count += 1
             self.stats.downstream_cx_tx_bytes_total.value += len(data)
             transport.write(data)
 
@@ -508,6 +534,55 @@ class DownstreamConnection(asyncio.Protocol):
         ex.request_complete = False
         reason = codec.status_line(exc.status_hint).split(b" ", 2)[-1].strip()
         self.send_local_reply(ex, exc.status_hint, reason, close=True)
+
+    def check_timeouts(self, now: float, cfg: ConnectionManagerConfig) -> None:
+        """The sweep's per-connection step (see ConnectionTracker)."""
+        if self.closing:
+            return
+        if self.io_count != self._seen_io:
+            self._seen_io = self.io_count
+            self._idle_since_io = now
+        ex = self.active
+        too_old = (
+            cfg.max_connection_duration is not None
+            and now - self.opened_loop >= cfg.max_connection_duration
+        )
+        if ex is None:
+            idle_for = None if self.idle_since is None else now - self.idle_since
+            if (
+                cfg.idle_timeout is not None
+                and idle_for is not None
+                and idle_for >= cfg.idle_timeout
+            ):
+                cfg.stats.downstream_cx_idle_timeout.value += 1
+                self.close()
+            elif too_old:
+                self.close()
+            return
+        if too_old:
+            self.closing_after_response = True  # drain: close after this response
+        if (
+            cfg.request_timeout is not None
+            and not ex.request_complete
+            and now - ex.start >= cfg.request_timeout
+        ):
+            cfg.stats.downstream_rq_timeout.value += 1
+            self._abort(ex, 408, b"request timeout")
+            return
+        idle = ex.idle_timeout if ex.idle_timeout is not None else cfg.stream_idle_timeout
+        if idle is not None and now - self._idle_since_io >= idle:
+            cfg.stats.downstream_rq_idle_timeout.value += 1
+            self._abort(ex, 408, b"stream timeout")
+
+    def _abort(self, ex: Exchange, status: int, body: bytes) -> None:
+        """A timeout: the handler lets go of the upstream; the client gets a reply or a reset."""
+        self.handler.on_downstream_reset(ex)
+        if ex.response_started:
+            ex.response_complete = True
+            self.stats.downstream_rq_active.value -= 1
+            self.close()
+        else:
+            self.send_local_reply(ex, status, body, close=True)
 
     def close(self) -> None:
         if self.closing:

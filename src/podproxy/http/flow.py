@@ -25,11 +25,15 @@ class FlowControl:
 
     __slots__ = ("_reasons", "closed", "transport")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, limit: int | None = None) -> None:
+        """`limit`: per_connection_buffer_limit_bytes, the high-water mark (low is a quarter)."""
         self.transport = transport
         self._reasons = 0
         self.closed = False
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        if limit:
+            transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        else:
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
 
     @property
     def reading_paused(self) -> bool:

@@ -44,11 +44,15 @@ class HostPool:
         *,
         connect_timeout: float,
         idle_timeout: float | None = 3600.0,
+        max_connection_duration: float | None = None,
+        buffer_limit: int | None = None,
     ) -> None:
         self.host = host
         self.stats = stats
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.max_connection_duration = max_connection_duration
+        self.buffer_limit = buffer_limit
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
         self.pending: deque[PoolWaiter] = deque()
@@ -90,6 +94,9 @@ class HostPool:
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         """A request finished on `conn`."""
         self.busy.discard(conn)
+        limit = self.max_connection_duration
+        if limit is not None and time.monotonic() - conn.opened >= limit:
+            reusable = False  # common_http_protocol_options.max_connection_duration
         if not reusable or self.draining or conn.state is ConnState.CLOSED:
             conn.state = ConnState.IDLE if conn.state is not ConnState.CLOSED else conn.state
             conn.close()

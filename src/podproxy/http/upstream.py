@@ -63,7 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport = transport
-        self.flow = FlowControl(transport)
+        self.flow = FlowControl(transport, self.pool.buffer_limit)
         self.opened = time.monotonic()
 
     def data_received(self, data: bytes) -> None:

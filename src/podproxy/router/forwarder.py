@@ -108,7 +108,6 @@ class ForwarderConfig:
     server_name: bytes = b"podproxy"
     server_header_transformation: str = "OVERWRITE"
     use_remote_address: bool = False
-    xff_num_trusted_hops: int = 0
     skip_xff_append: bool = False
     generate_request_id: bool = True
     preserve_external_request_id: bool = False
@@ -225,6 +224,7 @@ class Forwarder:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
             conn.send_local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
             return
+        ex.idle_timeout = route.idle_timeout
         ureq = UpstreamRequest(self, ex, route, cluster, host)
         if ureq.expect_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).

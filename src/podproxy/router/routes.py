@@ -29,6 +29,7 @@ class Route:
     prefix: bytes | None = None
     prefix_rewrite: bytes | None = None
     timeout: float | None = 15.0
+    idle_timeout: float | None = None
     direct_status: int | None = None
     direct_body: bytes = b""
     cluster_not_found_status: int = 503
@@ -245,6 +246,7 @@ def compile_route(r: Any, index: int) -> Route:
         prefix=prefix,
         prefix_rewrite=a.prefix_rewrite.encode() if a.prefix_rewrite is not None else None,
         timeout=a.timeout,
+        idle_timeout=a.idle_timeout,
         cluster_not_found_status=status,
         timeout_header=(
             b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(a.timeout * 1000)
