@@ -179,9 +179,9 @@ def test_no_config_at_all_is_an_error(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--config-path" in capsys.readouterr().err
 
 
-def test_concurrency_other_than_1_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_concurrency_below_1_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(EXAMPLES / "static.yaml")
-    assert cli.main(["-c", path, "--concurrency", "2", "-l", "off"]) == 1
+    assert cli.main(["-c", path, "--concurrency", "0", "-l", "off"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --concurrency") and err.count("\n") == 1
 

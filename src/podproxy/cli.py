@@ -90,7 +90,14 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="serve (default); validate the config and exit; or init_only",
     )
     p.add_argument("-l", "--log-level", choices=sorted(LOG_LEVELS), default="info")
-    p.add_argument("--concurrency", type=int, default=1, help="worker processes (1)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="worker processes serving the listeners (1: everything in one process)",
+    )
+    # Private: how the main process starts a worker (podproxy.workers).
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument(
         "--drain-time-s",
         type=float,
@@ -151,12 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: at least one of --config-path or --config-yaml is required", file=sys.stderr)
         return 1
     setup_logging(args.log_level)
-    if args.concurrency != 1:
-        print(
-            "error: --concurrency other than 1 is not supported by this podproxy yet",
-            file=sys.stderr,
-        )
+    if args.concurrency < 1:
+        print("error: --concurrency must be at least 1", file=sys.stderr)
         return 1
+    from podproxy.workers import WorkerSpec
+
+    try:
+        worker = WorkerSpec.parse(args.worker) if args.worker else None
+    except ValueError:
+        parser.error("--worker: expected FD:ID:PPID")
     try:
         loaded = _load(args.config_path, args.config_yaml)
     except (ConfigErrors, ConfigError) as exc:
@@ -175,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service_node=args.service_node,
         resolv_conf=args.resolv_conf,
         dns_servers=dns_servers,
+        worker=worker,
     )
     server = Server(loaded, options)
     try:

@@ -4,7 +4,9 @@ Init phases as Envoy's: the admin listener opens first (`/ready` answers 503
 `PRE_INITIALIZING`/`INITIALIZING`), clusters warm (first discovery round), then the listeners
 open and the server is `LIVE`. SIGTERM/SIGINT or POST /quitquitquit start the drain: listeners
 stop accepting, keep-alive connections close as their responses end, and the process exits once
-no request is in flight or `--drain-time-s` has passed.
+no request is in flight or `--drain-time-s` has passed. With `--concurrency` above 1 this process
+is the main one (discovery and admin) and the listeners open in worker processes; see
+podproxy.workers for that split.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +37,15 @@ from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.cluster_manager import ClusterManager
 from podproxy.upstream.dns import DnspythonResolver, Resolver, resolver_config_from_cluster
+from podproxy.workers import Supervisor, WorkerSpec, reserve_port, run_worker
 
 log = logging.getLogger("podproxy.main")
 
 # Admin request bodies are tiny; anything bigger is refused (413).
 ADMIN_MAX_BODY = 1024 * 1024
+
+# Admin paths whose answers read stats that worker processes keep (refreshed before answering).
+_WORKER_STATS_PATHS = (b"/stats", b"/clusters")
 
 
 @dataclass(slots=True)
@@ -85,14 +92,28 @@ class Options:
     # (the sandbox and tests point these at their own cluster DNS).
     resolv_conf: str = "/etc/resolv.conf"
     dns_servers: tuple[tuple[str, int], ...] = ()
+    # Set in a `--concurrency` worker process (the private `--worker` flag).
+    worker: WorkerSpec | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def worker_argv(self) -> list[str]:
+        """The flags a worker process is started with: same config, same logging and drain."""
+        argv: list[str] = []
+        if self.config_path is not None:
+            argv += ["-c", self.config_path]
+        if self.config_yaml is not None:
+            argv += ["--config-yaml", self.config_yaml]
+        return [*argv, "-l", self.log_level, "--drain-time-s", f"{self.drain_time_s:g}"]
 
 
 class AdminStreamHandler:
     """Serves admin requests on the same HTTP code as the proxy."""
 
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.admin = admin
+        # With worker processes: fetch their fresh stats before answering a stats request.
+        self.refresh = refresh
+        self._pending: set[asyncio.Task[None]] = set()
 
     def on_request_head(self, ex: Exchange) -> None:
         ex.state = bytearray()
@@ -111,7 +132,23 @@ class AdminStreamHandler:
         body = ex.state
         if body is None:
             return
+        if self.refresh is not None and ex.head.target.startswith(_WORKER_STATS_PATHS):
+            task = ex.conn.loop.create_task(self._refresh_then_respond(ex, body))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return
         ex.state = None
+        self._respond(ex, body)
+
+    async def _refresh_then_respond(self, ex: Exchange, body: bytearray) -> None:
+        assert self.refresh is not None
+        await self.refresh()
+        if ex.state is not body:
+            return  # the client went away meanwhile
+        ex.state = None
+        self._respond(ex, body)
+
+    def _respond(self, ex: Exchange, body: bytearray) -> None:
         try:
             resp = self.admin.handle(
                 ex.head.method.decode("latin-1"), ex.head.target.decode("latin-1"), bytes(body)
@@ -190,7 +227,10 @@ class Server:
         self.version = __version__
         self.store = Store()
         self.stats = self.store.scope("server.").make(ServerStats)
-        self.cluster_manager = ClusterManager(self.store, resolver_factory=self._resolver)
+        self.cluster_manager = ClusterManager(
+            self.store, resolver_factory=self._resolver, pushed=options.worker is not None
+        )
+        self.supervisor: Supervisor | None = None
         self.http_listeners: list[BoundListener] = []
         self.admin_listener: BoundListener | None = None
         self.start_time = time.time()
@@ -199,6 +239,8 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._access_logs: list[FileAccessLog] = []
         self._access_log_paths: list[str] = []
+        self._workers_live: asyncio.Event | None = None
+        self._reserved: list[Any] = []
 
     def _resolver(self, cluster_cfg: Any) -> Resolver:
         """A DNS cluster's resolver: its own settings over the process' (built, not started)."""
@@ -265,7 +307,15 @@ class Server:
             self.http_listeners.append(
                 build_http_listener(lc, self.cluster_manager.clusters, self.store)
             )
-        if b.admin is not None:
+        if self.options.concurrency > 1 and self.options.worker is None:
+            self.supervisor = Supervisor(
+                self.options.concurrency,
+                self.options.worker_argv(),
+                self.cluster_manager.clusters,
+                self.store,
+                on_change=self._on_workers_changed,
+            )
+        if b.admin is not None and self.options.worker is None:
             self.admin_listener = self._build_admin(b.admin)
 
     def _build_admin(self, admin_cfg: Any) -> BoundListener:
@@ -283,10 +333,23 @@ class Server:
             else None,
         )
         admin = Admin(self)
-        tracker = ConnectionTracker(ccfg, AdminStreamHandler(admin))
+        refresh = self._refresh_worker_stats if self.supervisor is not None else None
+        handler = AdminStreamHandler(admin, refresh)
+        tracker = ConnectionTracker(ccfg, handler)
         return BoundListener("admin", sa.address, sa.port_value, tracker)
 
+    async def _refresh_worker_stats(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.refresh_stats()
+
+    def _on_workers_changed(self) -> None:
+        sup, live = self.supervisor, self._workers_live
+        if sup is not None and live is not None and sup.all_listening:
+            live.set()
+
     async def run(self) -> int:
+        if self.options.worker is not None:
+            return await run_worker(self, self.options.worker)
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -300,6 +363,10 @@ class Server:
                 await self._bind(self.admin_listener)
                 log.info("admin address: %s", self.admin_listener.address_str)
             self._set_state(ServerState.INITIALIZING)
+            if self.supervisor is not None:
+                # Workers import and load the config while discovery warms the clusters.
+                self._reserve_ports()
+                await self.supervisor.start()
             log.info("cm init: initializing %d cluster(s)", len(self.cluster_manager.clusters))
             init = loop.create_task(self.cluster_manager.initialize())
             stop_wait = loop.create_task(self._stop.wait())
@@ -310,9 +377,13 @@ class Server:
             stop_wait.cancel()
             init.result()
             log.info("cm init: all clusters initialized")
-            for lst in self.http_listeners:
-                await self._bind(lst)
-                log.info("listener '%s' listening on %s", lst.name, lst.address_str)
+            if self.supervisor is not None:
+                if not await self._start_workers():
+                    return 0
+            else:
+                for lst in self.http_listeners:
+                    await self._bind(lst)
+                    log.info("listener '%s' listening on %s", lst.name, lst.address_str)
             self._set_state(ServerState.LIVE)
             log.info("starting main dispatch loop")
             await self._stop.wait()
@@ -323,6 +394,10 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             uptime_task.cancel()
+            if self.supervisor is not None:
+                self.supervisor.close()
+            for sock in self._reserved:
+                sock.close()
             for lst in self.http_listeners:
                 lst.close()
             self.cluster_manager.shutdown()
@@ -352,13 +427,62 @@ class Server:
                 "", f"cannot bind listener '{lst.name}' to {lst.address_str}: {reason}"
             ) from exc
 
+    def _reserve_ports(self) -> None:
+        """Fix each listener's port (workers bind it with SO_REUSEPORT); fail early if taken."""
+        for lst in self.http_listeners:
+            try:
+                sock = reserve_port(lst.address, lst.port)
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ConfigError(
+                    "", f"cannot bind listener '{lst.name}' to {lst.address_str}: {reason}"
+                ) from exc
+            self._reserved.append(sock)
+            lst.port = sock.getsockname()[1]
+
+    async def _start_workers(self) -> bool:
+        """Hand the warm host sets to the workers; True once all listen, False on a stop."""
+        sup = self.supervisor
+        assert sup is not None and sup.fatal is not None and self._stop is not None
+        loop = asyncio.get_running_loop()
+        self._workers_live = asyncio.Event()
+        sup.serve([lst.port for lst in self.http_listeners])
+        self._on_workers_changed()
+        live_wait = loop.create_task(self._workers_live.wait())
+        stop_wait = loop.create_task(self._stop.wait())
+        waits: set[asyncio.Future[Any]] = {live_wait, stop_wait, sup.fatal}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        live_wait.cancel()
+        stop_wait.cancel()
+        if sup.fatal.done():
+            raise ConfigError("", sup.fatal.result())
+        if self._stop.is_set():
+            await sup.drain(self.options.drain_time_s + 5.0)
+            return False
+        for lst in self.http_listeners:
+            log.info(
+                "listener '%s' listening on %s in %d workers (pids %s)",
+                lst.name,
+                lst.address_str,
+                sup.count,
+                ", ".join(map(str, sup.pids)),
+            )
+        return True
+
     def _on_signal(self, sig: signal.Signals) -> None:
         log.warning("caught %s", sig.name)
         self.request_shutdown()
 
+    async def drain(self) -> None:
+        """Stop accepting and wait for in-flight requests (a worker's drain, and the server's)."""
+        await self._drain()
+
     async def _drain(self) -> None:
         self._set_state(ServerState.DRAINING)
         log.info("shutting down: draining listeners for up to %gs", self.options.drain_time_s)
+        if self.supervisor is not None:
+            await self.supervisor.drain(self.options.drain_time_s + 5.0)
+            return
         for lst in self.http_listeners:
             lst.stop_accepting()
             lst.drain()
@@ -371,9 +495,13 @@ class Server:
     async def _tick(self) -> None:
         while True:
             self.stats.uptime.set(int(time.time() - self.start_time))
-            self.stats.total_connections.set(
-                sum(len(lst.tracker.connections) for lst in self.http_listeners)
-            )
+            if self.supervisor is not None:
+                self.stats.total_connections.set(self.supervisor.merger.connections)
+                self.supervisor.push_all()
+            else:
+                self.stats.total_connections.set(
+                    sum(len(lst.tracker.connections) for lst in self.http_listeners)
+                )
             await asyncio.sleep(1.0)
 
 

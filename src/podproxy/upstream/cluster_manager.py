@@ -3,6 +3,8 @@
 Clusters are built once at start (static_resources). `initialize()` starts every cluster's
 discovery and resolves when all primary clusters have finished their first round (warming);
 the server opens its listeners only after that. Admin reads clusters through `clusters`.
+With `pushed=True` (a `--concurrency` worker) no cluster discovers anything: the main process
+pushes host sets in (podproxy.workers) and says when all are initialized.
 """
 
 from __future__ import annotations
@@ -43,6 +45,19 @@ def _name(v: Any) -> str:
     return str(getattr(v, "name", v))
 
 
+class PushedDiscovery:
+    """A worker's discovery: hosts arrive from the main process, so there is nothing to run."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 class ClusterManager:
     """All clusters of the server, by name."""
 
@@ -51,6 +66,8 @@ class ClusterManager:
         store: Store,
         random: RandomFn = default_random,
         resolver_factory: Callable[[Any], Resolver] | None = None,
+        *,
+        pushed: bool = False,
     ) -> None:
         self.store = store
         self.random = random
@@ -58,6 +75,7 @@ class ClusterManager:
         self.dns_stats = store.scope("dns.cares.").make(DnsStats)
         self.resolver_factory = resolver_factory or self._default_resolver
         self.clusters: dict[str, Cluster] = {}
+        self.pushed = pushed
         self._discoveries: list[Any] = []
 
     def add_cluster(self, cfg: Any, path: str) -> Cluster:
@@ -84,9 +102,11 @@ class ClusterManager:
         if policy == "LEAST_REQUEST" and lrc is not None and getattr(lrc, "choice_count", None):
             lb_kwargs["choice_count"] = int(lrc.choice_count)
         idle_timeout: float | None = 3600.0
+        max_duration: float | None = None
         chpo = getattr(cfg, "common_http_protocol_options", None)
         if chpo is not None:
             idle_timeout = chpo.idle_timeout
+            max_duration = chpo.max_connection_duration
         info = ClusterInfo(
             cfg.name,
             type_name=type_name,
@@ -100,10 +120,18 @@ class ClusterManager:
             idle_timeout=idle_timeout,
         )
         pool_factory: Callable[[Host], HostPool] = lambda host: HostPool(  # noqa: E731
-            host, info.stats, connect_timeout=info.connect_timeout, idle_timeout=idle_timeout
+            host,
+            info.stats,
+            connect_timeout=info.connect_timeout,
+            idle_timeout=idle_timeout,
+            max_connection_duration=max_duration,
+            buffer_limit=info.per_connection_buffer_limit_bytes,
         )
         cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
-        if type_name in DNS_TYPES:
+        if self.pushed:
+            factory(cluster, cfg, path, resolver=None, random=self.random)  # config checks only
+            cluster.discovery = PushedDiscovery(cluster)
+        elif type_name in DNS_TYPES:
             cluster.discovery = factory(
                 cluster, cfg, path, resolver=self.resolver_factory(cfg), random=self.random
             )
