@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from integration.backends import ProxyProcess
+from integration.configs import bootstrap_yaml
 
 from podproxy import __version__, cli
 
@@ -21,48 +22,8 @@ PODPROXY = (sys.executable, "-m", "podproxy")
 LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\]\[\d+\]\[(\w+)\]\[(\w+)\] \S")
 
 
-HCM_TYPE = (
-    "type.googleapis.com/"
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-)
-
-
 def static_config(admin_port: int, listener_port: int, upstream_port: int = 1) -> str:
-    return f"""\
-static_resources:
-  listeners:
-  - name: listener_0
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM_TYPE}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: c}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: c
-    connect_timeout: 0.25s
-    type: STATIC
-    load_assignment:
-      cluster_name: c
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
-"""
+    return bootstrap_yaml(listener_port, admin_port, [("127.0.0.1", upstream_port)], cluster="c")
 
 
 @pytest.fixture(autouse=True)

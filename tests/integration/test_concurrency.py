@@ -27,6 +27,7 @@ from integration.backends import (
     raw_exchange,
     wait_until,
 )
+from integration.configs import bootstrap_yaml
 from podproxy.sandbox.cluster_dns import ClusterDNS, write_resolv_conf
 from podproxy.sandbox.pods import Pod
 from podproxy.sandbox.scenario import SERVICE_MANIFEST
@@ -34,81 +35,23 @@ from podproxy.sandbox.scenario import SERVICE_MANIFEST
 StartProxy = Callable[..., Awaitable[ProxyProcess]]
 StartBackend = Callable[..., Awaitable[Backend]]
 
-HCM_TYPE = (
-    "type.googleapis.com/"
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-)
 NS = "mynamespace"
 
 
-def listener(port: int) -> str:
-    return f"""\
-static_resources:
-  listeners:
-  - name: listener_0
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM_TYPE}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend, timeout: 30s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"""
-
-
 def static_config(port: int, admin_port: int, backends: list[Backend]) -> str:
-    endpoints = "".join(
-        f"        - endpoint: {{address: {{socket_address: "
-        f"{{address: {b.host}, port_value: {b.port}}}}}}}\n"
-        for b in backends
-    )
-    return (
-        listener(port)
-        + f"""\
-  clusters:
-  - name: backend
-    connect_timeout: 0.25s
-    type: STATIC
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-{endpoints}admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
-"""
+    return bootstrap_yaml(
+        port, admin_port, [(b.host, b.port) for b in backends], route_timeout="30s"
     )
 
 
 def dns_config(port: int, admin_port: int, pod_port: int) -> str:
-    return (
-        listener(port)
-        + f"""\
-  clusters:
-  - name: backend
-    connect_timeout: 0.25s
-    type: STRICT_DNS
-    dns_lookup_family: V4_ONLY
-    dns_refresh_rate: 0.5s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{socket_address: {{address: httpd-discovery, port_value: {pod_port}}}}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
-"""
+    return bootstrap_yaml(
+        port,
+        admin_port,
+        [("httpd-discovery", pod_port)],
+        cluster_type="STRICT_DNS",
+        cluster_extra="    dns_lookup_family: V4_ONLY\n    dns_refresh_rate: 0.5s\n",
+        route_timeout="30s",
     )
 
 

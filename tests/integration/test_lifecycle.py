@@ -23,6 +23,7 @@ from integration.backends import (
     raw_exchange,
     wait_until,
 )
+from integration.configs import bootstrap_yaml
 
 StartProxy = Callable[..., Awaitable[ProxyProcess]]
 StartBackend = Callable[..., Awaitable[Backend]]
@@ -39,49 +40,14 @@ ACCESS_LOG_LINE = re.compile(
 )
 
 
-HCM_TYPE = (
-    "type.googleapis.com/"
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-)
-
-
 def config(listener_port: int, admin_port: int, upstream: Backend, access_log: Path | None) -> str:
-    log_line = f"  access_log_path: {access_log}\n" if access_log else ""
-    return f"""\
-static_resources:
-  listeners:
-  - name: listener_0
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM_TYPE}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend, timeout: 30s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    connect_timeout: 0.25s
-    type: STATIC
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{socket_address: {{address: {upstream.host}, port_value: {upstream.port}}}}}
-admin:
-{log_line}  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
-"""
+    return bootstrap_yaml(
+        listener_port,
+        admin_port,
+        [(upstream.host, upstream.port)],
+        route_timeout="30s",
+        access_log=access_log,
+    )
 
 
 class Running:
