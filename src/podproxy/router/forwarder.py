@@ -200,8 +200,8 @@ class Forwarder:
         conn = ex.conn
         authority = head.host
         if authority is None:
-            # RFC 9112 §3.2: a 1.1 request without Host is a 400.
-            conn.send_local_reply(ex, 400, b"missing host header", flags="DPE", close=True)
+            # RFC 9112 §3.2: a 1.1 request without Host is a 400; Envoy 1.40 sends no body.
+            conn.send_local_reply(ex, 400, b"", flags="DPE", close=True)
             return
         self.stats.rq_total.value += 1
         route = self.routes.route(authority, head.target, head.headers)
