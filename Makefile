@@ -42,8 +42,25 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
-	@echo "benchmarks land with the performance issue"
+# Debian packages `make bench` drives: load generator, backends/proxy, the other proxy.
+BENCH_APT_PACKAGES := wrk nginx haproxy
+BENCH_STAMP := $(VENV)/.bench-installed
+# `make bench ARGS=--quick` (3 s runs); see `$(PY) bench/run.py --help`.
+ARGS ?=
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	$(PY) bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
