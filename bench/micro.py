@@ -33,7 +33,7 @@ TYPICAL_REQUEST = (
     b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: shop.example.com\r\n"
     b"User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: application/json\r\n"
     b"Accept-Encoding: gzip, deflate\r\nAccept-Language: en-US,en;q=0.9\r\n"
-    b"Cookie: session=abc123; theme=dark\r\nX-Forwarded-For: 10.0.0.7\r\n\r\n"
+    b"Cookie: session=abc123; theme=dark\r\nX-Forwarded-For: 127.0.9.7\r\n\r\n"
 )
 
 

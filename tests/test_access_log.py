@@ -35,7 +35,7 @@ def full_record() -> AccessLogRecord:
         user_agent="curl/8.5.0",
         request_id="8d9b1f3e-1c2d-4c4e-9f0a-5b6c7d8e9f00",
         authority="localhost:10000",
-        upstream_host="10.128.0.5:8080",
+        upstream_host="127.0.9.5:8080",
     )
 
 
@@ -48,7 +48,7 @@ def test_default_format_line() -> None:
     assert format_line(full_record()) == (
         '[2026-11-26T06:00:00.123Z] "GET /index.html HTTP/1.1" 200 - 0 45 3 2 "-" '
         '"curl/8.5.0" "8d9b1f3e-1c2d-4c4e-9f0a-5b6c7d8e9f00" "localhost:10000" '
-        '"10.128.0.5:8080"\n'
+        '"127.0.9.5:8080"\n'
     )
 
 

@@ -58,8 +58,8 @@ def make_server() -> FakeServer:
         scope=server.store.scope("cluster.httpd."),
     )
     cluster = Cluster(info, RoundRobinLoadBalancer(random=lambda: 0), pool_factory=lambda h: None)
-    a = Host("10.128.0.5", 8080, hostname="httpd-discovery")
-    b = Host("10.128.0.6", 8080, health_flags=HealthFlag.FAILED_ACTIVE_HC)
+    a = Host("127.0.9.5", 8080, hostname="httpd-discovery")
+    b = Host("127.0.9.6", 8080, health_flags=HealthFlag.FAILED_ACTIVE_HC)
     a.stats.rq_total = 3
     a.stats.rq_success = 3
     a.stats.cx_total = 1
@@ -99,31 +99,31 @@ def test_clusters_text_exact(admin: Admin) -> None:
         "httpd::high_priority::max_requests::1024",
         "httpd::high_priority::max_retries::3",
         "httpd::added_via_api::false",
-        "httpd::10.128.0.5:8080::cx_active::1",
+        "httpd::127.0.9.5:8080::cx_active::1",
     ]
     host_a = [
-        "httpd::10.128.0.5:8080::cx_active::1",
-        "httpd::10.128.0.5:8080::cx_connect_fail::0",
-        "httpd::10.128.0.5:8080::cx_total::1",
-        "httpd::10.128.0.5:8080::rq_active::0",
-        "httpd::10.128.0.5:8080::rq_error::0",
-        "httpd::10.128.0.5:8080::rq_pending_active::0",
-        "httpd::10.128.0.5:8080::rq_success::3",
-        "httpd::10.128.0.5:8080::rq_timeout::0",
-        "httpd::10.128.0.5:8080::rq_total::3",
-        "httpd::10.128.0.5:8080::hostname::httpd-discovery",
-        "httpd::10.128.0.5:8080::health_flags::healthy",
-        "httpd::10.128.0.5:8080::weight::1",
-        "httpd::10.128.0.5:8080::region::",
-        "httpd::10.128.0.5:8080::zone::",
-        "httpd::10.128.0.5:8080::sub_zone::",
-        "httpd::10.128.0.5:8080::canary::false",
-        "httpd::10.128.0.5:8080::priority::0",
-        "httpd::10.128.0.5:8080::success_rate::-1",
-        "httpd::10.128.0.5:8080::local_origin_success_rate::-1",
+        "httpd::127.0.9.5:8080::cx_active::1",
+        "httpd::127.0.9.5:8080::cx_connect_fail::0",
+        "httpd::127.0.9.5:8080::cx_total::1",
+        "httpd::127.0.9.5:8080::rq_active::0",
+        "httpd::127.0.9.5:8080::rq_error::0",
+        "httpd::127.0.9.5:8080::rq_pending_active::0",
+        "httpd::127.0.9.5:8080::rq_success::3",
+        "httpd::127.0.9.5:8080::rq_timeout::0",
+        "httpd::127.0.9.5:8080::rq_total::3",
+        "httpd::127.0.9.5:8080::hostname::httpd-discovery",
+        "httpd::127.0.9.5:8080::health_flags::healthy",
+        "httpd::127.0.9.5:8080::weight::1",
+        "httpd::127.0.9.5:8080::region::",
+        "httpd::127.0.9.5:8080::zone::",
+        "httpd::127.0.9.5:8080::sub_zone::",
+        "httpd::127.0.9.5:8080::canary::false",
+        "httpd::127.0.9.5:8080::priority::0",
+        "httpd::127.0.9.5:8080::success_rate::-1",
+        "httpd::127.0.9.5:8080::local_origin_success_rate::-1",
     ]
     assert lines[10:29] == host_a
-    p = "httpd::10.128.0.6:8080::"
+    p = "httpd::127.0.9.6:8080::"
     host_b = [
         *(f"{p}{k}::0" for k in ("cx_active", "cx_connect_fail", "cx_total", "rq_active")),
         *(f"{p}{k}::0" for k in ("rq_error", "rq_pending_active", "rq_success", "rq_timeout")),
@@ -156,7 +156,7 @@ def test_clusters_json(admin: Admin) -> None:
         "max_retries": 3,
     }
     a, b = status["host_statuses"]
-    assert a["address"] == {"socket_address": {"address": "10.128.0.5", "port_value": 8080}}
+    assert a["address"] == {"socket_address": {"address": "127.0.9.5", "port_value": 8080}}
     assert a["stats"][:2] == [{"name": "cx_connect_fail"}, {"value": "1", "name": "cx_total"}]
     assert {"value": "1", "type": "GAUGE", "name": "cx_active"} in a["stats"]
     assert a["health_status"] == {"eds_health_status": "HEALTHY"}

@@ -58,7 +58,7 @@ def rows(*ips: str, weight: int = 1, flags: HealthFlag = NONE_HEALTHY) -> list[l
 
 
 def test_messages_round_trip_and_split_anywhere() -> None:
-    a = {"t": "hosts", "clusters": {"httpd": rows("10.0.0.1")}}
+    a = {"t": "hosts", "clusters": {"httpd": rows("127.0.9.1")}}
     b = {"t": "snap", "seq": 7}
     wire = encode(a) + encode(b)
     assert decode(wire) == ([a, b], b"")
@@ -101,7 +101,7 @@ def test_worker_spec_round_trips() -> None:
 
 def test_host_rows_carry_every_field() -> None:
     h = Host(
-        "10.0.0.1",
+        "127.0.9.1",
         8080,
         hostname="pod-a",
         weight=3,
@@ -135,25 +135,25 @@ def test_applied_rows_keep_existing_hosts_and_publish_changes() -> None:
     c.priority_set.add_member_update_cb(
         lambda hs, added, removed: events.append(([h.key for h in added], [h.key for h in removed]))
     )
-    apply_host_rows(c, rows("10.0.0.1", "10.0.0.2"))
+    apply_host_rows(c, rows("127.0.9.1", "127.0.9.2"))
     first = {h.key: h for h in c.hosts}
-    apply_host_rows(c, rows("10.0.0.2", "10.0.0.3"))
-    assert [h.key for h in c.hosts] == ["10.0.0.2:8080", "10.0.0.3:8080"]
-    assert c.hosts[0] is first["10.0.0.2:8080"]  # same object: its pool and stats stay
-    assert first["10.0.0.1:8080"].removed
+    apply_host_rows(c, rows("127.0.9.2", "127.0.9.3"))
+    assert [h.key for h in c.hosts] == ["127.0.9.2:8080", "127.0.9.3:8080"]
+    assert c.hosts[0] is first["127.0.9.2:8080"]  # same object: its pool and stats stay
+    assert first["127.0.9.1:8080"].removed
     assert events == [
-        (["10.0.0.1:8080", "10.0.0.2:8080"], []),
-        (["10.0.0.3:8080"], ["10.0.0.1:8080"]),
+        (["127.0.9.1:8080", "127.0.9.2:8080"], []),
+        (["127.0.9.3:8080"], ["127.0.9.1:8080"]),
     ]
-    apply_host_rows(c, rows("10.0.0.2", "10.0.0.3"))
+    apply_host_rows(c, rows("127.0.9.2", "127.0.9.3"))
     assert len(events) == 2  # nothing changed, nothing published
 
 
 def test_applied_rows_change_weight_and_health_of_kept_hosts() -> None:
     c = worker_cluster(Store())
-    apply_host_rows(c, rows("10.0.0.1", "10.0.0.2"))
+    apply_host_rows(c, rows("127.0.9.1", "127.0.9.2"))
     kept = c.hosts[0]
-    apply_host_rows(c, rows("10.0.0.1", weight=5, flags=HealthFlag.FAILED_EDS_HEALTH))
+    apply_host_rows(c, rows("127.0.9.1", weight=5, flags=HealthFlag.FAILED_EDS_HEALTH))
     assert c.hosts == (kept,)
     assert kept.weight == 5 and not kept.healthy
     assert c.priority_set.host_set.healthy_hosts == ()
@@ -161,10 +161,10 @@ def test_applied_rows_change_weight_and_health_of_kept_hosts() -> None:
 
 def test_logical_dns_host_moves_instead_of_being_replaced() -> None:
     c = worker_cluster(Store(), type_="LOGICAL_DNS")
-    apply_host_rows(c, rows("10.0.0.1"))
+    apply_host_rows(c, rows("127.0.9.1"))
     (host,) = c.hosts
-    apply_host_rows(c, rows("10.0.0.9"))
-    assert c.hosts == (host,) and host.address == "10.0.0.9" and not host.removed
+    apply_host_rows(c, rows("127.0.9.9"))
+    assert c.hosts == (host,) and host.address == "127.0.9.9" and not host.removed
 
 
 # --- stats ---------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def worker_snapshot(requests: int, active: int, times: list[float], rq_per_host:
     store.gauge("cluster.httpd.membership_total").set(2)  # the worker's own view: never sent
     store.counter("cluster.httpd.update_attempt").inc()
     c = worker_cluster(store)
-    apply_host_rows(c, rows("10.0.0.1"))
+    apply_host_rows(c, rows("127.0.9.1"))
     c.hosts[0].stats.rq_total = rq_per_host
     c.hosts[0].stats.cx_total = 1
     c.hosts[0].stats.rq_active = 1
@@ -220,7 +220,7 @@ def main_side() -> tuple[Store, Cluster]:
     store = Store()
     store.gauge("cluster.httpd.membership_total").set(1)
     c = worker_cluster(store)
-    apply_host_rows(c, rows("10.0.0.1"))
+    apply_host_rows(c, rows("127.0.9.1"))
     return store, c
 
 
@@ -314,20 +314,20 @@ def test_supervisor_pushes_host_changes_only_when_serving_and_changed() -> None:
         channel = FakeChannel()
 
     sup.workers = {0: FakeWorker()}  # type: ignore[dict-item]
-    apply_host_rows(cluster, rows("10.0.0.1"))
+    apply_host_rows(cluster, rows("127.0.9.1"))
     assert sent == []  # not serving yet: serve() sends everything
     sup.serve([10000])
     assert [m["t"] for m in sent] == ["hosts", "start"]
     assert sent[1]["ports"] == [10000]
     sent.clear()
-    apply_host_rows(cluster, rows("10.0.0.1", "10.0.0.2"))
-    assert sent == [{"t": "hosts", "clusters": {"httpd": rows("10.0.0.1", "10.0.0.2")}}]
+    apply_host_rows(cluster, rows("127.0.9.1", "127.0.9.2"))
+    assert sent == [{"t": "hosts", "clusters": {"httpd": rows("127.0.9.1", "127.0.9.2")}}]
     sent.clear()
     sup.push_all()
     assert sent == []  # unchanged since the last push
-    cluster.hosts[0].set_address("10.0.0.9")  # a LOGICAL_DNS move publishes nothing...
+    cluster.hosts[0].set_address("127.0.9.9")  # a LOGICAL_DNS move publishes nothing...
     sup.push_all()  # ...so the main's tick catches it
-    assert sent[0]["clusters"]["httpd"][0][0] == "10.0.0.9"
+    assert sent[0]["clusters"]["httpd"][0][0] == "127.0.9.9"
 
 
 def test_restart_delay_is_bounded() -> None:

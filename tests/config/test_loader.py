@@ -282,7 +282,7 @@ static_resources:
       cluster_name: other
       endpoints:
       - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 10.0.0.1, port_value: 80}}}
+        - endpoint: {address: {socket_address: {address: 127.0.9.1, port_value: 80}}}
 admin:
   address:
     socket_address: {port_value: 9902}

@@ -139,7 +139,7 @@ def test_bool_is_strict() -> None:
 
 
 def test_socket_address() -> None:
-    sa = SocketAddress.model_validate({"address": "10.0.0.1", "port_value": "80"})
+    sa = SocketAddress.model_validate({"address": "127.0.9.1", "port_value": "80"})
     assert (sa.port_value, sa.protocol) == (80, "TCP")
     assert one_error(SocketAddress, {"address": "a", "protocol": "UDP"})[1] == (
         "UDP: Envoy value not supported by podproxy yet"

@@ -279,7 +279,7 @@ async def test_changes_are_logged_with_their_effect(
 
 
 async def test_pod_names_insecure_mode(server: ClusterDNS) -> None:
-    assert ips(await query(server, f"10-1-2-3.{NS}.pod.cluster.local")) == ["10.1.2.3"]
+    assert ips(await query(server, f"127-0-9-3.{NS}.pod.cluster.local")) == ["127.0.9.3"]
     r = await query(server, "10-1-2-3.nowhere.pod.cluster.local")
     assert r.rcode() == dns.rcode.NXDOMAIN
 
@@ -506,7 +506,7 @@ def test_manifests_multi_document_list_and_directory(tmp_path: Path) -> None:
         ),
         (
             "kind: Pod\nmetadata: {name: p}\n---\nkind: Pod\nmetadata: {name: q}\n"
-            "status: {podIP: 10.0.0.300}",
+            "status: {podIP: 127.0.0.300}",
             "bad.yaml (document 2) (Pod default/q): status.podIP: expected an IP address",
         ),
         ("kind: Deployment\nmetadata: {name: d}", "kind: 'Deployment' is not supported"),
