@@ -577,12 +577,7 @@ class DownstreamConnection(asyncio.Protocol):
     def _abort(self, ex: Exchange, status: int, body: bytes) -> None:
         """A timeout: the handler lets go of the upstream; the client gets a reply or a reset."""
         self.handler.on_downstream_reset(ex)
-        if ex.response_started:
-            ex.response_complete = True
-            self.stats.downstream_rq_active.value -= 1
-            self.close()
-        else:
-            self.send_local_reply(ex, status, body, close=True)
+        self.send_local_reply(ex, status, body, close=True)  # a reset if the response began
 
     def close(self) -> None:
         if self.closing:

@@ -490,12 +490,17 @@ class UpstreamRequest:
         self.host = host
         self.pool = cluster.pool_for(host)
         self.ex.upstream_host = host.key
+        self._resend()
+        return True
+
+    def _resend(self) -> None:
+        """Send the request again from its replay copy, on a connection from `self.pool`."""
+        assert self.replay is not None
         self.conn = None
         self.pending_body = list(self.replay)
         conn = self.pool.acquire(self)
         if conn is not None:
             self.on_pool_ready(conn)
-        return True
 
     def send_body(self, data: bytes) -> None:
         if self.done:
@@ -651,11 +656,7 @@ class UpstreamRequest:
             # The keep-alive connection died under us before any response byte: the
             # request never reached the application, so send it again on a fresh one.
             self.retried = True
-            self.conn = None
-            self.pending_body = list(self.replay)
-            fresh = self.pool.acquire(self)
-            if fresh is not None:
-                self.on_pool_ready(fresh)
+            self._resend()
             return
         self._fail(err)
 
@@ -682,19 +683,20 @@ class UpstreamRequest:
         if flow is not None:
             flow.resume_reading(PEER_WRITE_BLOCKED)
 
-    def _fail(self, err: UpstreamError) -> None:
-        self._complete()
+    def _let_go(self) -> None:
+        """Give up the upstream side: close a connection mid-exchange, or stop waiting."""
         if self.conn is not None:
             self.conn.detach()
             self.conn = None
         else:
             self.pool.cancel(self)
+
+    def _fail(self, err: UpstreamError) -> None:
+        self._complete()
+        self._let_go()
         self.host.stats.rq_error += 1
-        st = self.cluster.info.stats
-        if isinstance(err, UpstreamConnectError):
-            pass
-        else:
-            st.upstream_rq_rx_reset.value += 1
+        if not isinstance(err, UpstreamConnectError):
+            self.cluster.info.stats.upstream_rq_rx_reset.value += 1
         ex = self.ex
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
         ex.conn.send_local_reply(ex, 503, body, flags=err.flag)
@@ -707,11 +709,7 @@ class UpstreamRequest:
         st = self.cluster.info.stats
         st.upstream_rq_timeout.value += 1
         self.host.stats.rq_timeout += 1
-        if self.conn is not None:
-            self.conn.detach()
-            self.conn = None
-        else:
-            self.pool.cancel(self)
+        self._let_go()
         ex = self.ex
         ex.conn.send_local_reply(ex, 504, UPSTREAM_TIMEOUT, flags="UT")
 
@@ -722,8 +720,4 @@ class UpstreamRequest:
         self._complete()
         self.cluster.info.stats.upstream_rq_tx_reset.value += 1
         self.cluster.info.stats.upstream_rq_cancelled.value += 1
-        if self.conn is not None:
-            self.conn.detach()
-            self.conn = None
-        else:
-            self.pool.cancel(self)
+        self._let_go()
