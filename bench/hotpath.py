@@ -5,7 +5,10 @@ each round feeds a wrk-like request, answers the upstream write with an nginx-li
 and clears the client's bytes. What it measures is podproxy's own per-request work (no
 syscalls), which is what the hot-path changes are about.
 
-    .venv/bin/python bench/hotpath.py [CONFIG] [N]           # µs per request (CPU time)
+    .venv/bin/python bench/hotpath.py [CONFIG] [N] [--close]   # µs per request (CPU time)
+
+`--close` opens a new client connection for every request and asks for `Connection: close`
+(wrk's close50 scenario): the connection's setup and teardown are counted too.
 
 For a figure that does not depend on the machine's load, count instructions with callgrind
 at two values of N and divide the difference (startup cancels out):
@@ -32,6 +35,9 @@ from podproxy.server import Options, Server
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nUser-Agent: wrk\r\n\r\n"
+REQUEST_CLOSE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n"
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 06:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\n"
@@ -69,7 +75,7 @@ class FakeTransport:
         self.closed = True
 
 
-async def measure(config: str, n: int) -> float:
+async def measure(config: str, n: int, close: bool = False) -> float:
     server = Server(load(config), Options())
     server.build()
     cluster = server.cluster_manager.clusters["httpd"]
@@ -84,12 +90,12 @@ async def measure(config: str, n: int) -> float:
         conn.idle_since = time.monotonic()
         pool.idle.append(conn)
         upstreams.append((conn, transport))
-    client = server.http_listeners[0].tracker.protocol_factory()
+    tracker = server.http_listeners[0].tracker
+    client = tracker.protocol_factory()
     client_transport = FakeTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
 
-    def one() -> None:
-        client.data_received(REQUEST)
+    def upstream_answers() -> None:
         for conn, transport in upstreams:
             if transport.out:
                 transport.out.clear()
@@ -97,10 +103,25 @@ async def measure(config: str, n: int) -> float:
                 break
         else:
             raise RuntimeError("the request reached no upstream")
+
+    def one_keep_alive() -> None:
+        client.data_received(REQUEST)
+        upstream_answers()
         if not client_transport.out:
             raise RuntimeError("no response reached the client")
         client_transport.out.clear()
 
+    def one_close() -> None:
+        conn = tracker.protocol_factory()
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(REQUEST_CLOSE)
+        upstream_answers()
+        if not transport.out or not transport.closed:
+            raise RuntimeError("no response, or the connection stayed open")
+        conn.connection_lost(None)
+
+    one = one_close if close else one_keep_alive
     for _ in range(WARMUP):
         one()
     start = time.process_time()
@@ -110,9 +131,10 @@ async def measure(config: str, n: int) -> float:
 
 
 def main() -> None:
-    config = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "examples" / "static.yaml")
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 50_000
-    per = uvloop.run(measure(config, n))
+    args = [a for a in sys.argv[1:] if a != "--close"]
+    config = args[0] if args else str(ROOT / "examples" / "static.yaml")
+    n = int(args[1]) if len(args) > 1 else 50_000
+    per = uvloop.run(measure(config, n, "--close" in sys.argv))
     print(f"{per * 1e6:.2f} µs of CPU per proxied request (Python only), {1 / per:,.0f}/s")
 
 

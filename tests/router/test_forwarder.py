@@ -28,10 +28,11 @@ class FakeRequest:
 
 async def test_timeout_queue_fires_live_entries_in_order_and_skips_completed() -> None:
     fired: list[str] = []
+    loop = asyncio.get_running_loop()
     q = TimeoutQueue(0.05)
     entries: dict[str, list[Any]] = {}
     for name in "abcd":
-        entries[name] = q.add(FakeRequest(name, fired))  # type: ignore[arg-type]
+        entries[name] = q.add(FakeRequest(name, fired), loop)  # type: ignore[arg-type]
         await asyncio.sleep(0.005)
     entries["a"][1] = None  # a and c completed in time: their entries are cleared
     entries["c"][1] = None
@@ -40,17 +41,18 @@ async def test_timeout_queue_fires_live_entries_in_order_and_skips_completed() -
     assert not q.entries
     # Completed entries at the front are dropped as new ones arrive: memory stays bounded.
     for i in range(1000):
-        q.add(FakeRequest(str(i), fired))[1] = None
+        q.add(FakeRequest(str(i), fired), loop)[1] = None  # type: ignore[arg-type]
     assert len(q.entries) <= 1
     q.close()
 
 
 async def test_timeout_queue_rearms_after_emptying() -> None:
     fired: list[str] = []
+    loop = asyncio.get_running_loop()
     q = TimeoutQueue(0.02)
-    q.add(FakeRequest("x", fired))  # type: ignore[arg-type]
+    q.add(FakeRequest("x", fired), loop)  # type: ignore[arg-type]
     await asyncio.sleep(0.06)
-    q.add(FakeRequest("y", fired))  # type: ignore[arg-type]
+    q.add(FakeRequest("y", fired), loop)  # type: ignore[arg-type]
     await asyncio.sleep(0.06)
     assert fired == ["x", "y"]
     q.close()

@@ -192,6 +192,12 @@ class RequestDecoder:
         except httptools.HttpParserError as exc:
             raise ProtocolError(f"bad request: {exc}", 400) from exc
 
+    def close(self) -> None:
+        """Let go of the parser and the sink (the connection is gone): no reference cycle
+        is left for the garbage collector. `feed` must not be called after this."""
+        del self._parser
+        del self.sink
+
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._headers = []
@@ -293,6 +299,12 @@ class ResponseDecoder:
             raise ProtocolError(f"bad response: {exc}", 503) from exc
         except httptools.HttpParserError as exc:
             raise ProtocolError(f"bad response: {exc}", 503) from exc
+
+    def close(self) -> None:
+        """As `RequestDecoder.close`: no cycle left behind. `feed` must not follow."""
+        del self._parser
+        del self.sink
+        self.on_informational = None
 
     def eof(self) -> bool:
         """The peer closed. True if that ended a close-delimited body (a complete response)."""

@@ -180,17 +180,19 @@ class ConnectionTracker:
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
+        # Captured once: on Python 3.11 every asyncio.get_running_loop() is a getpid() syscall.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol_factory(self) -> DownstreamConnection:
         return DownstreamConnection(self)
 
     def start(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
         if self._sweeper is None:
-            loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         now = loop.time()
         cfg = self.config
         for conn in list(self.connections):
@@ -261,7 +263,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.remote: tuple[str, int] = ("", 0)
         self.opened = 0.0
         self.opened_loop = 0.0
-        self.loop = asyncio.get_running_loop()
+        self.loop = tracker.loop or asyncio.get_running_loop()
 
     # asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -336,7 +338,12 @@ class DownstreamConnection(asyncio.Protocol):
             self.active = None
             st.downstream_rq_active.value -= 1
             self.handler.on_downstream_reset(ex)
+            ex.state = None
+        # Break the cycles (connection <-> decoder <-> parser, connection <-> exchange) so the
+        # connection is freed by reference counting now, not by a GC pass later.
         self.queue.clear()
+        self.active = self.decoding = None
+        self.decoder.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True

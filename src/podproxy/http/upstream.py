@@ -96,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.stats.upstream_cx_destroy_with_active_rq.value += 1
             stream.on_upstream_error(UpstreamResetError("upstream connection closed"))
         self.pool.on_connection_closed(self, prev)
+        self.decoder.close()
 
     def pause_writing(self) -> None:
         if self.stream is not None:

@@ -126,18 +126,21 @@ class TimeoutQueue:
     entries behind the oldest live one.
     """
 
-    __slots__ = ("_timer", "entries", "timeout")
+    __slots__ = ("_loop", "_timer", "entries", "timeout")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.entries: deque[list[Any]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, ureq: UpstreamRequest) -> list[Any]:
+    def add(self, ureq: UpstreamRequest, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """Queue `ureq` to time out; `loop` is passed in because asking asyncio for it costs
+        a getpid() syscall on Python 3.11."""
         entries = self.entries
         while entries and entries[0][1] is None:
             entries.popleft()
-        loop = asyncio.get_running_loop()
+        self._loop = loop
         entry: list[Any] = [loop.time() + self.timeout, ureq]
         entries.append(entry)
         if self._timer is None:
@@ -146,7 +149,7 @@ class TimeoutQueue:
 
     def _fire(self) -> None:
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
         entries = self.entries
         while entries:
@@ -524,7 +527,7 @@ class UpstreamRequest:
         self.request_ended = True
         timeout = self.route.timeout
         if timeout is not None and not self.done:
-            self.timer = self.fwd.timeout_queue(timeout).add(self)
+            self.timer = self.fwd.timeout_queue(timeout).add(self, self.ex.conn.loop)
         conn = self.conn
         if conn is not None and not self.done:
             if self.body_chunked:
