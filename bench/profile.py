@@ -29,7 +29,9 @@ import run
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^():]+?)(?::\d+)?\)$")
 
 
-def short(frame: str) -> str:
+def short(frame: str, lines: bool = False) -> str:
+    if lines:
+        return frame.replace(str(Path(__file__).resolve().parents[1]) + "/", "")
     m = _FRAME.match(frame)
     if not m:
         return frame
@@ -39,7 +41,9 @@ def short(frame: str) -> str:
     return f"{m.group('name')} ({where})"
 
 
-def aggregate(raw: str) -> tuple[collections.Counter[str], collections.Counter[str], int]:
+def aggregate(
+    raw: str, lines: bool = False
+) -> tuple[collections.Counter[str], collections.Counter[str], int]:
     """Own and total sample counts per function from py-spy's raw (collapsed) output."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
@@ -49,7 +53,7 @@ def aggregate(raw: str) -> tuple[collections.Counter[str], collections.Counter[s
         if not stack or not count.isdigit():
             continue
         c = int(count)
-        frames = [short(f) for f in stack.split(";") if f]
+        frames = [short(f, lines) for f in stack.split(";") if f]
         frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
+    p.add_argument("--lines", action="store_true", help="one row per source line, not function")
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(run.PY).parent / "py-spy")
     for tool in ("wrk", "nginx", spy):
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if not raw.exists():
             print((tmp / "py-spy.log").read_text(errors="replace"), file=sys.stderr)
             return 1
-        own, total, n = aggregate(raw.read_text())
+        own, total, n = aggregate(raw.read_text(), args.lines)
         src = args.src or "installed podproxy"
         print(
             f"## {sc.title}: {src}\n\nwrk: {res.get('rps', 0):,.0f} req/s "

@@ -39,8 +39,9 @@ PY = sys.executable
 ENVOY = Path(PY).parent / "envoy"
 BACKEND_HOSTS = ("127.0.1.1", "127.0.1.2", "127.0.1.3")
 # Every system's name, in table order; "direct" is wrk straight at one backend.
-SYSTEMS = ("direct", "podproxy", "envoy", "nginx", "haproxy", "aiohttp")
-PROXY_ON_CORE0 = ("podproxy", "envoy", "nginx", "haproxy", "aiohttp")
+# "bare" is bench/bare_forwarder.py: the least any uvloop + httptools proxy costs here.
+SYSTEMS = ("direct", "podproxy", "envoy", "nginx", "haproxy", "aiohttp", "bare")
+PROXY_ON_CORE0 = ("podproxy", "envoy", "nginx", "haproxy", "aiohttp", "bare")
 # Generous fd limit for us and every child (10,000 idle connections, 256-connection wrk runs).
 NOFILE = 65536
 STARTUP_TIMEOUT = 20.0
@@ -209,10 +210,9 @@ def proxy_argv(
         cfg = tmp / "haproxy.cfg"
         cfg.write_text(configs.haproxy_cfg(topo, NOFILE_NOW))
         return ["haproxy", "-db", "-f", str(cfg)]
-    if system == "aiohttp":
-        return [PY, str(HERE / "aiohttp_proxy.py"), str(port)] + [
-            f"{h}:{p}" for h, p in topo.backends
-        ]
+    if system in ("aiohttp", "bare"):
+        script = "aiohttp_proxy.py" if system == "aiohttp" else "bare_forwarder.py"
+        return [PY, str(HERE / script), str(port)] + [f"{h}:{p}" for h, p in topo.backends]
     raise ValueError(system)
 
 
@@ -373,6 +373,51 @@ def summary_table(doc: dict[str, Any]) -> str:
             else:
                 cells.append(fmt_rps(r["rps"]))
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# The issue's targets, checked on the medians of one run: (scenario, other system, least ratio).
+TARGETS = (
+    ("ka50", "envoy", 1.0),
+    ("close50", "envoy", 0.8),
+    *((sc.name, "aiohttp", 3.0) for sc in SCENARIOS),
+)
+# Latency targets: podproxy's percentile no higher than Envoy's.
+LATENCY_TARGETS = (("ka50", "p99_ms"), ("ka1", "p50_ms"))
+
+
+def targets_table(doc: dict[str, Any]) -> str:
+    """podproxy's req/s over another system's, per target, with met or not. Also the ratio to
+    the bare forwarder (the least a uvloop + httptools proxy costs), which has no target."""
+    res = doc["results"]
+    lines = [
+        "### targets (podproxy req/s over the other system's, same run)",
+        "",
+        "| scenario | vs | ratio | target | met |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    rows = [*TARGETS, *((sc.name, "bare", None) for sc in SCENARIOS)]
+    for name, other, least in rows:
+        mine = res.get(name, {}).get("podproxy", {}).get("rps")
+        theirs = res.get(name, {}).get(other, {}).get("rps")
+        if not mine or not theirs:
+            continue
+        ratio = mine / theirs
+        if least is None:
+            lines.append(f"| {name} | {other} | {ratio:.2f}x | - | - |")
+        else:
+            met = "yes" if ratio >= least else "no"
+            lines.append(f"| {name} | {other} | {ratio:.2f}x | {least:.1f}x | {met} |")
+    for name, key in LATENCY_TARGETS:
+        mine = res.get(name, {}).get("podproxy", {}).get(key)
+        theirs = res.get(name, {}).get("envoy", {}).get(key)
+        if mine is None or theirs is None:
+            continue
+        pct = key.split("_")[0]
+        met = "yes" if mine <= theirs else "no"
+        lines.append(
+            f"| {name} {pct} | envoy | {fmt_ms(mine)} vs {fmt_ms(theirs)} | not higher | {met} |"
+        )
     return "\n".join(lines)
 
 
@@ -629,7 +674,7 @@ def report_from(doc: dict[str, Any]) -> str:
     import discovery
     import micro
 
-    parts = [header(doc), summary_table(doc)]
+    parts = [header(doc), summary_table(doc), targets_table(doc)]
     if doc.get("micro_ops_per_s"):
         rows = list(doc["micro_ops_per_s"].items())
         parts.append("### micro-benchmarks (bench/micro.py)\n\n" + micro.table(rows))
