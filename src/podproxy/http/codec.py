@@ -176,7 +176,8 @@ class RequestDecoder:
         self._url = b""
         self._size = 0
         self._host: bytes | None = None
-        self.in_head = False
+        # In a request head, or between requests (where the next bytes start one).
+        self.in_head = True
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises `ProtocolError` (with a status hint) on a malformed stream."""
@@ -198,14 +199,8 @@ class RequestDecoder:
         del self._parser
         del self.sink
 
-    # httptools callbacks ------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._url = b""
-        self._size = 0
-        self._host = None
-        self.in_head = True
-
+    # httptools callbacks (no on_message_begin: per-message state is reset when a head is
+    # handed on, which saves a call per message) -----------------------------------------
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._size += len(url)
@@ -224,22 +219,26 @@ class RequestDecoder:
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        self.in_head = False
-        self.sink.on_request_head(
-            RequestHead(
-                p.get_method(),
-                self._url,
-                p.get_http_version(),
-                self._headers,
-                p.should_keep_alive(),
-                self._host,
-            )
+        head = RequestHead(
+            p.get_method(),
+            self._url,
+            p.get_http_version(),
+            self._headers,
+            p.should_keep_alive(),
+            self._host,
         )
+        self._headers = []
+        self._url = b""
+        self._size = 0
+        self._host = None
+        self.in_head = False
+        self.sink.on_request_head(head)
 
     def on_body(self, body: bytes) -> None:
         self.sink.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_head = True
         self.sink.on_request_end()
 
 
@@ -314,12 +313,7 @@ class ResponseDecoder:
             return True
         return False
 
-    # httptools callbacks ------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._size = 0
-        self.in_message = True
-
+    # httptools callbacks (no on_message_begin, as in RequestDecoder) ---------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         self._size += len(name) + len(value) + 4
         if self._size > self.max_headers_bytes:
@@ -330,6 +324,9 @@ class ResponseDecoder:
         p = self._parser
         status = p.get_status_code()
         headers = self._headers
+        self._headers = []
+        self._size = 0
+        self.in_message = True
         if status < 200:
             if status == 101:
                 raise ProtocolError("unexpected 101 Switching Protocols", 503)

@@ -427,7 +427,7 @@ class DownstreamConnection(asyncio.Protocol):
     def response_head_sent(self, ex: Exchange, status: int) -> None:
         ex.status = status
         ex.response_started = True
-        self.config.rq_class[status // 100 if status < 600 else 5].inc()
+        self.config.rq_class[status // 100 if status < 600 else 5].value += 1
 
     def finish(self, ex: Exchange, keep_alive: bool) -> None:
         """The response of `ex` is fully written; keep or close the connection."""

@@ -23,12 +23,14 @@ WRITE_LOW_WATER = 64 * 1024
 class FlowControl:
     """Pauses and resumes reading of `transport` by reason bits."""
 
-    __slots__ = ("_reasons", "closed", "transport")
+    # `reasons` is read directly on the hot path: `if flow.reasons & R: flow.resume_reading(R)`
+    # skips a call in the usual case (nothing paused).
+    __slots__ = ("closed", "reasons", "transport")
 
     def __init__(self, transport: asyncio.Transport, limit: int | None = None) -> None:
         """`limit`: per_connection_buffer_limit_bytes, the high-water mark (low is a quarter)."""
         self.transport = transport
-        self._reasons = 0
+        self.reasons = 0
         self.closed = False
         if limit:
             transport.set_write_buffer_limits(high=limit, low=limit // 4)
@@ -37,16 +39,16 @@ class FlowControl:
 
     @property
     def reading_paused(self) -> bool:
-        return self._reasons != 0
+        return self.reasons != 0
 
     def pause_reading(self, reason: int) -> None:
-        if not self._reasons and not self.closed:
+        if not self.reasons and not self.closed:
             self.transport.pause_reading()
-        self._reasons |= reason
+        self.reasons |= reason
 
     def resume_reading(self, reason: int) -> None:
-        if not self._reasons & reason:
+        if not self.reasons & reason:
             return
-        self._reasons &= ~reason
-        if not self._reasons and not self.closed:
+        self.reasons &= ~reason
+        if not self.reasons and not self.closed:
             self.transport.resume_reading()

@@ -397,7 +397,7 @@ class UpstreamRequest:
         self.route = route
         self.cluster = cluster
         self.host = host
-        self.pool: HostPool = cluster.pool_for(host)
+        self.pool: HostPool = cluster.pools.get(host) or cluster.pool_for(host)
         self.conn: UpstreamConnection | None = None
         self.head_bytes, self.body_chunked, self.expect_continue = fwd.request_head(ex, route, host)
         self.pending_body: list[bytes] = []
@@ -434,7 +434,7 @@ class UpstreamRequest:
             self.pool.release(conn, True)
             return
         dflow = self.ex.conn.flow
-        if dflow is not None:
+        if dflow is not None and dflow.reasons & HANDLER_HOLD:
             dflow.resume_reading(HANDLER_HOLD)
         self.conn = conn
         conn.attach(self, self.ex.head.method == b"HEAD")
@@ -527,7 +527,9 @@ class UpstreamRequest:
         self.request_ended = True
         timeout = self.route.timeout
         if timeout is not None and not self.done:
-            self.timer = self.fwd.timeout_queue(timeout).add(self, self.ex.conn.loop)
+            fwd = self.fwd
+            q = fwd._timeouts.get(timeout) or fwd.timeout_queue(timeout)
+            self.timer = q.add(self, self.ex.conn.loop)
         conn = self.conn
         if conn is not None and not self.done:
             if self.body_chunked:
@@ -547,7 +549,7 @@ class UpstreamRequest:
         ex = self.ex
         fwd = self.fwd
         status = head.status
-        out = [codec.status_line(status)]
+        out = [codec.STATUS_LINES.get(status) or codec.status_line(status)]
         has_date = False
         server_seen = False
         drop_server = fwd._drop_upstream_server
@@ -614,7 +616,7 @@ class UpstreamRequest:
         info = self.cluster.info
         st = info.stats
         st.upstream_rq_completed.value += 1
-        info.code_counter(status).value += 1
+        (info.code_counters.get(status) or info.code_counter(status)).value += 1
         if self.tried:
             st.upstream_rq_retry_success.value += 1
         if status < 300:
@@ -683,7 +685,7 @@ class UpstreamRequest:
         st.upstream_rq_active.value -= 1
         self.host.stats.rq_active -= 1
         flow = self.ex.conn.flow
-        if flow is not None:
+        if flow is not None and flow.reasons & PEER_WRITE_BLOCKED:
             flow.resume_reading(PEER_WRITE_BLOCKED)
 
     def _let_go(self) -> None:

@@ -89,7 +89,7 @@ class RouteTable:
         return self._default
 
     def route(self, authority: bytes, target: bytes, headers: Headers) -> Route | None:
-        vh = self.virtual_host(authority)
+        vh = self._default if self._only_default else self.virtual_host(authority)
         if vh is None:
             return None
         q = target.find(b"?")
