@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from podproxy.errors import ProtocolError, UpstreamError, UpstreamProtocolError, UpstreamResetError
 from podproxy.http import codec
 from podproxy.http.codec import Headers, ResponseHead
-from podproxy.http.flow import FlowControl
+from podproxy.http.flow import PEER_WRITE_BLOCKED, FlowControl
 
 if TYPE_CHECKING:
     from podproxy.http.pool import HostPool
@@ -145,6 +145,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.stream = None
         self.requests_served += 1
         reusable = not self.close_after and self.request_done and self.state is ConnState.BUSY
+        flow = self.flow
+        if flow is not None and flow.reasons & PEER_WRITE_BLOCKED:
+            # A slow client paused our reading for the response that just ended; the next
+            # exchange on this connection has its own client, so go back to the pool reading.
+            flow.resume_reading(PEER_WRITE_BLOCKED)
         self.pool.release(self, reusable)
         if stream is not None:
             stream.on_response_end()

@@ -612,6 +612,9 @@ class UpstreamRequest:
         head = self.response_head
         assert head is not None
         self._complete()
+        # The connection is back in its pool (maybe already serving another request): writes
+        # below that fill the client's buffer must not pause it (on_downstream_write_paused).
+        self.conn = None
         status = head.status
         info = self.cluster.info
         st = info.stats
