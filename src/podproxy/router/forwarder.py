@@ -611,10 +611,19 @@ class UpstreamRequest:
             return
         head = self.response_head
         assert head is not None
-        self._complete()
-        # The connection is back in its pool (maybe already serving another request): writes
-        # below that fill the client's buffer must not pause it (on_downstream_write_paused).
+        # The connection is back in its pool (maybe already serving another request): a
+        # write below that fills the client's buffer must not pause it.
         self.conn = None
+        # The client's bytes first, the bookkeeping after: the response leaves sooner.
+        ex = self.ex
+        tail = codec.LAST_CHUNK if self.response_chunked else b""
+        head_bytes = self.held_head
+        if head_bytes is not None:
+            self.held_head = None
+            tail = head_bytes + tail
+        if tail:
+            ex.conn.write(tail)
+        self._complete()
         status = head.status
         info = self.cluster.info
         st = info.stats
@@ -636,14 +645,6 @@ class UpstreamRequest:
             hst.rq_error += 1
         else:
             hst.rq_success += 1
-        ex = self.ex
-        tail = codec.LAST_CHUNK if self.response_chunked else b""
-        head_bytes = self.held_head
-        if head_bytes is not None:
-            self.held_head = None
-            tail = head_bytes + tail
-        if tail:
-            ex.conn.write(tail)
         keep_alive = (
             ex.head.version == "1.1" or head.content_length is not None or head.status in (204, 304)
         )
