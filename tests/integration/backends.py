@@ -479,6 +479,13 @@ async def _close_after_response(ex: _Exchange, args: list[str]) -> None:
     raise _Close
 
 
+async def _close_delimited(ex: _Exchange, args: list[str]) -> None:
+    await ex.read_body()
+    ex.writer.write(ex.head_bytes(200, close=True) + b"body until close")
+    await ex.writer.drain()
+    raise _Close
+
+
 async def _upload(ex: _Exchange, args: list[str]) -> None:
     slow = ex.head.query.get("slow", ["0"])[0] == "1"
     body = await ex.read_body(piece=1024, sleep=0.01) if slow else await ex.read_body()
@@ -513,6 +520,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "close-before-headers": _close_before_headers,
     "close-mid-body": _close_mid_body,
     "close-after-response": _close_after_response,
+    "close-delimited": _close_delimited,
     "upload": _upload,
     "expect": _expect,
     "response-headers": _response_headers,
@@ -534,6 +542,7 @@ class Backend:
     /close-before-headers       closes without answering
     /close-mid-body             content-length 1000, 10 bytes, close
     /close-after-response       200 with `connection: close`, then close
+    /close-delimited            200 with no length: the body ends when the backend closes
     /upload[?slow=1]            reads the body (slowly: 1 KiB pieces), JSON {length, sha256}
     /expect                     sends `100 Continue` if asked, reads the body, JSON {length, ...}
     /response-headers?k=v&...   200 carrying the given response headers

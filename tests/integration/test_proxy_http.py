@@ -979,7 +979,8 @@ async def test_closed_connections_leave_no_reference_cycles(
     """Closed connections are freed by reference counting: with a new connection per request
     (wrk's close50) a cycle per connection would make the garbage collector run every few
     hundred requests. Covers the proxy closing (Connection: close), the client closing, a
-    client reset mid-request, and an upstream closing after its response."""
+    client reset mid-request, an upstream closing after its response, and a close-delimited
+    response body."""
     b = await backend()
     p = await proxy(bootstrap([cluster("app", [b.address])]))
     assert (await p.get()).status == 200  # warm: pools and caches made before counting
@@ -997,6 +998,9 @@ async def test_closed_connections_leave_no_reference_cycles(
             async with await RawClient.open(*p.address) as client:
                 client.send(request(path="/close-after-response"))
                 await client.response()
+            async with await RawClient.open(*p.address) as client:
+                client.send(request(path="/close-delimited"))
+                assert (await client.response()).body == b"body until close"
             async with await RawClient.open(*p.address) as client:
                 client.send(request(path="/sleep/5"))
                 await wait_until(lambda: p.gauge("cluster.app.upstream_rq_active") == 1)
@@ -1017,7 +1021,7 @@ async def test_closed_connections_leave_no_reference_cycles(
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
-    assert p.counter("http.ingress_http.downstream_cx_total") == 13
+    assert p.counter("http.ingress_http.downstream_cx_total") == 16
     assert not ours, f"left for the garbage collector: {dict(ours)}"
 
 

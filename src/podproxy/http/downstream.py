@@ -192,7 +192,8 @@ class ConnectionTracker:
             self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def _sweep(self) -> None:
-        loop = self.loop or asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None  # set by start(), which arms the sweep
         now = loop.time()
         cfg = self.config
         for conn in list(self.connections):

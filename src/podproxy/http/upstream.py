@@ -91,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             if self.decoder.eof():
+                self.decoder.close()  # no cycle left behind on this path either
                 return  # a close-delimited response just ended; on_response_end ran
             self.stream = None
             self.pool.stats.upstream_cx_destroy_with_active_rq.value += 1

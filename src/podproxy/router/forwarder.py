@@ -149,7 +149,8 @@ class TimeoutQueue:
 
     def _fire(self) -> None:
         self._timer = None
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set by add(), the only place that arms the timer
         now = loop.time()
         entries = self.entries
         while entries:
@@ -527,9 +528,7 @@ class UpstreamRequest:
         self.request_ended = True
         timeout = self.route.timeout
         if timeout is not None and not self.done:
-            fwd = self.fwd
-            q = fwd._timeouts.get(timeout) or fwd.timeout_queue(timeout)
-            self.timer = q.add(self, self.ex.conn.loop)
+            self.timer = self.fwd.timeout_queue(timeout).add(self, self.ex.conn.loop)
         conn = self.conn
         if conn is not None and not self.done:
             if self.body_chunked:
@@ -628,7 +627,7 @@ class UpstreamRequest:
         info = self.cluster.info
         st = info.stats
         st.upstream_rq_completed.value += 1
-        (info.code_counters.get(status) or info.code_counter(status)).value += 1
+        info.code_counter(status).value += 1
         if self.tried:
             st.upstream_rq_retry_success.value += 1
         if status < 300:

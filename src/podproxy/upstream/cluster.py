@@ -104,12 +104,12 @@ class ClusterInfo:
         self.idle_timeout = idle_timeout
         self.thresholds = dict(DEFAULT_THRESHOLDS)
         # Dynamic per-status counters (`upstream_rq_200`), created on first use.
-        self.code_counters: dict[int, Counter] = {}
+        self._code_counters: dict[int, Counter] = {}
 
     def code_counter(self, status: int) -> Counter:
-        c = self.code_counters.get(status)
+        c = self._code_counters.get(status)
         if c is None:
-            c = self.code_counters[status] = self.scope.counter(f"upstream_rq_{status}")
+            c = self._code_counters[status] = self.scope.counter(f"upstream_rq_{status}")
         return c
 
 
