@@ -18,7 +18,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from podproxy.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
-from podproxy.http.upstream import ConnState, UpstreamConnection
+from podproxy.http.upstream import (
+    CONN_BUSY,
+    CONN_CLOSED,
+    CONN_IDLE,
+    ConnState,
+    UpstreamConnection,
+)
 
 if TYPE_CHECKING:
     from podproxy.upstream.cluster import ClusterStats
@@ -66,7 +72,7 @@ class HostPool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.state is not ConnState.IDLE:
+            if conn.state is not CONN_IDLE:
                 continue
             if (
                 self.idle_timeout is not None
@@ -74,7 +80,7 @@ class HostPool:
             ):
                 conn.close()
                 continue
-            conn.state = ConnState.BUSY
+            conn.state = CONN_BUSY
             self.busy.add(conn)
             return conn
         self.pending.append(waiter)
@@ -97,8 +103,8 @@ class HostPool:
         limit = self.max_connection_duration
         if limit is not None and time.monotonic() - conn.opened >= limit:
             reusable = False  # common_http_protocol_options.max_connection_duration
-        if not reusable or self.draining or conn.state is ConnState.CLOSED:
-            conn.state = ConnState.IDLE if conn.state is not ConnState.CLOSED else conn.state
+        if not reusable or self.draining or conn.state is CONN_CLOSED:
+            conn.state = CONN_IDLE if conn.state is not CONN_CLOSED else conn.state
             conn.close()
             return
         self._give(conn)
@@ -107,17 +113,17 @@ class HostPool:
         if self.pending:
             waiter = self.pending.popleft()
             self.stats.upstream_rq_pending_active.value -= 1
-            conn.state = ConnState.BUSY
+            conn.state = CONN_BUSY
             self.busy.add(conn)
             waiter.on_pool_ready(conn)
             return
-        conn.state = ConnState.IDLE
+        conn.state = CONN_IDLE
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
     def on_connection_closed(self, conn: UpstreamConnection, prev: ConnState) -> None:
         self.busy.discard(conn)
-        if prev is ConnState.IDLE:
+        if prev is CONN_IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(conn)
         self.stats.upstream_cx_active.value -= 1
@@ -186,7 +192,7 @@ class HostPool:
         hst.cx_active += 1
         st.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000.0)
         if self.draining and not self.pending:
-            conn.state = ConnState.IDLE
+            conn.state = CONN_IDLE
             conn.close()
             return
         self._give(conn)
