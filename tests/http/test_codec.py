@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import httptools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -140,3 +141,42 @@ def test_simple_response_and_chunks() -> None:
     assert out.startswith(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 19\r\n")
     assert b"content-type: text/plain\r\n" in out and out.endswith(b"\r\n\r\nno healthy upstream")
     assert codec.encode_chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+
+
+class _Versions:
+    """What httptools itself says of each request's version (the decoder avoids asking)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.seen: list[tuple[str, bool]] = []
+
+    def on_headers_complete(self) -> None:
+        self.seen.append((self.parser.get_http_version(), self.parser.should_keep_alive()))
+
+
+@pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"1.2", b"2.0", b"3.1", b"9.9"])
+@pytest.mark.parametrize(
+    "connection",
+    [b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n", b"Connection: x\r\n"],
+)
+def test_request_version_is_the_one_llhttp_parsed(version: bytes, connection: bytes) -> None:
+    # Two requests on one stream: the state of the first must not leak into the second (a
+    # stream llhttp rejects, e.g. bytes after a request that did not keep the connection alive,
+    # is rejected by the decoder too, after the same heads).
+    data = b"GET / HTTP/" + version + b"\r\nHost: x\r\n" + connection + b"\r\n"
+    stream = data + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    want = _Versions()
+    want_error = False
+    try:
+        want.parser.feed_data(stream)
+    except httptools.HttpParserError:
+        want_error = True
+    sink = Sink()
+    got_error = False
+    try:
+        RequestDecoder(sink).feed(stream)
+    except ProtocolError:
+        got_error = True
+    heads = [e for e in sink.events if isinstance(e, RequestHead)]
+    assert [(h.version, h.keep_alive) for h in heads] == want.seen
+    assert got_error == want_error

@@ -111,28 +111,29 @@ class RequestHead:
 
 
 class ResponseHead:
-    """A parsed status line and headers. `headers` names are lower-case."""
+    """A parsed status line and headers. `headers` names are lower-case.
 
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "status", "version")
+    No HTTP version: nothing downstream depends on it (keep-alive is `keep_alive`), and asking
+    httptools for it formats a string (half a microsecond a response)."""
+
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "status")
 
     def __init__(
         self,
         status: int,
-        version: str,
         headers: Headers,
         keep_alive: bool,
         content_length: int | None,
         chunked: bool,
     ) -> None:
         self.status = status
-        self.version = version
         self.headers = headers
         self.keep_alive = keep_alive
         self.content_length = content_length
         self.chunked = chunked
 
     def __repr__(self) -> str:
-        return f"<ResponseHead {self.status} HTTP/{self.version}>"
+        return f"<ResponseHead {self.status}>"
 
 
 class RequestSink(Protocol):
@@ -151,6 +152,7 @@ class RequestDecoder:
     """Decodes a stream of (possibly pipelined) requests into calls on a `RequestSink`."""
 
     __slots__ = (
+        "_connection",
         "_headers",
         "_host",
         "_parser",
@@ -176,6 +178,7 @@ class RequestDecoder:
         self._url = b""
         self._size = 0
         self._host: bytes | None = None
+        self._connection = False  # a Connection header was seen in this head
         # In a request head, or between requests (where the next bytes start one).
         self.in_head = True
 
@@ -213,19 +216,26 @@ class RequestDecoder:
         if self._size > self.max_headers_bytes or len(headers) >= self.max_headers_count:
             raise ProtocolError("request headers too large", 431)
         name = name.lower()
-        if name == b"host" and self._host is None:
-            self._host = value
+        if name == b"host":
+            if self._host is None:
+                self._host = value
+        elif name == b"connection":
+            self._connection = True
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
+        keep_alive = p.should_keep_alive()
+        if keep_alive and not self._connection:
+            # Without a Connection header llhttp keeps a request alive exactly when it is
+            # HTTP/1.1 (major and minor above 0; 1.1 is the only such version it accepts), so
+            # the version string, which httptools formats on each call, is not asked for.
+            version = "1.1"
+        else:
+            version = p.get_http_version()
+            self._connection = False
         head = RequestHead(
-            p.get_method(),
-            self._url,
-            p.get_http_version(),
-            self._headers,
-            p.should_keep_alive(),
-            self._host,
+            p.get_method(), self._url, version, self._headers, keep_alive, self._host
         )
         self._headers = []
         self._url = b""
@@ -345,7 +355,7 @@ class ResponseDecoder:
         self._body_until_close = not no_body and not chunked and content_length is None
         keep_alive = p.should_keep_alive() and not self._body_until_close
         self.sink.on_response_head(
-            ResponseHead(status, p.get_http_version(), headers, keep_alive, content_length, chunked)
+            ResponseHead(status, headers, keep_alive, content_length, chunked)
         )
         if self._no_body:
             raise _SkipBody
