@@ -71,6 +71,21 @@ MAX_HOST_ATTEMPTS = 3
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# Header lines for the values most responses have, made once (formatting an int into bytes
+# costs ~0.2 µs on the path to the client's first byte): service times under 100 ms, and the
+# content lengths seen, up to a bound.
+_SERVICE_TIME_LINES = tuple(b"x-envoy-upstream-service-time: %d\r\n" % ms for ms in range(100))
+_CONTENT_LENGTH_LINES: dict[int, bytes] = {}
+_CONTENT_LENGTH_LINES_MAX = 4096
+
+
+def _content_length_line(n: int) -> bytes:
+    """A content-length line not in `_CONTENT_LENGTH_LINES` yet (the hot path looks there)."""
+    line = b"content-length: %d\r\n" % n
+    if len(_CONTENT_LENGTH_LINES) < _CONTENT_LENGTH_LINES_MAX:
+        _CONTENT_LENGTH_LINES[n] = line
+    return line
+
 
 def _is_internal_address(addr: str) -> bool:
     """RFC 1918 / RFC 4193 / loopback, Envoy's test for an internal XFF address."""
@@ -574,7 +589,8 @@ class UpstreamRequest:
         keep_alive = True
         if head.content_length is not None:
             if status != 204:
-                out.append(b"content-length: %d\r\n" % head.content_length)
+                n = head.content_length
+                out.append(_CONTENT_LENGTH_LINES.get(n) or _content_length_line(n))
         elif not (ex.head.method == b"HEAD" or status == 204 or status == 304):
             if ex.head.version == "1.1":
                 self.response_chunked = True
@@ -588,7 +604,10 @@ class UpstreamRequest:
         cfg = fwd.config
         if not cfg.suppress_envoy_headers:
             ms = int((time.monotonic() - self.sent_at) * 1000)
-            out.append(b"x-envoy-upstream-service-time: %d\r\n" % ms)
+            if ms < 100:
+                out.append(_SERVICE_TIME_LINES[ms])
+            else:
+                out.append(b"x-envoy-upstream-service-time: %d\r\n" % ms)
         if cfg.always_set_request_id_in_response and ex.request_id:
             out += (b"x-request-id: ", ex.request_id, b"\r\n")
         conn = ex.conn
