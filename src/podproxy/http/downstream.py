@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from podproxy.errors import ProtocolError
@@ -98,8 +98,8 @@ class Exchange:
     request_id: bytes = b""
     # The route's idle_timeout, when it overrides the connection manager's stream idle timeout.
     idle_timeout: float | None = None
-    # Body received while the exchange waited behind another (pipelining).
-    buffered: list[bytes] = field(default_factory=list)
+    # Body received while the exchange waited behind another (pipelining; None until then).
+    buffered: list[bytes] | None = None
     # The handler's own per-request state.
     state: Any = None
 
@@ -380,6 +380,8 @@ class DownstreamConnection(asyncio.Protocol):
             if not ex.response_complete:
                 self.handler.on_request_body(ex, data)
         else:
+            if ex.buffered is None:
+                ex.buffered = []
             ex.buffered.append(data)
 
     def on_request_end(self) -> None:
@@ -409,11 +411,13 @@ class DownstreamConnection(asyncio.Protocol):
         self.handler.on_request_head(ex)
         if ex.response_complete or ex is not self.active:
             return
-        for chunk in ex.buffered:
-            self.handler.on_request_body(ex, chunk)
-            if ex.response_complete:
-                return
-        ex.buffered.clear()
+        buffered = ex.buffered
+        if buffered is not None:
+            ex.buffered = None
+            for chunk in buffered:
+                self.handler.on_request_body(ex, chunk)
+                if ex.response_complete:
+                    return
         if ex.request_complete:
             self.handler.on_request_end(ex)
 

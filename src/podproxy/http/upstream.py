@@ -62,7 +62,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.decoder.on_informational = self._informational
         self.stream: UpstreamStream | None = None
         self.request_done = False
-        self.response_started = False
         self.requests_served = 0
         self.idle_since = 0.0
         self.opened = 0.0
@@ -121,7 +120,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.stream = stream
         self.state = CONN_BUSY
         self.request_done = False
-        self.response_started = False
         self.decoder.expect_no_body(no_body_response)
 
     def write(self, data: bytes) -> None:
@@ -141,7 +139,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # codec.ResponseSink --------------------------------------------------------------
     def on_response_head(self, head: ResponseHead) -> None:
-        self.response_started = True
         self.close_after = not head.keep_alive
         if self.stream is not None:
             self.stream.on_response_head(head)
