@@ -69,6 +69,18 @@ class HostPool:
     # the synchronous steps -------------------------------------------------------------
     def acquire(self, waiter: PoolWaiter) -> UpstreamConnection | None:
         """An idle connection now, or None: `waiter` is then called back when one is ready."""
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
+        self.pending.append(waiter)
+        self.stats.upstream_rq_pending_total.value += 1
+        self.stats.upstream_rq_pending_active.value += 1
+        if self.connecting < len(self.pending):
+            self._start_connect()
+        return None
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection, now busy, or None (nothing is queued or started)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
@@ -83,11 +95,6 @@ class HostPool:
             conn.state = CONN_BUSY
             self.busy.add(conn)
             return conn
-        self.pending.append(waiter)
-        self.stats.upstream_rq_pending_total.value += 1
-        self.stats.upstream_rq_pending_active.value += 1
-        if self.connecting < len(self.pending):
-            self._start_connect()
         return None
 
     def cancel(self, waiter: PoolWaiter) -> None:

@@ -247,12 +247,19 @@ class Forwarder:
             conn.send_local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
             return
         ex.idle_timeout = route.idle_timeout
-        ureq = UpstreamRequest(self, ex, route, cluster, host)
-        if ureq.expect_continue:
+        head_bytes, chunked, expect_continue = self.request_head(ex, route, host)
+        if expect_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             conn.write(CONTINUE_100)
+        pool = cluster.pools.get(host) or cluster.pool_for(host)
+        upstream = pool.take_idle()
+        if upstream is not None:
+            # The head leaves before the exchange's bookkeeping is made: nothing can answer
+            # it before this callback returns to the loop.
+            upstream.write(head_bytes)
+        ureq = UpstreamRequest(self, ex, route, cluster, host, pool, head_bytes, chunked)
         ex.state = ureq
-        ureq.start()
+        ureq.start(upstream)
         # The request is on its way upstream: what is left is off the critical path.
         if self._spare_id is None and self.config.generate_request_id:
             self._spare_id = new_request_id()
@@ -393,7 +400,6 @@ class UpstreamRequest:
         "conn",
         "done",
         "ex",
-        "expect_continue",
         "fwd",
         "head_bytes",
         "held_head",
@@ -413,16 +419,25 @@ class UpstreamRequest:
     )
 
     def __init__(
-        self, fwd: Forwarder, ex: Exchange, route: Route, cluster: Cluster, host: Host
+        self,
+        fwd: Forwarder,
+        ex: Exchange,
+        route: Route,
+        cluster: Cluster,
+        host: Host,
+        pool: HostPool,
+        head_bytes: bytes,
+        body_chunked: bool,
     ) -> None:
         self.fwd = fwd
         self.ex = ex
         self.route = route
         self.cluster = cluster
         self.host = host
-        self.pool: HostPool = cluster.pools.get(host) or cluster.pool_for(host)
+        self.pool = pool
         self.conn: UpstreamConnection | None = None
-        self.head_bytes, self.body_chunked, self.expect_continue = fwd.request_head(ex, route, host)
+        self.head_bytes = head_bytes  # from Forwarder.request_head
+        self.body_chunked = body_chunked
         self.pending_body: list[bytes] = []
         self.replay: list[bytes] | None = []
         self.replay_size = 0
@@ -438,14 +453,20 @@ class UpstreamRequest:
         ex.upstream_host = host.key
 
     # request direction -----------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, sent_on: UpstreamConnection | None) -> None:
+        """Take over the exchange: its head was already written on `sent_on`, or (None)
+        waits for a connection from the pool."""
         self.sent_at = time.monotonic()
-        conn = self.pool.acquire(self)
-        if conn is not None:
-            self.on_pool_ready(conn)
-        elif self.ex.conn.flow is not None:
-            # Hold the client's body until there is a connection to send it on.
-            self.ex.conn.flow.pause_reading(HANDLER_HOLD)
+        if sent_on is not None:
+            self.conn = sent_on
+            sent_on.attach(self, self.ex.head.method == b"HEAD")
+        else:
+            conn = self.pool.acquire(self)
+            if conn is not None:
+                self.on_pool_ready(conn)
+            elif self.ex.conn.flow is not None:
+                # Hold the client's body until there is a connection to send it on.
+                self.ex.conn.flow.pause_reading(HANDLER_HOLD)
         # Counted once the request is on its way (nothing above reads these).
         st = self.cluster.info.stats
         st.upstream_rq_total.value += 1
