@@ -157,7 +157,14 @@ class _Versions:
 @pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"1.2", b"2.0", b"3.1", b"9.9"])
 @pytest.mark.parametrize(
     "connection",
-    [b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n", b"Connection: x\r\n"],
+    [
+        b"",
+        b"Connection: close\r\n",
+        b"Connection: keep-alive\r\n",
+        b"Connection: x\r\n",
+        b"Proxy-Connection: keep-alive\r\n",
+        b"Proxy-Connection: close\r\n",
+    ],
 )
 def test_request_version_is_the_one_llhttp_parsed(version: bytes, connection: bytes) -> None:
     # Two requests on one stream: the state of the first must not leak into the second (a

@@ -178,7 +178,7 @@ class RequestDecoder:
         self._url = b""
         self._size = 0
         self._host: bytes | None = None
-        self._connection = False  # a Connection header was seen in this head
+        self._connection = False  # a Connection (or Proxy-Connection) header is in this head
         # In a request head, or between requests (where the next bytes start one).
         self.in_head = True
 
@@ -219,15 +219,15 @@ class RequestDecoder:
         if name == b"host":
             if self._host is None:
                 self._host = value
-        elif name == b"connection":
-            self._connection = True
+        elif name == b"connection" or name == b"proxy-connection":
+            self._connection = True  # llhttp reads both for keep-alive
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
         keep_alive = p.should_keep_alive()
         if keep_alive and not self._connection:
-            # Without a Connection header llhttp keeps a request alive exactly when it is
+            # Without Connection/Proxy-Connection llhttp keeps a request alive exactly when it is
             # HTTP/1.1 (major and minor above 0; 1.1 is the only such version it accepts), so
             # the version string, which httptools formats on each call, is not asked for.
             version = "1.1"
