@@ -92,10 +92,9 @@ class _Transport:
         pass
 
 
-async def test_upstream_connection_paused_by_a_slow_client_goes_back_to_the_pool_reading() -> None:
-    """The write that ends a response can fill the client's buffer (pause_writing). The
-    upstream connection is already back in its pool then: it must not be left paused, or the
-    next request sent on it never gets its response read."""
+def _proxy_with_one_idle_upstream() -> tuple[Any, _Transport, Any, _Transport]:
+    """A built server whose one host has one idle pooled connection, and a client connection;
+    all over `_Transport`s. Returns (client, client transport, upstream, upstream transport)."""
     from integration.test_proxy_http import bootstrap, cluster
 
     from podproxy.config.loader import load
@@ -117,6 +116,16 @@ async def test_upstream_connection_paused_by_a_slow_client_goes_back_to_the_pool
     client = server.http_listeners[0].tracker.protocol_factory()
     client_transport = _Transport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
+    return client, client_transport, upstream, up_transport
+
+
+async def test_upstream_connection_paused_by_a_slow_client_goes_back_to_the_pool_reading() -> None:
+    """The write that ends a response can fill the client's buffer (pause_writing). The
+    upstream connection is already back in its pool then: it must not be left paused, or the
+    next request sent on it never gets its response read."""
+    from podproxy.http.upstream import ConnState
+
+    client, client_transport, upstream, up_transport = _proxy_with_one_idle_upstream()
     client_transport.on_write = client.pause_writing  # every write fills the client's buffer
 
     for _ in range(2):
@@ -129,3 +138,40 @@ async def test_upstream_connection_paused_by_a_slow_client_goes_back_to_the_pool
         assert upstream.state is ConnState.IDLE
         assert up_transport.reading and not upstream.flow.reasons  # type: ignore[union-attr]
         client.resume_writing()
+
+
+async def test_head_that_fills_the_upstream_buffer_holds_the_client_body() -> None:
+    """The head goes out on an idle connection before the exchange takes the connection over:
+    a pause_writing raised by that very write must still stop reading the client's body."""
+    client, client_transport, upstream, up_transport = _proxy_with_one_idle_upstream()
+    up_transport.on_write = upstream.pause_writing  # the head alone fills the buffer
+    client.data_received(b"POST / HTTP/1.1\r\nhost: app\r\ncontent-length: 100000\r\n\r\n")
+    assert up_transport.out and up_transport.out[0].startswith(b"POST / HTTP/1.1\r\n")
+    assert not client_transport.reading, "the client's body is read into a full buffer"
+    up_transport.on_write = None
+    upstream.resume_writing()
+    assert client_transport.reading
+
+
+async def test_body_in_the_same_read_follows_the_head_on_an_idle_connection() -> None:
+    client, _, upstream, up_transport = _proxy_with_one_idle_upstream()
+    client.data_received(b"POST /p HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\n\r\nhello")
+    sent = b"".join(up_transport.out)
+    head, _, body = sent.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /p HTTP/1.1\r\n") and b"content-length: 5" in head
+    assert body == b"hello" and upstream.request_done
+
+
+async def test_expect_100_continue_on_an_idle_connection() -> None:
+    """Envoy answers 100-continue itself and does not pass Expect on; the body follows."""
+    client, client_transport, upstream, up_transport = _proxy_with_one_idle_upstream()
+    client.data_received(
+        b"PUT /u HTTP/1.1\r\nhost: app\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n"
+    )
+    assert b"".join(client_transport.out) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    head = b"".join(up_transport.out)
+    assert head.startswith(b"PUT /u HTTP/1.1\r\n") and b"\r\nexpect:" not in head.lower()
+    client.data_received(b"abc")
+    assert b"".join(up_transport.out).endswith(b"\r\n\r\nabc") and upstream.request_done
+    upstream.data_received(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+    assert b"HTTP/1.1 201 Created\r\n" in b"".join(client_transport.out)

@@ -70,14 +70,17 @@ class HostPool:
     def acquire(self, waiter: PoolWaiter) -> UpstreamConnection | None:
         """An idle connection now, or None: `waiter` is then called back when one is ready."""
         conn = self.take_idle()
-        if conn is not None:
-            return conn
+        if conn is None:
+            self.enqueue(waiter)
+        return conn
+
+    def enqueue(self, waiter: PoolWaiter) -> None:
+        """Queue `waiter` for the next connection that is ready, connecting one if needed."""
         self.pending.append(waiter)
         self.stats.upstream_rq_pending_total.value += 1
         self.stats.upstream_rq_pending_active.value += 1
         if self.connecting < len(self.pending):
             self._start_connect()
-        return None
 
     def take_idle(self) -> UpstreamConnection | None:
         """An idle connection, now busy, or None (nothing is queued or started)."""

@@ -66,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.opened = 0.0
         self.close_after = False
+        self.write_blocked = False  # between pause_writing and resume_writing
 
     # asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,10 +109,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.decoder.close()
 
     def pause_writing(self) -> None:
+        self.write_blocked = True
         if self.stream is not None:
             self.stream.on_upstream_write_paused()
 
     def resume_writing(self) -> None:
+        self.write_blocked = False
         if self.stream is not None:
             self.stream.on_upstream_write_resumed()
 
@@ -121,6 +124,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = CONN_BUSY
         self.request_done = False
         self.decoder.expect_no_body(no_body_response)
+        if self.write_blocked:
+            # The head, written before the stream took over (Forwarder.on_request_head),
+            # filled the buffer: the stream must hold its client's body from the start.
+            stream.on_upstream_write_paused()
 
     def write(self, data: bytes) -> None:
         transport = self.transport

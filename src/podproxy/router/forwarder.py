@@ -251,7 +251,7 @@ class Forwarder:
         if expect_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             conn.write(CONTINUE_100)
-        pool = cluster.pools.get(host) or cluster.pool_for(host)
+        pool: HostPool = cluster.pools.get(host) or cluster.pool_for(host)
         upstream = pool.take_idle()
         if upstream is not None:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
@@ -454,20 +454,18 @@ class UpstreamRequest:
 
     # request direction -----------------------------------------------------------------
     def start(self, sent_on: UpstreamConnection | None) -> None:
-        """Take over the exchange: its head was already written on `sent_on`, or (None)
-        waits for a connection from the pool."""
+        """Take over the exchange: its head was already written on `sent_on`, or (None, no
+        connection was idle) it waits for one from the pool."""
         self.sent_at = time.monotonic()
         if sent_on is not None:
             self.conn = sent_on
             sent_on.attach(self, self.ex.head.method == b"HEAD")
         else:
-            conn = self.pool.acquire(self)
-            if conn is not None:
-                self.on_pool_ready(conn)
-            elif self.ex.conn.flow is not None:
+            self.pool.enqueue(self)
+            if self.ex.conn.flow is not None:
                 # Hold the client's body until there is a connection to send it on.
                 self.ex.conn.flow.pause_reading(HANDLER_HOLD)
-        # Counted once the request is on its way (nothing above reads these).
+        # Counted after the head was sent or queued (nothing above reads these).
         st = self.cluster.info.stats
         st.upstream_rq_total.value += 1
         st.upstream_rq_active.value += 1
