@@ -535,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     extra: dict[str, object] = {}
     procs = Procs()
+    # The tree the proxies load, taken before they start: edits made during the run are not
+    # measured and must not mark it dirty.
+    tree = git_describe()
     tmp = Path(tempfile.mkdtemp(prefix="podproxy-bench-"))
     (tmp / "upload.lua").write_text(UPLOAD_LUA)
     started = time.time()
@@ -562,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         pinned = "proxy on core 0, wrk and backends on core 1" if two_cores() else "unpinned"
         say(
             f"podproxy bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
-            f"tree {git_describe()}: {os.cpu_count()} cores ({pinned}); wrk -t1, "
+            f"tree {tree}: {os.cpu_count()} cores ({pinned}); wrk -t1, "
             f"{duration} s runs, {args.reps} rounds, median; systems: {', '.join(systems)}; "
             f"fd limit {nofile}"
         )
@@ -639,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "podproxy_tree": git_describe(),
+        "podproxy_tree": tree,
         "settings": {
             "duration_s": duration,
             "reps": args.reps,
