@@ -47,7 +47,8 @@ def free_port() -> Callable[..., int]:
 
 @pytest.fixture
 def loopback_ip() -> Callable[[int], str]:
-    """`loopback_ip(n) -> str`, 0 <= n < 16: this test's own block of 127.0.1.x addresses."""
+    """`loopback_ip(n) -> str`: this test's own loopback addresses; 0 <= n < 16 are in
+    127.0.1.x, and up to 254 more in a /24 of the test's own (LoopbackAllocator)."""
     return _allocator.block()
 
 

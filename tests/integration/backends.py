@@ -65,22 +65,29 @@ class LoopbackAllocator:
     """Hands each test its own block of 127.0.1.x addresses, to keep concurrent runs apart.
 
     Blocks of `BLOCK` addresses rotate through 127.0.1.1-127.0.1.240, starting at a point derived
-    from the process id so that two pytest processes on the machine rarely share a block.
+    from the process id so that two pytest processes on the machine rarely share a block. A test
+    that needs more (many pods) gets them past the block, from a /24 of the block's own:
+    n >= BLOCK is 127.0.(16 + block index).(n - BLOCK + 1).
     """
 
     BLOCK = 16
     BLOCKS = 15  # 15 * 16 = 240 addresses: 127.0.1.1 .. 127.0.1.240
+    EXTRA = 254  # addresses past the block: 127.0.16-30.1 .. .254
 
     def __init__(self) -> None:
         self._next = itertools.count(os.getpid())
 
     def block(self) -> Callable[[int], str]:
-        base = 1 + (next(self._next) % self.BLOCKS) * self.BLOCK
+        index = next(self._next) % self.BLOCKS
+        base = 1 + index * self.BLOCK
+        limit = self.BLOCK + self.EXTRA
 
         def loopback_ip(n: int = 0) -> str:
-            if not 0 <= n < self.BLOCK:
-                raise ValueError(f"loopback_ip(n) takes 0 <= n < {self.BLOCK}, got {n}")
-            return f"127.0.1.{base + n}"
+            if not 0 <= n < limit:
+                raise ValueError(f"loopback_ip(n) takes 0 <= n < {limit}, got {n}")
+            if n < self.BLOCK:
+                return f"127.0.1.{base + n}"
+            return f"127.0.{16 + index}.{n - self.BLOCK + 1}"
 
         return loopback_ip
 

@@ -4,6 +4,7 @@ driven with a stand-in command (so it is tested before the real CLI exists)."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import pytest
 
 from integration.backends import (
     Backend,
+    LoopbackAllocator,
     ProxyProcess,
     RawClient,
     admin_address,
@@ -243,3 +245,19 @@ async def test_proxy_fixture_reports_an_early_exit(podproxy_process: StartProxy)
     dies = [sys.executable, "-c", "import sys; sys.exit('bad config, says stderr')"]
     with pytest.raises(RuntimeError, match="bad config, says stderr"):
         await podproxy_process(admin_config(free_port()), command=dies)
+
+
+def test_loopback_blocks_are_valid_and_disjoint_including_their_extra_addresses() -> None:
+    # Every block the allocator can hand out, with every n a test may ask for: valid IPv4
+    # loopback addresses, never shared between blocks (sixty pods once ran past 127.0.1.255).
+    alloc = LoopbackAllocator()
+    seen: set[str] = set()
+    limit = LoopbackAllocator.BLOCK + LoopbackAllocator.EXTRA
+    for _ in range(LoopbackAllocator.BLOCKS):
+        ip = alloc.block()
+        addrs = {ip(n) for n in range(limit)}
+        assert len(addrs) == limit and not addrs & seen
+        assert all(ipaddress.IPv4Address(a).is_loopback for a in addrs)
+        seen |= addrs
+        with pytest.raises(ValueError):
+            ip(limit)

@@ -64,19 +64,15 @@ def seed_config(
 class World:
     """Cluster DNS + pods + podproxy, all on this test's loop; torn down in reverse."""
 
-    def __init__(self, tmp: Path, base: str) -> None:
+    def __init__(self, tmp: Path, loopback_ip: Callable[[int], str]) -> None:
         self.tmp = tmp
-        self.base = base  # e.g. "127.0.1.16": pods take consecutive addresses from here
+        self.ip = loopback_ip  # pod i gets this test's address i
         self.dns = ClusterDNS(port=0, ttl=5)
         self.pods: dict[str, Pod] = {}
         self.server: Server | None = None
         self.task: asyncio.Task[int] | None = None
         self.listen_port = free_port()
         self.admin_port = free_port()
-
-    def ip(self, i: int) -> str:
-        a, b, c, d = self.base.split(".")
-        return f"{a}.{b}.{c}.{int(d) + i}"
 
     async def start_dns(self) -> None:
         await self.dns.start()
@@ -165,7 +161,7 @@ async def wait_for(pred: Callable[[], bool], timeout: float) -> float:
 
 @pytest.fixture
 async def world(tmp_path: Path, loopback_ip: Callable[[int], str]) -> AsyncIterator[World]:
-    w = World(tmp_path, loopback_ip(0))
+    w = World(tmp_path, loopback_ip)
     await w.start_dns()
     try:
         yield w
