@@ -144,10 +144,15 @@ def cases(seconds: float) -> list[tuple[str, float]]:
         )
     )
     resp = ResponseDecoder(sink)
+
+    def _expect_and_feed(dec: ResponseDecoder, data: bytes) -> None:
+        dec.expect_response(False)  # as UpstreamConnection.attach does for each request
+        dec.feed(data)
+
     out.append(
         (
             "codec: ResponseDecoder.feed, nginx 13-byte response",
-            ops_per_s(lambda: resp.feed(NGINX_RESPONSE), seconds),
+            ops_per_s(lambda: _expect_and_feed(resp, NGINX_RESPONSE), seconds),
         )
     )
 

@@ -30,21 +30,28 @@ class ConfigErrors(PodproxyError):
 
 
 class ProtocolError(PodproxyError):
-    """A peer broke HTTP/1.1. `status_hint` is the status to answer a client with."""
+    """A peer broke HTTP/1.1. `status_hint` is the status to answer a client with; None means
+    close without an answer (as Envoy does for an HTTP/2 preface on an HTTP/1 listener)."""
 
-    def __init__(self, msg: str, status_hint: int = 400) -> None:
+    def __init__(self, msg: str, status_hint: int | None = 400) -> None:
         self.status_hint = status_hint
         super().__init__(msg)
+
+
+class UnexpectedUpgrade(ProtocolError):
+    """An upstream answered `101 Switching Protocols` to a request that asked no upgrade."""
 
 
 class UpstreamError(PodproxyError):
     """A request could not be completed by the upstream host.
 
-    `reset_reason` is Envoy's reset reason wording; `flag` the access-log response flag.
+    `reset_reason` is Envoy's reset reason wording; `flag` the access-log response flag;
+    `status` the status of the local reply when no response byte reached the client yet.
     """
 
     reset_reason = "connection termination"
     flag = "UC"
+    status = 503
 
 
 class UpstreamConnectError(UpstreamError):
@@ -65,7 +72,15 @@ class UpstreamResetError(UpstreamError):
 
 
 class UpstreamProtocolError(UpstreamError):
-    """The upstream sent bytes that are not an HTTP/1.1 response."""
+    """The upstream sent bytes that are not an HTTP/1.1 response: Envoy answers 502."""
 
     reset_reason = "protocol error"
     flag = "UPE"
+    status = 502
+
+
+class UpstreamUnexpectedUpgrade(UpstreamProtocolError):
+    """A `101` the request did not ask for. Envoy passes it on to the client; podproxy answers
+    503 instead (README, differences from Envoy): the bytes after it are not HTTP."""
+
+    status = 503

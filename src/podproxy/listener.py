@@ -122,6 +122,7 @@ def build_http_listener(
         idle_timeout=hcm.common_http_protocol_options.idle_timeout,
         stream_idle_timeout=hcm.stream_idle_timeout,
         request_timeout=hcm.request_timeout,
+        delayed_close_timeout=hcm.delayed_close_timeout,
         max_connection_duration=hcm.common_http_protocol_options.max_connection_duration,
         buffer_limit=cfg.per_connection_buffer_limit_bytes,
         max_headers_bytes=hcm.max_request_headers_kb * 1024,

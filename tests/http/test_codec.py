@@ -102,10 +102,10 @@ def test_fuzzed_input_never_raises_anything_but_protocol_error(data: bytes) -> N
 def test_response_to_head_has_no_body_and_parser_is_reusable() -> None:
     sink = Sink()
     dec = ResponseDecoder(sink)
-    dec.expect_no_body()
+    dec.expect_response(no_body=True)
     dec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
     assert isinstance(sink.events[0], ResponseHead) and sink.events[1:] == ["end"]
-    dec.expect_no_body(False)
+    dec.expect_response(no_body=False)
     dec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert sink.events[-2:] == [b"ok", "end"]
 
@@ -115,6 +115,7 @@ def test_interim_1xx_is_reported_apart_from_the_final_head() -> None:
     seen: list[int] = []
     dec = ResponseDecoder(sink)
     dec.on_informational = lambda status, headers: seen.append(status)
+    dec.expect_response(no_body=False)
     dec.feed(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
     assert seen == [103]
     head = sink.events[0]
@@ -124,6 +125,7 @@ def test_interim_1xx_is_reported_apart_from_the_final_head() -> None:
 def test_close_delimited_body_ends_at_eof() -> None:
     sink = Sink()
     dec = ResponseDecoder(sink)
+    dec.expect_response(no_body=False)
     dec.feed(b"HTTP/1.1 200 OK\r\n\r\nhello")
     head = sink.events[0]
     assert isinstance(head, ResponseHead) and not head.keep_alive
@@ -133,7 +135,9 @@ def test_close_delimited_body_ends_at_eof() -> None:
 
 def test_garbage_response_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
-        ResponseDecoder(Sink()).feed(b"SSH-2.0-OpenSSH_9.2\r\n")
+        dec = ResponseDecoder(Sink())
+        dec.expect_response(no_body=False)
+        dec.feed(b"SSH-2.0-OpenSSH_9.2\r\n")
 
 
 def test_simple_response_and_chunks() -> None:

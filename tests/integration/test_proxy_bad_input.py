@@ -173,9 +173,8 @@ async def test_upstream_garbage(live: InProcessProxy) -> None:
     async with await RawClient.open(*live.address) as client:
         client.send(request(path="/garbage"))
         resp = await client.response()
-        # Envoy ≥1.2x answers 502 for a protocol error; podproxy keeps the 503 of the
-        # reset-before-headers reply, with Envoy's reason wording.
-        assert resp.status == 503
+        # Envoy 1.40: 502 with the reset-before-headers body (flag UPE).
+        assert resp.status == 502
         assert resp.body == RESET_PREFIX + b"protocol error"
         client.send(request())  # the client connection survives a local reply
         assert (await client.response()).status == 200

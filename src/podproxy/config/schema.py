@@ -339,13 +339,14 @@ class Admin(Message):
 class HttpProtocolOptions(Message):
     UNSUPPORTED = _names(
         """
-        max_response_headers_kb headers_with_underscores_action max_requests_per_connection
-        max_stream_duration
+        headers_with_underscores_action max_requests_per_connection max_stream_duration
         """
     )
     idle_timeout: ZeroDisables = 3600.0
     max_headers_count: Annotated[UInt, Field(ge=1)] = 100
     max_connection_duration: ZeroDisables = None
+    # Limits the response heads a cluster accepts (Envoy: 60 KiB when unset); a cluster field.
+    max_response_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] | None = None
 
 
 class Http1ProtocolOptions(Message):
@@ -618,7 +619,7 @@ class HttpConnectionManager(TypedMessage):
         """
         rds scoped_routes add_user_agent tracing http1_safe_max_connection_duration
         http2_protocol_options http3_protocol_options scheme_header_transformation
-        stream_flush_timeout delayed_close_timeout access_log access_log_flush_interval
+        stream_flush_timeout access_log access_log_flush_interval
         flush_access_log_on_new_request access_log_options original_ip_detection_extensions
         early_header_mutation_extensions internal_address_config via
         forward_client_cert_details set_current_client_cert_details
@@ -647,6 +648,7 @@ class HttpConnectionManager(TypedMessage):
     always_set_request_id_in_response: StrictBool = False
     stream_idle_timeout: ZeroDisables = 300.0
     request_timeout: ZeroDisables = None
+    delayed_close_timeout: ZeroDisables = 1.0
     max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
     common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
     http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
@@ -656,6 +658,16 @@ class HttpConnectionManager(TypedMessage):
     def _codec(cls, value: CodecType) -> CodecType:
         if value in (CodecType.HTTP2, CodecType.HTTP3):
             raise _unsupported_value(value)
+        return value
+
+    @field_validator("common_http_protocol_options")
+    @classmethod
+    def _downstream_options(cls, value: HttpProtocolOptions) -> HttpProtocolOptions:
+        if value.max_response_headers_kb is not None:
+            raise PydanticCustomError(
+                "unsupported",
+                "max_response_headers_kb: applies to a cluster's responses; set it on the cluster",
+            )
         return value
 
     @field_validator("http_filters")

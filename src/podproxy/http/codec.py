@@ -17,7 +17,7 @@ from typing import Protocol
 
 import httptools
 
-from podproxy.errors import ProtocolError
+from podproxy.errors import ProtocolError, UnexpectedUpgrade
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -82,7 +82,7 @@ class RequestHead:
     """A parsed request line and headers. `headers` names are lower-case; `host` is the
     (first) Host value, picked out while parsing because every request needs it."""
 
-    __slots__ = ("headers", "host", "keep_alive", "method", "target", "version")
+    __slots__ = ("headers", "host", "keep_alive", "method", "target", "upgrade", "version")
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class RequestHead:
         headers: Headers,
         keep_alive: bool,
         host: bytes | None = None,
+        upgrade: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -99,6 +100,9 @@ class RequestHead:
         self.headers = headers
         self.keep_alive = keep_alive
         self.host = host
+        # The protocol an upgrade request asks for (`websocket`, `CONNECT` for a CONNECT
+        # request); None for a plain request. Set only where llhttp saw an upgrade.
+        self.upgrade = upgrade
 
     def get(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -149,14 +153,24 @@ class ResponseSink(Protocol):
 
 
 class RequestDecoder:
-    """Decodes a stream of (possibly pipelined) requests into calls on a `RequestSink`."""
+    """Decodes a stream of (possibly pipelined) requests into calls on a `RequestSink`.
+
+    Trailers of a chunked request are read and dropped, as Envoy's HTTP/1 codec does without
+    `enable_trailers`: they never reach the request, or the next one. An `Upgrade: h2c` request
+    is answered on HTTP/1.1 with its upgrade headers stripped (Envoy does not support h2c
+    upgrades); any other upgrade, or CONNECT, reaches the sink with `head.upgrade` set, and
+    the bytes after it are not parsed as HTTP (the sink answers and closes).
+    """
 
     __slots__ = (
         "_connection",
+        "_h2c_body",
         "_headers",
         "_host",
         "_parser",
         "_size",
+        "_synthetic",
+        "_upgraded",
         "_url",
         "in_head",
         "max_headers_bytes",
@@ -179,22 +193,54 @@ class RequestDecoder:
         self._size = 0
         self._host: bytes | None = None
         self._connection = False  # a Connection (or Proxy-Connection) header is in this head
+        # An h2c upgrade request with a body: llhttp skipped the body, which is re-framed after
+        # the upgrade pause (see `_resume_after_h2c`). Holds the framing header line.
+        self._h2c_body: bytes | None = None
+        self._synthetic = False  # parsing the re-framing head: no callbacks reach the sink
+        self._upgraded = False  # the bytes after an upgrade request are not HTTP/1.1
         # In a request head, or between requests (where the next bytes start one).
         self.in_head = True
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises `ProtocolError` (with a status hint) on a malformed stream."""
+        if self._upgraded:
+            return
+        if self.in_head and (b"\r\n " in data or b"\r\n\t" in data):
+            data = _unfold(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            raise ProtocolError("upgrade requests are not supported", 400) from exc
+            self._after_upgrade(data[exc.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProtocolError):
                 raise cause from None
             raise ProtocolError(f"bad request: {exc}", 400) from exc
         except httptools.HttpParserError as exc:
-            raise ProtocolError(f"bad request: {exc}", 400) from exc
+            raise _request_error(exc) from exc
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """llhttp paused after an upgrade request (or CONNECT) whose head the sink has."""
+        if self._h2c_body is not None:
+            self._resume_after_h2c(rest)
+        elif self._upgraded:
+            return  # websocket, CONNECT ...: the sink answers; what follows is not HTTP/1.1
+        elif rest:
+            self.feed(rest)  # an h2c upgrade without a body: the next request follows
+
+    def _resume_after_h2c(self, rest: bytes) -> None:
+        """Parse the body of an h2c upgrade request that llhttp skipped, then go on.
+
+        A fresh parser is given a head with the request's framing and no callbacks reach the
+        sink until its end, so the body (length or chunked) is framed by llhttp as usual."""
+        framing = self._h2c_body
+        assert framing is not None
+        self._h2c_body = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._synthetic = True
+        self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        if rest:
+            self.feed(rest)
 
     def close(self) -> None:
         """Let go of the parser and the sink (the connection is gone): no reference cycle
@@ -211,6 +257,9 @@ class RequestDecoder:
             raise ProtocolError("request headers too large", 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            self._trailer(name, value)
+            return
         self._size += len(name) + len(value) + 4
         headers = self._headers
         if self._size > self.max_headers_bytes or len(headers) >= self.max_headers_count:
@@ -223,10 +272,23 @@ class RequestDecoder:
             self._connection = True  # llhttp reads both for keep-alive
         headers.append((name, value))
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked request: within the size limit, then dropped."""
+        self._size += len(name) + len(value) + 4
+        if self._size > self.max_headers_bytes:
+            raise ProtocolError("request trailers too large", 431)
+
     def on_headers_complete(self) -> None:
+        if self._synthetic:
+            self._synthetic = False
+            self._url = b""
+            self._size = 0
+            return
         p = self._parser
         keep_alive = p.should_keep_alive()
-        if keep_alive and not self._connection:
+        method = p.get_method()
+        upgrade: bytes | None = None
+        if keep_alive and not self._connection and method != b"CONNECT":
             # Without Connection/Proxy-Connection llhttp keeps a request alive exactly when it is
             # HTTP/1.1 (major and minor above 0; 1.1 is the only such version it accepts), so
             # the version string, which httptools formats on each call, is not asked for.
@@ -234,9 +296,13 @@ class RequestDecoder:
         else:
             version = p.get_http_version()
             self._connection = False
-        head = RequestHead(
-            p.get_method(), self._url, version, self._headers, keep_alive, self._host
-        )
+            if p.should_upgrade():
+                upgrade = self._upgrade(method)
+        url = self._url
+        host = self._host
+        if url[:1] != b"/" and url != b"*" and method != b"CONNECT":
+            url, host = _origin_form(url)
+        head = RequestHead(method, url, version, self._headers, keep_alive, host, upgrade)
         self._headers = []
         self._url = b""
         self._size = 0
@@ -244,12 +310,102 @@ class RequestDecoder:
         self.in_head = False
         self.sink.on_request_head(head)
 
+    def _upgrade(self, method: bytes) -> bytes | None:
+        """llhttp saw an upgrade (or CONNECT): the protocol asked for, or None for h2c, whose
+        upgrade headers are stripped so the request is answered on HTTP/1.1 (as Envoy)."""
+        if method == b"CONNECT":
+            self._upgraded = True
+            return b"CONNECT"
+        upgrade = b""
+        framing: bytes | None = None
+        kept: Headers = []
+        for k, v in self._headers:
+            if k == b"upgrade":
+                upgrade = v.strip()
+                continue
+            if k == b"http2-settings":
+                continue
+            if k == b"connection":
+                tokens = [t for t in v.split(b",") if t.strip().lower() not in _H2C_TOKENS]
+                if not tokens:
+                    continue
+                v = b",".join(tokens).strip()
+            elif k == b"content-length" and v.strip(b" \t0"):
+                framing = b"content-length: " + v + b"\r\n"
+            elif k == b"transfer-encoding":
+                framing = b"transfer-encoding: " + v + b"\r\n"
+            kept.append((k, v))
+        if upgrade.lower() != b"h2c":
+            self._upgraded = True
+            return upgrade
+        self._headers = kept
+        self._h2c_body = framing
+        return None
+
     def on_body(self, body: bytes) -> None:
         self.sink.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        if self._h2c_body is not None:
+            return  # llhttp skipped the body of an h2c upgrade: the request goes on after it
         self.in_head = True
+        self._size = 0  # trailers were counted here
         self.sink.on_request_end()
+
+
+# Connection tokens of an h2c upgrade, removed with the Upgrade and HTTP2-Settings fields.
+_H2C_TOKENS = frozenset({b"upgrade", b"http2-settings"})
+
+
+def _unfold(data: bytes) -> bytes:
+    """Join the obs-fold continuation lines (CRLF then SP or HTAB) of the head at the start of
+    `data` to the line before, keeping their whitespace, as Envoy does (RFC 9112 §5.2 allows
+    either this or a 400). A folded Host is a 400, as in Envoy (an authority has no spaces).
+    The body that may follow is untouched; so is a later pipelined head (folded, it is a 400).
+    """
+    end = data.find(b"\r\n\r\n")
+    head, rest = (data, b"") if end < 0 else (data[:end], data[end:])
+    lines = head.split(b"\r\n")
+    out = [lines[0]]
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t") and len(out) > 1:
+            if out[-1][:5].lower() == b"host:":
+                raise ProtocolError("bad request: folded Host header", 400)
+            out[-1] += line
+        else:
+            out.append(line)
+    return b"\r\n".join(out) + rest
+
+
+def _origin_form(url: bytes) -> tuple[bytes, bytes | None]:
+    """An absolute-form target (RFC 9112 §3.2.2) as (origin-form path, authority): Envoy routes
+    by the URI's authority, which replaces the Host header, and sends only the path on."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError as exc:
+        raise ProtocolError(f"bad request target: {exc}", 400) from exc
+    if parsed.host is None or (parsed.schema or b"").lower() not in (b"http", b"https"):
+        raise ProtocolError("bad request target", 400)  # Envoy: http1.invalid_scheme
+    authority = parsed.host if parsed.port is None else b"%b:%d" % (parsed.host, parsed.port)
+    path = parsed.path
+    if path is None:
+        # `http://svc` means `/`; `http://svc?q` keeps a path that is not one (the router
+        # answers 404, as Envoy's absolute_path_rejected).
+        path = b"/" if parsed.query is None else b""
+    if parsed.query is not None:
+        path += b"?" + parsed.query
+    return path, authority
+
+
+def _request_error(exc: httptools.HttpParserError) -> ProtocolError:
+    """llhttp's verdict on a malformed request as the answer Envoy gives it."""
+    reason = str(exc)
+    if reason == "Pause on PRI/Upgrade":
+        # The HTTP/2 connection preface on an HTTP/1 listener: Envoy closes, answering nothing.
+        return ProtocolError("HTTP/2 connection preface on an HTTP/1.1 listener", None)
+    if reason == "Invalid HTTP version":
+        return ProtocolError("unsupported HTTP version", 426)
+    return ProtocolError(f"bad request: {reason}", 400)
 
 
 class _SkipBody(Exception):
@@ -259,55 +415,101 @@ class _SkipBody(Exception):
 class ResponseDecoder:
     """Decodes one response at a time into calls on a `ResponseSink`.
 
-    `expect_no_body()` must be called before feeding the response to a HEAD request: httptools
-    cannot be told that such a response has no body, so the decoder stops after its head and
-    starts a fresh parser (RFC 9112 §6.3 rule 1). 1xx interim responses are reported through
-    `on_informational` and not as the final head. `eof()` ends a close-delimited body.
+    `expect_response(no_body)` is called before each response is fed: with `no_body` (the
+    request was HEAD) httptools cannot be told that the response has no body, so the decoder
+    feeds the bytes head by head, stops after the final head and starts a fresh parser (RFC 9112
+    §6.3 rule 1). 1xx interim responses are reported through `on_informational`, not as the
+    final head. `eof()` ends a close-delimited body. Trailers of a chunked response are dropped.
+
+    A byte that starts a message when no response is expected (after the final response ended,
+    in the same read or later) raises `ProtocolError`: the connection is broken and must never
+    be reused, so an extra or unsolicited response cannot reach the next request.
     """
 
     __slots__ = (
         "_body_until_close",
+        "_expecting",
         "_headers",
         "_no_body",
         "_parser",
         "_size",
+        "_skipped",
+        "_tail",
         "in_message",
         "max_headers_bytes",
+        "max_headers_count",
         "on_informational",
         "sink",
     )
 
     def __init__(
-        self, sink: ResponseSink, max_headers_bytes: int = DEFAULT_MAX_HEADERS_BYTES
+        self,
+        sink: ResponseSink,
+        max_headers_bytes: int = DEFAULT_MAX_HEADERS_BYTES,
+        max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
     ) -> None:
         self.sink = sink
         self.max_headers_bytes = max_headers_bytes
+        self.max_headers_count = max_headers_count
         self.on_informational: object = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: Headers = []
         self._size = 0
         self._no_body = False
         self._body_until_close = False
+        self._expecting = False  # a request is outstanding: its response may begin
+        self._skipped = False  # the head of a response to HEAD was just delivered
+        self._tail = b""  # no-body mode: the last bytes fed, for a terminator split over reads
         self.in_message = False
 
-    def expect_no_body(self, no_body: bool = True) -> None:
+    def expect_response(self, no_body: bool) -> None:
+        """A request was sent: its response may now arrive (`no_body`: it was a HEAD)."""
+        self._expecting = True
         self._no_body = no_body
+        self._tail = b""
 
     def feed(self, data: bytes) -> None:
+        if self._no_body:
+            self._feed_heads(data)
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, _SkipBody):
-                self._parser = httptools.HttpResponseParser(self)
-                self.in_message = False
-                self.sink.on_response_end()
-                return
             if isinstance(cause, ProtocolError):
                 raise cause from None
-            raise ProtocolError(f"bad response: {exc}", 503) from exc
+            raise ProtocolError(f"bad response: {exc}", 502) from exc
         except httptools.HttpParserError as exc:
-            raise ProtocolError(f"bad response: {exc}", 503) from exc
+            raise ProtocolError(f"bad response: {exc}", 502) from exc
+
+    def _feed_heads(self, data: bytes) -> None:
+        """Feed a response to HEAD one head at a time, so the end of the final head is known
+        exactly: any byte after it is an error, not the start of the next response."""
+        joined = self._tail + data
+        shift = len(self._tail)
+        start = 0
+        while start < len(data):
+            end = joined.find(b"\r\n\r\n", start + shift - 3 if start + shift >= 3 else 0)
+            stop = len(data) if end < 0 else max(end + 4 - shift, start + 1)
+            try:
+                self._parser.feed_data(data[start:stop])
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if not isinstance(cause, _SkipBody):
+                    if isinstance(cause, ProtocolError):
+                        raise cause from None
+                    raise ProtocolError(f"bad response: {exc}", 502) from exc
+                self._parser = httptools.HttpResponseParser(self)
+                self.in_message = False
+                self._no_body = False
+                self.sink.on_response_end()
+                if stop < len(data):
+                    raise ProtocolError("bytes after the response to HEAD", 502) from None
+                return
+            except httptools.HttpParserError as exc:
+                raise ProtocolError(f"bad response: {exc}", 502) from exc
+            start = stop
+        self._tail = joined[-3:]
 
     def close(self) -> None:
         """As `RequestDecoder.close`: no cycle left behind. `feed` must not follow."""
@@ -319,16 +521,26 @@ class ResponseDecoder:
         """The peer closed. True if that ended a close-delimited body (a complete response)."""
         if self.in_message and self._body_until_close:
             self.in_message = False
+            self._expecting = False
             self.sink.on_response_end()
             return True
         return False
 
-    # httptools callbacks (no on_message_begin, as in RequestDecoder) ---------------------
+    # httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if not self._expecting:
+            raise ProtocolError("upstream sent bytes after the response, or unasked", 502)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._size += len(name) + len(value) + 4
         if self._size > self.max_headers_bytes:
-            raise ProtocolError("response headers too large", 503)
-        self._headers.append((name.lower(), value))
+            raise ProtocolError("response headers too large", 502)
+        if self.in_message:
+            return  # a trailer of a chunked response: counted against the limit, dropped
+        headers = self._headers
+        if len(headers) >= self.max_headers_count:
+            raise ProtocolError("too many response headers", 502)
+        headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
@@ -339,7 +551,7 @@ class ResponseDecoder:
         self.in_message = True
         if status < 200:
             if status == 101:
-                raise ProtocolError("unexpected 101 Switching Protocols", 503)
+                raise UnexpectedUpgrade("unexpected 101 Switching Protocols", 503)
             cb = self.on_informational
             if callable(cb):
                 cb(status, headers)
@@ -358,6 +570,7 @@ class ResponseDecoder:
             ResponseHead(status, headers, keep_alive, content_length, chunked)
         )
         if self._no_body:
+            self._expecting = False
             raise _SkipBody
 
     def on_body(self, body: bytes) -> None:
@@ -365,11 +578,13 @@ class ResponseDecoder:
             self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self._size = 0
         if not self.in_message:
             return
-        if self._parser.get_status_code() < 200:
-            return
         self.in_message = False
+        if self._parser.get_status_code() < 200:
+            return  # an interim response: the final one is still expected
+        self._expecting = False
         self.sink.on_response_end()
 
 

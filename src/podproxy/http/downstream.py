@@ -62,6 +62,8 @@ class HttpConnManagerStats:
     downstream_rq_too_large: Counter
     downstream_rq_header_timeout: Counter
     downstream_rq_idle_timeout: Counter
+    downstream_rq_ws_on_non_ws_route: Counter
+    downstream_cx_delayed_close_timeout: Counter
     # router filter (same prefix in Envoy)
     no_route: Counter
     no_cluster: Counter
@@ -138,8 +140,12 @@ class ConnectionManagerConfig:
         request_timeout: float | None = None,
         max_connection_duration: float | None = None,
         buffer_limit: int | None = None,
+        delayed_close_timeout: float | None = 1.0,
     ) -> None:
         self.stats = stats
+        # HCM delayed_close_timeout: after a reply to a request it did not read to the end,
+        # the connection waits this long for the client to close first (None: close at once).
+        self.delayed_close_timeout = delayed_close_timeout
         self.stream_idle_timeout = stream_idle_timeout
         self.request_timeout = request_timeout
         self.max_connection_duration = max_connection_duration
@@ -257,6 +263,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing_after_response = False
         self.pending_error: ProtocolError | None = None
+        self.linger_timer: asyncio.TimerHandle | None = None
+        self.linger_buffered = 0  # write buffer size when the linger timer was armed
         # Stream idle detection by the sweep: bumped on every read and write.
         self.io_count = 0
         self._seen_io = 0
@@ -301,6 +309,9 @@ class DownstreamConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets its response; one that
         # half-closes mid-request can never finish it, so that is a reset (close now).
+        # While lingering (see `close`) the client's FIN is what the wait was for.
+        if self.closing:
+            return None
         ex = self.active
         if ex is not None and ex.request_complete and not ex.response_complete:
             self.closing_after_response = True
@@ -313,6 +324,9 @@ class DownstreamConnection(asyncio.Protocol):
         if self.flow is not None:
             self.flow.closed = True
         self.tracker.connections.discard(self)
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
         st = self.stats
         st.downstream_cx_active.value -= 1
         st.downstream_cx_http1_active.value -= 1
@@ -400,6 +414,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.active = ex
         self.idle_since = None
         head = ex.head
+        if head.upgrade is not None:
+            self._reject_upgrade(ex)
+            return
         if head.version != "1.1":
             if not self.config.accept_http_10:
                 # Envoy's http1 codec without accept_http_10: 426 Upgrade Required.
@@ -420,6 +437,19 @@ class DownstreamConnection(asyncio.Protocol):
                     return
         if ex.request_complete:
             self.handler.on_request_end(ex)
+
+    def _reject_upgrade(self, ex: Exchange) -> None:
+        """The one place an upgrade request (or CONNECT) is answered, as Envoy answers one
+        with no `upgrade_configs`: 403 with no body (CONNECT, which no route matches without a
+        connect_matcher: 404), then a lingering close (the request was not read to its end:
+        what follows its head is not HTTP/1.1)."""
+        if ex.head.upgrade == b"CONNECT":
+            self.stats.rq_total.value += 1
+            self.stats.no_route.value += 1
+            self.send_local_reply(ex, 404, b"", flags="NR", close=True)
+            return
+        self.stats.downstream_rq_ws_on_non_ws_route.value += 1
+        self.send_local_reply(ex, 403, b"", close=True)
 
     def write(self, data: bytes) -> None:
         """Write response bytes of the active exchange."""
@@ -455,13 +485,14 @@ class DownstreamConnection(asyncio.Protocol):
         ):
             if self.tracker.draining:
                 st.downstream_cx_drain_close.value += 1
-            self.close()
+            # A client still sending its request gets time to read the reply (see `close`).
+            self.close(linger=not ex.request_complete)
             return
         if not ex.request_complete:
             if _expects_body(ex.head):
                 # The response ended before the request body did (e.g. a local reply to an
                 # upload): the rest of the body cannot be skipped safely, so close (as Envoy).
-                self.close()
+                self.close(linger=True)
             # Else a reply sent from the head callback of a bodyless request: its end is in
             # the same read, and on_request_end moves on to the next request.
             return
@@ -538,6 +569,13 @@ class DownstreamConnection(asyncio.Protocol):
             self._next()
 
     def _error_reply(self, ex: Exchange | None, exc: ProtocolError) -> None:
+        if exc.status_hint is None:
+            # Nothing to answer (an HTTP/2 preface): close, after the responses already due.
+            if ex is not None:
+                self.active = None
+                self.stats.downstream_rq_active.value -= 1
+            self.close()
+            return
         if ex is None:
             head = RequestHead(b"GET", b"/", "1.1", [], False)
             ex = Exchange(self, head, self.loop.time())
@@ -591,12 +629,48 @@ class DownstreamConnection(asyncio.Protocol):
         self.handler.on_downstream_reset(ex)
         self.send_local_reply(ex, status, body, close=True)  # a reset if the response began
 
-    def close(self) -> None:
+    def close(self, *, linger: bool = False) -> None:
+        """Close after the pending writes. With `linger` (a reply to a request not read to its
+        end) and a `delayed_close_timeout`, wait up to that long for the client to close
+        first, as Envoy's delayed close does: closing a socket with unread input sends a
+        reset, which can destroy the reply before the client reads it. Unlike Envoy, podproxy
+        reads (and drops) what the client sends meanwhile, so the close is a FIN, not a reset.
+        """
         if self.closing:
             return
         self.closing = True
         transport = self.transport
-        if transport is not None:
+        if transport is None:
+            return
+        delay = self.config.delayed_close_timeout
+        if not linger or not delay:
+            transport.close()
+            return
+        flow = self.flow
+        if flow is not None and flow.reasons:
+            flow.reasons = 0
+            transport.resume_reading()  # to see the client's FIN (data_received drops bytes)
+        self.linger_buffered = transport.get_write_buffer_size()
+        self.linger_timer = self.loop.call_later(delay, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        """The delayed close timer: close, unless writing the reply still makes progress
+        (Envoy restarts the timer on write progress); a reply that cannot be flushed is
+        abandoned (abort), so a client that never reads cannot hold the connection."""
+        self.linger_timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        buffered = transport.get_write_buffer_size()
+        delay = self.config.delayed_close_timeout
+        if buffered and buffered < self.linger_buffered and delay:
+            self.linger_buffered = buffered
+            self.linger_timer = self.loop.call_later(delay, self._linger_expired)
+            return
+        self.stats.downstream_cx_delayed_close_timeout.value += 1
+        if buffered:
+            transport.abort()
+        else:
             transport.close()
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from podproxy.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
+from podproxy.http.codec import DEFAULT_MAX_HEADERS_BYTES, DEFAULT_MAX_HEADERS_COUNT
 from podproxy.http.upstream import (
     CONN_BUSY,
     CONN_CLOSED,
@@ -52,8 +53,14 @@ class HostPool:
         idle_timeout: float | None = 3600.0,
         max_connection_duration: float | None = None,
         buffer_limit: int | None = None,
+        max_response_headers_bytes: int = DEFAULT_MAX_HEADERS_BYTES,
+        max_response_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
     ) -> None:
         self.host = host
+        # The cluster's common_http_protocol_options max_response_headers_kb and
+        # max_headers_count: a response over them is a protocol error (502, as Envoy).
+        self.max_response_headers_bytes = max_response_headers_bytes
+        self.max_response_headers_count = max_response_headers_count
         self.stats = stats
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout

@@ -4,6 +4,11 @@ The connection writes a request, decodes the response into calls on the current
 `UpstreamStream` (the forwarder's per-request object), and tells its pool whether it can be
 reused: only if the response said keep-alive, its framing was explicit, and the request was
 fully written. Socket errors and resets become `UpstreamError`s here, at the boundary.
+
+Invariant: a connection goes back to its pool only after the read that ended its response was
+parsed to the end. A byte after the response (an extra response, garbage, the start of one
+split over reads) or any byte while no request is outstanding breaks the connection: it is
+closed and those bytes reach nobody.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import enum
 import time
 from typing import TYPE_CHECKING, Protocol, cast
 
-from podproxy.errors import ProtocolError, UpstreamError, UpstreamProtocolError, UpstreamResetError
+from podproxy.errors import (
+    ProtocolError,
+    UnexpectedUpgrade,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResetError,
+    UpstreamUnexpectedUpgrade,
+)
 from podproxy.http import codec
 from podproxy.http.codec import Headers, ResponseHead
 from podproxy.http.flow import PEER_WRITE_BLOCKED, FlowControl
@@ -58,9 +70,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.state = CONN_CONNECTING
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
-        self.decoder = codec.ResponseDecoder(self)
+        self.decoder = codec.ResponseDecoder(
+            self, pool.max_response_headers_bytes, pool.max_response_headers_count
+        )
         self.decoder.on_informational = self._informational
         self.stream: UpstreamStream | None = None
+        # Set when a response ended inside `data_received`: whether to reuse the connection,
+        # decided there once the whole read was parsed.
+        self.ended_reusable: bool | None = None
         self.request_done = False
         self.requests_served = 0
         self.idle_since = 0.0
@@ -78,14 +95,24 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.pool.stats.upstream_cx_rx_bytes_total.value += len(data)
         if self.stream is None:
-            # Bytes while idle: the peer is confused; this connection is not reusable.
+            # Bytes while idle in the pool: the peer is confused; never reuse the connection.
+            self.pool.stats.upstream_cx_protocol_error.value += 1
             self.close()
             return
         try:
             self.decoder.feed(data)
         except ProtocolError as exc:
             self.pool.stats.upstream_cx_protocol_error.value += 1
-            self._fail(UpstreamProtocolError(str(exc)))
+            self.ended_reusable = None  # bytes after the response: broken, never reused
+            if isinstance(exc, UnexpectedUpgrade):
+                self._fail(UpstreamUnexpectedUpgrade(str(exc)))
+            else:
+                self._fail(UpstreamProtocolError(str(exc)))
+            return
+        reusable = self.ended_reusable
+        if reusable is not None:
+            self.ended_reusable = None
+            self.pool.release(self, reusable)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -100,11 +127,12 @@ class UpstreamConnection(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             if self.decoder.eof():
-                self.decoder.close()  # no cycle left behind on this path either
-                return  # a close-delimited response just ended; on_response_end ran
-            self.stream = None
-            self.pool.stats.upstream_cx_destroy_with_active_rq.value += 1
-            stream.on_upstream_error(UpstreamResetError("upstream connection closed"))
+                # A close-delimited response just ended (on_response_end ran): it is complete.
+                self.ended_reusable = None
+            else:
+                self.stream = None
+                self.pool.stats.upstream_cx_destroy_with_active_rq.value += 1
+                stream.on_upstream_error(UpstreamResetError("upstream connection closed"))
         self.pool.on_connection_closed(self, prev)
         self.decoder.close()
 
@@ -123,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.stream = stream
         self.state = CONN_BUSY
         self.request_done = False
-        self.decoder.expect_no_body(no_body_response)
+        self.decoder.expect_response(no_body_response)
         if self.write_blocked:
             # The head, written before the stream took over (Forwarder.on_request_head),
             # filled the buffer: the stream must hold its client's body from the start.
@@ -158,13 +186,14 @@ class UpstreamConnection(asyncio.Protocol):
         stream = self.stream
         self.stream = None
         self.requests_served += 1
-        reusable = not self.close_after and self.request_done and self.state is CONN_BUSY
         flow = self.flow
         if flow is not None and flow.reasons & PEER_WRITE_BLOCKED:
             # A slow client paused our reading for the response that just ended; the next
             # exchange on this connection has its own client, so go back to the pool reading.
             flow.resume_reading(PEER_WRITE_BLOCKED)
-        self.pool.release(self, reusable)
+        # Released by data_received once the rest of this read is parsed (see the module doc);
+        # a close-delimited response ends in connection_lost, where the connection is gone.
+        self.ended_reusable = not self.close_after and self.request_done and self.state is CONN_BUSY
         if stream is not None:
             stream.on_response_end()
 

@@ -68,6 +68,9 @@ _RESP_HANDLED = HOP_BY_HOP | {b"content-length"}
 REPLAY_LIMIT = 64 * 1024
 # Hosts one request may try when connecting fails (nothing was sent, so any host may serve it).
 MAX_HOST_ATTEMPTS = 3
+# RFC 9110 §9.2.2: the methods whose repetition has the effect of one request. Only these are
+# sent again, without a retry policy, after a reused connection failed before any response.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -228,6 +231,11 @@ class Forwarder:
         self.stats.rq_total.value += 1
         route = self.routes.route(authority, head.target, head.headers)
         if route is None:
+            if head.target[:1] != b"/":
+                # `OPTIONS *`, or an absolute URI with no path: Envoy 404s before routing
+                # (details absolute_path_rejected, no NR flag).
+                conn.send_local_reply(ex, 404, b"")
+                return
             self.stats.no_route.value += 1
             conn.send_local_reply(ex, 404, b"", flags="NR")
             return
@@ -580,9 +588,9 @@ class UpstreamRequest:
 
     # response direction ----------------------------------------------------------------
     def on_informational(self, status: int, headers: Headers) -> None:
-        # 100 Continue was already answered locally; other 1xx (102, 103) are passed on.
-        if status != 100 and not self.ex.response_started:
-            self.ex.conn.write(codec.status_line(status) + codec.format_headers(headers) + b"\r\n")
+        # Dropped, as Envoy drops them: 100 Continue was answered locally (proxy_100_continue
+        # is false), and other interim responses (102, 103) are not passed on.
+        pass
 
     def on_response_head(self, head: ResponseHead) -> None:
         if self.done:
@@ -707,9 +715,11 @@ class UpstreamRequest:
             and conn.requests_served > 0
             and self.response_head is None
             and self.replay is not None
+            and self.ex.head.method in IDEMPOTENT_METHODS
         ):
-            # The keep-alive connection died under us before any response byte: the
-            # request never reached the application, so send it again on a fresh one.
+            # The keep-alive race: a reused connection closed before any response byte. An
+            # idempotent request may be sent again on a fresh one; any other may have been
+            # processed already, so it gets the reset reply (README, when a request is resent).
             self.retried = True
             self._resend()
             return
@@ -754,7 +764,7 @@ class UpstreamRequest:
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
         ex = self.ex
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
-        ex.conn.send_local_reply(ex, 503, body, flags=err.flag)
+        ex.conn.send_local_reply(ex, err.status, body, flags=err.flag)
 
     def on_timeout(self) -> None:
         self.timer = None

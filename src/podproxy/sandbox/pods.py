@@ -332,11 +332,12 @@ class Pod:
         try:
             await self._serve_connection(conn)
         except ProtocolError as exc:
-            reason = _REASONS.get(exc.status_hint, b"Bad Request")
+            status = exc.status_hint or 400
+            reason = _REASONS.get(status, b"Bad Request")
             with contextlib.suppress(OSError):
                 writer.write(
                     b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    % (exc.status_hint, reason)
+                    % (status, reason)
                 )
         except OSError:
             pass  # the client went away; nothing to answer

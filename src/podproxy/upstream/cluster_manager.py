@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import ConfigError
+from podproxy.http import codec
 from podproxy.http.pool import HostPool
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster, ClusterInfo
@@ -103,10 +104,15 @@ class ClusterManager:
             lb_kwargs["choice_count"] = int(lrc.choice_count)
         idle_timeout: float | None = 3600.0
         max_duration: float | None = None
+        max_headers_kb = codec.DEFAULT_MAX_HEADERS_BYTES // 1024
+        max_headers_count = codec.DEFAULT_MAX_HEADERS_COUNT
         chpo = getattr(cfg, "common_http_protocol_options", None)
         if chpo is not None:
             idle_timeout = chpo.idle_timeout
             max_duration = chpo.max_connection_duration
+            max_headers_count = chpo.max_headers_count
+            if chpo.max_response_headers_kb is not None:
+                max_headers_kb = chpo.max_response_headers_kb
         info = ClusterInfo(
             cfg.name,
             type_name=type_name,
@@ -126,6 +132,8 @@ class ClusterManager:
             idle_timeout=idle_timeout,
             max_connection_duration=max_duration,
             buffer_limit=info.per_connection_buffer_limit_bytes,
+            max_response_headers_bytes=max_headers_kb * 1024,
+            max_response_headers_count=max_headers_count,
         )
         cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
         if self.pushed:
