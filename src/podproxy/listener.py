@@ -123,6 +123,7 @@ def build_http_listener(
         stream_idle_timeout=hcm.stream_idle_timeout,
         request_timeout=hcm.request_timeout,
         delayed_close_timeout=hcm.delayed_close_timeout,
+        codec_type=hcm.codec_type.name,
         max_connection_duration=hcm.common_http_protocol_options.max_connection_duration,
         buffer_limit=cfg.per_connection_buffer_limit_bytes,
         max_headers_bytes=hcm.max_request_headers_kb * 1024,

@@ -393,3 +393,33 @@ def test_foreign_typed_config_reports_only_its_type(seed_v2_text: str) -> None:
         "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy: "
         "Envoy type not supported here by podproxy yet"
     )
+
+
+@pytest.mark.parametrize(("value", "want"), [("0.3s", 0.3), ("0s", None)])
+def test_delayed_close_timeout(seed_v2_text: str, value: str, want: float | None) -> None:
+    text = replaced(
+        seed_v2_text,
+        "stat_prefix: ingress_http",
+        f"stat_prefix: ingress_http\n          delayed_close_timeout: {value}",
+    )
+    hcm = load(config_yaml=text).bootstrap.static_resources.listeners[0]
+    manager = hcm.filter_chains[0].filters[0].typed_config
+    assert manager.delayed_close_timeout == want  # type: ignore[union-attr]
+
+
+def test_max_response_headers_kb_is_a_cluster_field(seed_v2_text: str) -> None:
+    on_cluster = replaced(
+        seed_v2_text,
+        "lb_policy: ROUND_ROBIN",
+        "lb_policy: ROUND_ROBIN\n    common_http_protocol_options: {max_response_headers_kb: 8}",
+    )
+    cluster = load(config_yaml=on_cluster).bootstrap.static_resources.clusters[0]
+    assert cluster.common_http_protocol_options.max_response_headers_kb == 8
+    on_hcm = replaced(
+        seed_v2_text,
+        "stat_prefix: ingress_http",
+        "stat_prefix: ingress_http\n"
+        "          common_http_protocol_options: {max_response_headers_kb: 8}",
+    )
+    (error,) = errors_of(on_hcm)
+    assert error.startswith(f"{HCM}.common_http_protocol_options: max_response_headers_kb:")

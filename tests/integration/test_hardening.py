@@ -419,3 +419,128 @@ async def test_poisoned_connections_are_closed_and_counted(
                 await asyncio.sleep(0.02)
     assert p.gauge("cluster.app.upstream_cx_active") == 0
     assert p.counter("cluster.app.upstream_cx_protocol_error") == 3
+
+
+# --- limits on responses, and the delayed close ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "headers", "status"),
+    [
+        ({"max_response_headers_kb": 8}, [b"x-big: " + b"a" * 9000], 502),
+        ({"max_response_headers_kb": 8}, [b"x-big: " + b"a" * 7000], 200),
+        ({"max_headers_count": 10}, [b"x-h%d: v" % i for i in range(10)], 502),
+        ({"max_headers_count": 10}, [b"x-h%d: v" % i for i in range(9)], 200),
+    ],
+    ids=["kb-over", "kb-under", "count-over", "count-at-limit"],
+)
+async def test_cluster_limits_on_response_heads(
+    proxy: StartProxy,
+    scripted: StartScripted,
+    options: dict[str, int],
+    headers: list[bytes],
+    status: int,
+) -> None:
+    async def answer(req: ScriptedRequest) -> None:
+        lines = b"".join(h + b"\r\n" for h in headers)
+        req.conn.write(b"HTTP/1.1 200 OK\r\n" + lines + b"content-length: 2\r\n\r\nok")
+
+    up = await scripted(answer)
+    text = bootstrap([cluster("app", [up.address], common_http_protocol_options=options)])
+    p = await proxy(text)
+    raw = await raw_exchange(*p.address, request(headers=CLOSE))
+    resp = parse_responses(raw)[0]
+    assert resp.status == status
+    if status == 502:
+        assert resp.body == RESET_PREFIX + b"protocol error"
+
+
+async def _reply_then_eof(p: InProcessProxy, data: bytes, *, close_first: bool) -> bytes:
+    reader, writer = await asyncio.open_connection(*p.address)
+    try:
+        writer.write(data)
+        raw = b""
+        async with asyncio.timeout(5.0):
+            while not parse_responses(raw):
+                raw += await reader.read(65536)
+            if close_first:
+                writer.write_eof()
+            assert await reader.read(65536) == b""  # the proxy closed (FIN, not a reset)
+    finally:
+        writer.close()
+    return raw
+
+
+@pytest.mark.parametrize("close_first", [False, True], ids=["quiet-client", "client-closes"])
+async def test_delayed_close_after_an_error_reply(
+    proxy: StartProxy, scripted: StartScripted, close_first: bool
+) -> None:
+    up = await scripted(echo_path)
+    p = await proxy(two_hosts(up.address, delayed_close_timeout="0.3s"))
+    bad = b"GET / HTTP/1.1\r\nhost: app\r\nbad header line\r\n\r\nmore bytes in flight"
+    raw = await _reply_then_eof(p, bad, close_first=close_first)
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    # The timer closed it only when the client did not close first.
+    assert p.counter("http.ingress_http.downstream_cx_delayed_close_timeout") == (
+        0 if close_first else 1
+    )
+    await p.assert_healthy()
+
+
+async def test_delayed_close_timeout_zero_closes_at_once(
+    proxy: StartProxy, scripted: StartScripted
+) -> None:
+    up = await scripted(echo_path)
+    p = await proxy(two_hosts(up.address, delayed_close_timeout="0s"))
+    raw = await _reply_then_eof(p, b"GET / HTTP/1.2\r\nhost: app\r\n\r\n", close_first=False)
+    assert raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+    assert p.counter("http.ingress_http.downstream_cx_delayed_close_timeout") == 0
+
+
+async def test_a_complete_request_with_connection_close_is_closed_at_once(
+    proxy: StartProxy, scripted: StartScripted
+) -> None:
+    """Envoy delays only closes where the client may still be sending (2f in the facts)."""
+    up = await scripted(echo_path)
+    p = await proxy(two_hosts(up.address, delayed_close_timeout="30s"))
+    raw = await _reply_then_eof(p, request(headers=CLOSE), close_first=False)
+    assert parse_responses(raw)[0].status == 200
+
+
+async def test_delayed_close_abandons_a_reply_the_client_never_reads(
+    proxy: StartProxy, scripted: StartScripted
+) -> None:
+    """A response cut short (route timeout mid-body) to a client that reads nothing: the
+    delayed close cannot flush, makes no progress, and aborts: nothing is held forever."""
+    body = b"x" * (32 * 1024 * 1024)
+
+    async def answer(req: ScriptedRequest) -> None:
+        if req.target != b"/never-read":
+            await echo_path(req)
+            return
+        req.conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (2 * len(body)))
+        req.conn.write(body)
+        with contextlib.suppress(ConnectionError):
+            await req.conn.writer.drain()
+        await asyncio.sleep(10)  # never finishes the body
+
+    up = await scripted(answer)
+    routes = [
+        {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "0.5s"}},
+    ]
+    text = bootstrap(
+        [cluster("app", [up.address])], routes=routes, hcm={"delayed_close_timeout": "0.3s"}
+    )
+    p = await proxy(text)
+    _, writer = await asyncio.open_connection(*p.address)
+    try:
+        writer.write(request(path="/never-read"))  # and never read
+        async with asyncio.timeout(10.0):
+            while p.counter("http.ingress_http.downstream_cx_delayed_close_timeout") == 0:
+                await asyncio.sleep(0.05)
+            while p.gauge("http.ingress_http.downstream_cx_active") != 0:
+                await asyncio.sleep(0.05)
+        assert p.counter("http.ingress_http.rq_reset_after_downstream_response_started") == 1
+    finally:
+        writer.close()
+    await p.assert_healthy()

@@ -35,7 +35,9 @@ StartBackend = Callable[..., Awaitable[Backend]]
 @pytest.fixture
 async def live(proxy: StartProxy, backend: StartBackend) -> AsyncIterator[InProcessProxy]:
     b = await backend()
-    p = await proxy(bootstrap([cluster("app", [b.address])]))
+    # A short delayed close: the error replies here are read to the proxy's FIN.
+    hcm = {"delayed_close_timeout": "0.1s"}
+    p = await proxy(bootstrap([cluster("app", [b.address])], hcm=hcm))
     p.backend = b  # type: ignore[attr-defined]
     yield p
 

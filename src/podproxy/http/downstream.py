@@ -141,8 +141,12 @@ class ConnectionManagerConfig:
         max_connection_duration: float | None = None,
         buffer_limit: int | None = None,
         delayed_close_timeout: float | None = 1.0,
+        codec_type: str = "AUTO",
     ) -> None:
         self.stats = stats
+        # An HTTP/2 preface is answered 400 by an HTTP1 codec; AUTO (until podproxy speaks
+        # HTTP/2) closes without an HTTP/1 answer.
+        self.http2_preface_status: int | None = 400 if codec_type == "HTTP1" else None
         # HCM delayed_close_timeout: after a reply to a request it did not read to the end,
         # the connection waits this long for the client to close first (None: close at once).
         self.delayed_close_timeout = delayed_close_timeout
@@ -418,9 +422,10 @@ class DownstreamConnection(asyncio.Protocol):
             self._reject_upgrade(ex)
             return
         if head.version != "1.1":
-            if not self.config.accept_http_10:
-                # Envoy's http1 codec without accept_http_10: 426 Upgrade Required.
-                self.send_local_reply(ex, 426, b"Upgrade Required", close=True)
+            if head.version != "1.0" or not self.config.accept_http_10:
+                # Envoy's http1 codec: 426 Upgrade Required for HTTP/1.0 without
+                # accept_http_10, and for every version llhttp accepts but 1.0 and 1.1.
+                self.send_local_reply(ex, 426, b"Upgrade Required", flags="DPE", close=True)
                 return
             if head.host is None and self.config.default_host_for_http_10:
                 head.host = self.config.default_host_for_http_10
@@ -524,11 +529,12 @@ class DownstreamConnection(asyncio.Protocol):
     ) -> None:
         """An Envoy local reply (text/plain body) that ends the exchange."""
         if ex.response_started:
-            # Too late for a reply: the client sees the connection reset (as Envoy).
+            # Too late for a reply: the response is cut short by closing the connection, after
+            # the delayed close (as Envoy resets an HTTP/1 stream).
             self.stats.rq_reset_after_downstream_response_started.value += 1
             ex.response_complete = True
             self.stats.downstream_rq_active.value -= 1
-            self.close()
+            self.close(linger=True)
             return
         ex.flags = flags
         close = close or not ex.head.keep_alive or self.tracker.draining
@@ -553,7 +559,7 @@ class DownstreamConnection(asyncio.Protocol):
         bad = None if self.decoder.in_head else self.decoding
         if bad is not None and bad is self.active:
             if bad.response_started:
-                self.close()  # too late for a reply: reset, as Envoy does
+                self.close(linger=True)  # too late for a reply: reset, as Envoy does
                 return
             self.handler.on_downstream_reset(bad)
             self._error_reply(bad, exc)
@@ -569,7 +575,8 @@ class DownstreamConnection(asyncio.Protocol):
             self._next()
 
     def _error_reply(self, ex: Exchange | None, exc: ProtocolError) -> None:
-        if exc.status_hint is None:
+        status = exc.status_hint or self.config.http2_preface_status
+        if status is None:
             # Nothing to answer (an HTTP/2 preface): close, after the responses already due.
             if ex is not None:
                 self.active = None
@@ -582,8 +589,8 @@ class DownstreamConnection(asyncio.Protocol):
             self.stats.downstream_rq_active.value += 1
         self.active = ex
         ex.request_complete = False
-        reason = codec.status_line(exc.status_hint).split(b" ", 2)[-1].strip()
-        self.send_local_reply(ex, exc.status_hint, reason, close=True)
+        reason = codec.status_line(status).split(b" ", 2)[-1].strip()
+        self.send_local_reply(ex, status, reason, flags="DPE", close=True)
 
     def check_timeouts(self, now: float, cfg: ConnectionManagerConfig) -> None:
         """The sweep's per-connection step (see ConnectionTracker)."""

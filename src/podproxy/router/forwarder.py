@@ -763,6 +763,11 @@ class UpstreamRequest:
         if not isinstance(err, UpstreamConnectError):
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
         ex = self.ex
+        if self.held_head is not None:
+            # The response head is the client's already (Envoy would have sent it): send it
+            # before the connection is cut.
+            ex.conn.write(self.held_head)
+            self.held_head = None
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
         ex.conn.send_local_reply(ex, err.status, body, flags=err.flag)
 
