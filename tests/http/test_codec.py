@@ -191,3 +191,34 @@ def test_request_version_is_the_one_llhttp_parsed(version: bytes, connection: by
     heads = [e for e in sink.events if isinstance(e, RequestHead)]
     assert [(h.version, h.keep_alive) for h in heads] == want.seen
     assert got_error == want_error
+
+
+def _request_head_of(size: int) -> bytes:
+    """A GET head of exactly `size` bytes, request line to the blank line."""
+    start = b"GET / HTTP/1.1\r\nhost: a\r\nx-big: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+def test_request_head_limit_is_counted_as_envoy_counts_it() -> None:
+    # Envoy 1.40: a head of 61440 bytes (60 KiB) passes, 61441 gets 431.
+    assert len(_request_head_of(61440)) == 61440
+    decode(_request_head_of(61440))
+    with pytest.raises(ProtocolError) as info:
+        decode(_request_head_of(61441))
+    assert info.value.status_hint == 431
+
+
+def _response_head_of(size: int) -> bytes:
+    start = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-big: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+def test_response_head_limit_is_80_kib_as_envoy() -> None:
+    dec = ResponseDecoder(Sink())
+    dec.expect_response(no_body=False)
+    dec.feed(_response_head_of(81920))
+    dec = ResponseDecoder(Sink())
+    dec.expect_response(no_body=False)
+    with pytest.raises(ProtocolError) as info:
+        dec.feed(_response_head_of(81921))
+    assert info.value.status_hint == 502

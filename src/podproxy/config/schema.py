@@ -345,7 +345,7 @@ class HttpProtocolOptions(Message):
     idle_timeout: ZeroDisables = 3600.0
     max_headers_count: Annotated[UInt, Field(ge=1)] = 100
     max_connection_duration: ZeroDisables = None
-    # Limits the response heads a cluster accepts (Envoy: 60 KiB when unset); a cluster field.
+    # Limits the response heads a cluster accepts (Envoy: 80 KiB when unset); a cluster field.
     max_response_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] | None = None
 
 

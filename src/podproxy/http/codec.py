@@ -23,6 +23,15 @@ Headers = list[tuple[bytes, bytes]]
 
 # HttpConnectionManager.max_request_headers_kb default (Envoy: 60 KiB, over it answers 431).
 DEFAULT_MAX_HEADERS_BYTES = 60 * 1024
+# A cluster's max_response_headers_kb default (Envoy 1.40: 80 KiB, over it answers 502).
+DEFAULT_MAX_RESPONSE_HEADERS_BYTES = 80 * 1024
+# Head sizes are counted as Envoy counts them, from the request (status) line to the blank line
+# that ends the head: the parts llhttp hands over, plus the framing it does not. A head starts
+# at the framing of `GET <url> HTTP/1.1\r\n` and the final CRLF (17 bytes and the url; other
+# methods are off by their extra letters), a response at `HTTP/1.1 200 OK\r\n` and the final
+# CRLF; each field adds `name: value\r\n` (optional whitespace llhttp dropped is not counted).
+_REQUEST_HEAD_START = 17
+_RESPONSE_HEAD_START = 19
 # common_http_protocol_options.max_headers_count default (Envoy: 100, over it answers 431).
 DEFAULT_MAX_HEADERS_COUNT = 100
 
@@ -190,7 +199,7 @@ class RequestDecoder:
         self._parser = httptools.HttpRequestParser(self)
         self._headers: Headers = []
         self._url = b""
-        self._size = 0
+        self._size = _REQUEST_HEAD_START
         self._host: bytes | None = None
         self._connection = False  # a Connection (or Proxy-Connection) header is in this head
         # An h2c upgrade request with a body: llhttp skipped the body, which is re-framed after
@@ -202,34 +211,34 @@ class RequestDecoder:
         self.in_head = True
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`; raises `ProtocolError` (with a status hint) on a malformed stream."""
-        if self._upgraded:
-            return
-        if self.in_head and (b"\r\n " in data or b"\r\n\t" in data):
-            data = _unfold(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._after_upgrade(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ProtocolError):
-                raise cause from None
-            raise ProtocolError(f"bad request: {exc}", 400) from exc
-        except httptools.HttpParserError as exc:
-            raise _request_error(exc) from exc
+        """Parse `data`; raises `ProtocolError` (with a status hint) on a malformed stream.
 
-    def _after_upgrade(self, rest: bytes) -> None:
-        """llhttp paused after an upgrade request (or CONNECT) whose head the sink has."""
-        if self._h2c_body is not None:
-            self._resume_after_h2c(rest)
-        elif self._upgraded:
-            return  # websocket, CONNECT ...: the sink answers; what follows is not HTTP/1.1
-        elif rest:
-            self.feed(rest)  # an h2c upgrade without a body: the next request follows
+        A loop, not recursion, goes on after each h2c upgrade or folded head in `data`: a
+        client may pipeline hundreds of them in one read."""
+        while not self._upgraded:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                # llhttp paused after an upgrade request (or CONNECT) the sink has. After
+                # websocket, CONNECT ... (`_upgraded`) nothing more is HTTP/1.1: the loop ends.
+                data = data[exc.args[0] :]
+                if self._h2c_body is not None:
+                    self._reframe_h2c_body()
+                if not data:
+                    return
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, ProtocolError):
+                    raise cause from None
+                raise ProtocolError(f"bad request: {exc}", 400) from exc
+            except httptools.HttpParserError as exc:
+                if str(exc) != _OBS_FOLD_ERROR:
+                    raise _request_error(exc) from exc
+                data = self._unfolded(data)
 
-    def _resume_after_h2c(self, rest: bytes) -> None:
-        """Parse the body of an h2c upgrade request that llhttp skipped, then go on.
+    def _reframe_h2c_body(self) -> None:
+        """Parse the body of an h2c upgrade request, which llhttp skipped, as a body.
 
         A fresh parser is given a head with the request's framing and no callbacks reach the
         sink until its end, so the body (length or chunked) is framed by llhttp as usual."""
@@ -239,8 +248,23 @@ class RequestDecoder:
         self._parser = httptools.HttpRequestParser(self)
         self._synthetic = True
         self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
-        if rest:
-            self.feed(rest)
+
+    def _unfolded(self, data: bytes) -> bytes:
+        """llhttp rejected an obs-fold (RFC 9112 §5.2) in the head it was parsing: parse that
+        head again from its start, its folds joined as Envoy joins them. Nothing is scanned
+        for folds on the common path; the head must have started in `data` (a head split over
+        reads before a fold stays a 400, which RFC 9112 allows)."""
+        start = self._parser.get_method() + b" " + self._url + b" HTTP/"
+        at = data.rfind(start)
+        if not self._url or at < 0:
+            raise ProtocolError("bad request: obs-fold in a head that began in an earlier read")
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers = []
+        self._host = None
+        self._connection = False
+        self._size = _REQUEST_HEAD_START
+        return _unfold(data[at:])
 
     def close(self) -> None:
         """Let go of the parser and the sink (the connection is gone): no reference cycle
@@ -257,12 +281,11 @@ class RequestDecoder:
             raise ProtocolError("request headers too large", 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            self._trailer(name, value)
-            return
+        # Also called for the trailers of a chunked request, after its head went to the sink:
+        # they land in the next head's fresh state, which on_message_complete clears. The
+        # field count is checked once per head (memory is bounded by the size check here).
         self._size += len(name) + len(value) + 4
-        headers = self._headers
-        if self._size > self.max_headers_bytes or len(headers) >= self.max_headers_count:
+        if self._size > self.max_headers_bytes:
             raise ProtocolError("request headers too large", 431)
         name = name.lower()
         if name == b"host":
@@ -270,20 +293,16 @@ class RequestDecoder:
                 self._host = value
         elif name == b"connection" or name == b"proxy-connection":
             self._connection = True  # llhttp reads both for keep-alive
-        headers.append((name, value))
-
-    def _trailer(self, name: bytes, value: bytes) -> None:
-        """A trailer field of a chunked request: within the size limit, then dropped."""
-        self._size += len(name) + len(value) + 4
-        if self._size > self.max_headers_bytes:
-            raise ProtocolError("request trailers too large", 431)
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
             self._synthetic = False
             self._url = b""
-            self._size = 0
+            self._size = _REQUEST_HEAD_START
             return
+        if len(self._headers) > self.max_headers_count:
+            raise ProtocolError("too many request headers", 431)
         p = self._parser
         keep_alive = p.should_keep_alive()
         method = p.get_method()
@@ -349,7 +368,12 @@ class RequestDecoder:
         if self._h2c_body is not None:
             return  # llhttp skipped the body of an h2c upgrade: the request goes on after it
         self.in_head = True
-        self._size = 0  # trailers were counted here
+        self._size = _REQUEST_HEAD_START  # trailers were counted from 0
+        if self._headers:
+            # Trailers (Envoy drops them without enable_trailers): never part of a request.
+            self._headers = []
+            self._host = None
+            self._connection = False
         self.sink.on_request_end()
 
 
@@ -357,12 +381,15 @@ class RequestDecoder:
 _H2C_TOKENS = frozenset({b"upgrade", b"http2-settings"})
 
 
+# llhttp's error for a header line that starts with whitespace (an obs-fold).
+_OBS_FOLD_ERROR = "Unexpected whitespace after header value"
+
+
 def _unfold(data: bytes) -> bytes:
     """Join the obs-fold continuation lines (CRLF then SP or HTAB) of the head at the start of
     `data` to the line before, keeping their whitespace, as Envoy does (RFC 9112 §5.2 allows
     either this or a 400). A folded Host is a 400, as in Envoy (an authority has no spaces).
-    The body that may follow is untouched; so is a later pipelined head (folded, it is a 400).
-    """
+    What follows the head (a body, the next request) is untouched."""
     end = data.find(b"\r\n\r\n")
     head, rest = (data, b"") if end < 0 else (data[:end], data[end:])
     lines = head.split(b"\r\n")
@@ -445,7 +472,7 @@ class ResponseDecoder:
     def __init__(
         self,
         sink: ResponseSink,
-        max_headers_bytes: int = DEFAULT_MAX_HEADERS_BYTES,
+        max_headers_bytes: int = DEFAULT_MAX_RESPONSE_HEADERS_BYTES,
         max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
     ) -> None:
         self.sink = sink
@@ -454,7 +481,7 @@ class ResponseDecoder:
         self.on_informational: object = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: Headers = []
-        self._size = 0
+        self._size = _RESPONSE_HEAD_START
         self._no_body = False
         self._body_until_close = False
         self._expecting = False  # a request is outstanding: its response may begin
@@ -502,6 +529,7 @@ class ResponseDecoder:
                 self._parser = httptools.HttpResponseParser(self)
                 self.in_message = False
                 self._no_body = False
+                self._size = _RESPONSE_HEAD_START
                 self.sink.on_response_end()
                 if stop < len(data):
                     raise ProtocolError("bytes after the response to HEAD", 502) from None
@@ -532,20 +560,18 @@ class ResponseDecoder:
             raise ProtocolError("upstream sent bytes after the response, or unasked", 502)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Trailers of a chunked response land in a fresh list that on_message_complete drops.
         self._size += len(name) + len(value) + 4
         if self._size > self.max_headers_bytes:
             raise ProtocolError("response headers too large", 502)
-        if self.in_message:
-            return  # a trailer of a chunked response: counted against the limit, dropped
-        headers = self._headers
-        if len(headers) >= self.max_headers_count:
-            raise ProtocolError("too many response headers", 502)
-        headers.append((name.lower(), value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
         status = p.get_status_code()
         headers = self._headers
+        if len(headers) > self.max_headers_count:
+            raise ProtocolError("too many response headers", 502)
         self._headers = []
         self._size = 0
         self.in_message = True
@@ -578,7 +604,9 @@ class ResponseDecoder:
             self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        self._size = 0
+        self._size = _RESPONSE_HEAD_START
+        if self._headers:
+            self._headers = []  # trailers: dropped, as Envoy without enable_trailers
         if not self.in_message:
             return
         self.in_message = False

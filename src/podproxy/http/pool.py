@@ -18,7 +18,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from podproxy.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
-from podproxy.http.codec import DEFAULT_MAX_HEADERS_BYTES, DEFAULT_MAX_HEADERS_COUNT
+from podproxy.http.codec import DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_RESPONSE_HEADERS_BYTES
 from podproxy.http.upstream import (
     CONN_BUSY,
     CONN_CLOSED,
@@ -53,7 +53,7 @@ class HostPool:
         idle_timeout: float | None = 3600.0,
         max_connection_duration: float | None = None,
         buffer_limit: int | None = None,
-        max_response_headers_bytes: int = DEFAULT_MAX_HEADERS_BYTES,
+        max_response_headers_bytes: int = DEFAULT_MAX_RESPONSE_HEADERS_BYTES,
         max_response_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
     ) -> None:
         self.host = host

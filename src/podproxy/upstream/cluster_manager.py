@@ -104,7 +104,7 @@ class ClusterManager:
             lb_kwargs["choice_count"] = int(lrc.choice_count)
         idle_timeout: float | None = 3600.0
         max_duration: float | None = None
-        max_headers_kb = codec.DEFAULT_MAX_HEADERS_BYTES // 1024
+        max_headers_kb = codec.DEFAULT_MAX_RESPONSE_HEADERS_BYTES // 1024
         max_headers_count = codec.DEFAULT_MAX_HEADERS_COUNT
         chpo = getattr(cfg, "common_http_protocol_options", None)
         if chpo is not None:
