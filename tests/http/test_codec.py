@@ -222,3 +222,181 @@ def test_response_head_limit_is_80_kib_as_envoy() -> None:
     with pytest.raises(ProtocolError) as info:
         dec.feed(_response_head_of(81921))
     assert info.value.status_hint == 502
+
+
+def _heads(events: list[object]) -> list[RequestHead]:
+    return [e for e in events if isinstance(e, RequestHead)]
+
+
+@pytest.mark.parametrize(
+    ("fold", "joined"),
+    [(b"a\r\n b", b"a b"), (b"a\r\n\tb", b"a\tb"), (b"a \r\n  b\r\n c", b"a   b c")],
+)
+def test_obs_fold_is_joined_as_envoy_joins_it(fold: bytes, joined: bytes) -> None:
+    head = b"GET /f HTTP/1.1\r\nHost: x\r\nX-Fold: " + fold + b"\r\nX-After: 1\r\n\r\n"
+    # Alone, behind another request in the same read, and with a body after it.
+    (one,) = _heads(decode(head))
+    assert one.headers == [(b"host", b"x"), (b"x-fold", joined), (b"x-after", b"1")]
+    first, second = _heads(decode(b"GET /0 HTTP/1.1\r\nHost: x\r\n\r\n" + head))
+    assert (first.target, second.target, second.get(b"x-fold")) == (b"/0", b"/f", joined)
+    post = head.replace(b"GET", b"POST").replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\n")
+    events = decode(post + b"a\r\n b")  # a body that looks like a fold stays as it is
+    assert events[1:] == [b"a\r\n b", "end"]
+
+
+def test_obs_fold_in_host_or_in_a_head_split_over_reads_is_400() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(b"GET / HTTP/1.1\r\nHost: a\r\n .test\r\n\r\n")
+    assert info.value.status_hint == 400
+    dec = RequestDecoder(Sink())
+    dec.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n")
+    with pytest.raises(ProtocolError):
+        dec.feed(b" b\r\n\r\n")
+
+
+def test_trailers_never_reach_a_request() -> None:
+    events = decode(
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\nz\r\n0\r\nHost: other\r\nProxy-Connection: x\r\nX-T: 1\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    a, b = _heads(events)
+    assert b.headers == [(b"host", b"x")] and b.host == b"x" and b.keep_alive
+    assert a.headers == [(b"host", b"x"), (b"transfer-encoding", b"chunked")]
+
+
+def test_a_connection_close_trailer_is_refused_for_what_follows() -> None:
+    # RFC 9110 §6.5.1: Connection may not be a trailer. llhttp takes it as the end of the
+    # connection, so a request after it is a 400 (stricter than Envoy, which ignores it).
+    with pytest.raises(ProtocolError) as info:
+        decode(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    assert info.value.status_hint == 400
+
+
+def test_many_pipelined_h2c_upgrades_in_one_read() -> None:
+    up = (
+        b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\n"
+    )
+    heads = _heads(decode(up * 2000))  # a loop, not 2000 nested calls
+    assert len(heads) == 2000
+    assert all(h.upgrade is None and h.get(b"upgrade") is None for h in heads)
+
+
+@pytest.mark.parametrize("split", [1, 7, 50])
+def test_h2c_upgrade_with_a_body_is_framed_as_a_body(split: int) -> None:
+    data = (
+        b"POST /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    sink = Sink()
+    dec = RequestDecoder(sink)
+    for i in range(0, len(data), split):
+        dec.feed(data[i : i + split])
+    heads = _heads(sink.events)
+    assert [h.target for h in heads] == [b"/u", b"/next"]
+    assert b"".join(e for e in sink.events if isinstance(e, bytes)) == b"hello"
+    assert sink.events.count("end") == 2
+
+
+@pytest.mark.parametrize(
+    ("head", "upgrade"),
+    [
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n",
+            b"websocket",
+        ),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n", b"CONNECT"),
+    ],
+)
+def test_other_upgrades_stop_parsing(head: bytes, upgrade: bytes) -> None:
+    events = decode(head + b"\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+    (only,) = _heads(events)
+    assert only.upgrade == upgrade
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [(b"HTTP/1.2", 426), (b"HTTP/3.0", 426), (b"HTTP/1.10", 400), (b"http/1.1", 400)],
+)
+def test_bad_versions(version: bytes, status: int) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(b"GET / " + version + b"\r\nHost: x\r\n\r\n")
+    assert info.value.status_hint == status
+
+
+def test_http2_preface_has_no_answer() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert info.value.status_hint is None
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "host"),
+    [
+        (b"http://svc.test/abs", b"/abs", b"svc.test"),
+        (b"HTTPS://svc.test:8443/a?b=c", b"/a?b=c", b"svc.test:8443"),
+        (b"http://user:pw@svc.test/x", b"/x", b"svc.test"),
+        (b"http://svc.test", b"/", b"svc.test"),
+        (b"http://svc.test?q=1", b"?q=1", b"svc.test"),
+    ],
+)
+def test_absolute_form_targets(target: bytes, path: bytes, host: bytes) -> None:
+    (head,) = _heads(decode(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\n\r\n"))
+    assert (head.target, head.host) == (path, host)
+
+
+def test_absolute_form_with_another_scheme_is_400() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(b"GET ftp://svc.test/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert info.value.status_hint == 400
+
+
+def test_response_trailers_never_reach_the_next_response() -> None:
+    sink = Sink()
+    dec = ResponseDecoder(sink)
+    dec.expect_response(no_body=False)
+    dec.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\nX-T: 1\r\n\r\n")
+    dec.expect_response(no_body=False)
+    dec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    second = [e for e in sink.events if isinstance(e, ResponseHead)][1]
+    assert second.headers == [(b"content-length", b"0")]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED",
+        b"garbage",
+        b"H",
+        b"HTTP/1.1 103 Early Hints\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("no_body", [False, True], ids=["get", "head"])
+def test_bytes_after_the_response_are_an_error_after_it_ended(extra: bytes, no_body: bool) -> None:
+    sink = Sink()
+    dec = ResponseDecoder(sink)
+    dec.expect_response(no_body=no_body)
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + (b"" if no_body else b"ok")
+    with pytest.raises(ProtocolError):
+        dec.feed(response + extra)
+    assert sink.events[-1] == "end"  # the response itself was complete
+    assert b"POISONED" not in sink.events
+
+
+def test_a_response_to_head_split_anywhere_is_framed_exactly() -> None:
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"
+    for split in range(1, len(data)):
+        sink = Sink()
+        dec = ResponseDecoder(sink)
+        dec.expect_response(no_body=True)
+        dec.feed(data[:split])
+        dec.feed(data[split:])
+        assert sink.events[-1] == "end", split
+        dec.expect_response(no_body=False)
+        dec.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+        assert sink.events[-1] == "end"
