@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := curl dnsmasq
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench venv system-deps clean
+.PHONY: run test lint bench fuzz venv system-deps clean
 
 # A venv with podproxy and its test tools; re-done when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -61,6 +61,27 @@ bench: $(BENCH_STAMP)
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 	$(PY) bench/run.py $(ARGS)
+
+# `make fuzz FUZZ_SECONDS=300`: the HTTP/1.1 decoders against fuzz/reference.py under atheris,
+# one target after the other (not in `make test`). New inputs go to $(FUZZ_OUT)/corpus/<target>,
+# findings to $(FUZZ_OUT)/<target>-crash-*; FUZZ_SKIP=kind,... looks past reported ones.
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+FUZZ_SECONDS ?= 60
+FUZZ_OUT ?= fuzz/findings
+FUZZ_TARGETS := request response
+
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[fuzz]'
+	@touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)
+	@status=0; for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_OUT)/corpus/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		$(PY) -m fuzz.fuzz_codec $$t $(FUZZ_OUT)/corpus/$$t fuzz/corpus/$$t \
+			-dict=fuzz/http.dict -max_len=4096 -timeout=10 -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=$(FUZZ_OUT)/$$t- -print_final_stats=1 || status=1; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

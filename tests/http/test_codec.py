@@ -234,20 +234,26 @@ def _heads(events: list[object]) -> list[RequestHead]:
 )
 def test_obs_fold_is_joined_as_envoy_joins_it(fold: bytes, joined: bytes) -> None:
     head = b"GET /f HTTP/1.1\r\nHost: x\r\nX-Fold: " + fold + b"\r\nX-After: 1\r\n\r\n"
-    # Alone, behind another request in the same read, and with a body after it.
+    # Alone, and with a body after it. (Behind another request in the same read, where it
+    # starts is not known for sure: 400, see the next test.)
     (one,) = _heads(decode(head))
     assert one.headers == [(b"host", b"x"), (b"x-fold", joined), (b"x-after", b"1")]
-    first, second = _heads(decode(b"GET /0 HTTP/1.1\r\nHost: x\r\n\r\n" + head))
-    assert (first.target, second.target, second.get(b"x-fold")) == (b"/0", b"/f", joined)
     post = head.replace(b"GET", b"POST").replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\n")
     events = decode(post + b"a\r\n b")  # a body that looks like a fold stays as it is
     assert events[1:] == [b"a\r\n b", "end"]
 
 
-def test_obs_fold_in_host_or_in_a_head_split_over_reads_is_400() -> None:
+def test_obs_fold_in_host_or_where_the_head_start_is_unsure_is_400() -> None:
     with pytest.raises(ProtocolError) as info:
         decode(b"GET / HTTP/1.1\r\nHost: a\r\n .test\r\n\r\n")
     assert info.value.status_hint == 400
+    # Pipelined behind a request with the same request line: re-parsing "from the head's
+    # line" could pick the first one again (found by the fuzzer with a search from the end).
+    same = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"
+    sink = Sink()
+    with pytest.raises(ProtocolError):
+        RequestDecoder(sink).feed(same + b"GET /f HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n")
+    assert len(_heads(sink.events)) == 1  # the first request once, never twice
     dec = RequestDecoder(Sink())
     dec.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n")
     with pytest.raises(ProtocolError):

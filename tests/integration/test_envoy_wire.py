@@ -191,6 +191,8 @@ GET = b"GET /next HTTP/1.1\r\nhost: app\r\n\r\n"
         b"GET http://svc.test HTTP/1.1\r\n\r\n",
         b"OPTIONS * HTTP/1.1\r\nhost: app\r\n\r\n",
         b"GET /f HTTP/1.1\r\nhost: app\r\nx-fold: a \r\n\tb\r\n  c\r\n\r\n",
+        b"POST /c HTTP/1.1\r\nhost: app\r\ntransfer-encoding: Chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n",
+        b"GET http://[::1]:8080/v6 HTTP/1.1\r\nhost: app\r\n\r\n",
     ],
     ids=[
         "trailer",
@@ -202,6 +204,8 @@ GET = b"GET /next HTTP/1.1\r\nhost: app\r\n\r\n"
         "absolute-no-host",
         "asterisk",
         "obs-fold",
+        "chunked-capitalised",
+        "absolute-ipv6",
     ],
 )
 async def test_requests_then_a_get_on_the_same_connection(
@@ -226,6 +230,9 @@ async def test_requests_then_a_get_on_the_same_connection(
         b"GET ftp://svc.test/ HTTP/1.1\r\nhost: app\r\n\r\n",
         b"GET /f HTTP/1.1\r\nhost: app\r\n .test\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: app\r\nbad header line\r\n\r\n",
+        b"POST /t HTTP/1.1\r\nhost: app\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"POST /t HTTP/1.1\r\nhost: app\r\ntransfer-encoding: gzip\r\n\r\nzzz",
+        b"POST /t HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
     ],
     ids=[
         "websocket",
@@ -237,6 +244,9 @@ async def test_requests_then_a_get_on_the_same_connection(
         "ftp-scheme",
         "folded-host",
         "bad-header",
+        "coding-gzip-chunked",
+        "coding-gzip",
+        "coding-chunked-twice",
     ],
 )
 async def test_refused_requests_and_the_lingering_close(
@@ -323,6 +333,13 @@ _MANY = b"".join(b"x-h%d: v\r\n" % i for i in range(100))
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 104 Upload\r\ncontent-length: 3\r\n\r\nabc"
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 104 Upload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: xchunked\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n",
     ],
     ids=[
         "garbage-status-line",
@@ -336,6 +353,12 @@ _MANY = b"".join(b"x-h%d: v\r\n" % i for i in range(100))
         "103",
         "102",
         "100-unasked",
+        "104-with-a-body",
+        "104",
+        "status-099",
+        "status-600",
+        "coding-xchunked",
+        "coding-gzip-chunked",
     ],
 )
 async def test_upstream_answers(
@@ -409,3 +432,18 @@ async def test_extra_response_reaches_nobody(
         assert POISON not in second.raw, which
         assert (second.responses[0].status, second.responses[0].body) == (200, b"/b"), which
     assert len(sbs.envoy_up.conns) == len(sbs.podproxy_up.conns) == 2
+
+
+async def test_response_to_head_without_length_keeps_the_connection(
+    side_by_side: Callable[..., Awaitable[SideBySide]],
+) -> None:
+    async def answer(req: ScriptedRequest) -> None:
+        req.conn.write(b"HTTP/1.1 200 OK\r\n\r\n" if req.method == b"HEAD" else ok(b"get"))
+
+    sbs = await side_by_side(answer)
+    head = b"HEAD /h HTTP/1.1\r\nhost: app\r\n\r\n"
+    envoy, pod = await sbs.both([head, 0.3, GET], wait=0.5)
+    assert pod.raw.startswith(b"HTTP/1.1 200 OK\r\n") and envoy.raw.startswith(b"HTTP/1.1 200 OK")
+    # Both answered the GET after it on the same upstream connection.
+    assert len(sbs.podproxy_up.conns) == len(sbs.envoy_up.conns) == 1
+    assert [r.method for r in pod.upstream] == [r.method for r in envoy.upstream]

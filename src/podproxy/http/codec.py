@@ -178,13 +178,15 @@ class RequestDecoder:
         "_host",
         "_parser",
         "_size",
+        "_special_end",
         "_synthetic",
-        "_upgraded",
         "_url",
+        "completed",
         "in_head",
         "max_headers_bytes",
         "max_headers_count",
         "sink",
+        "stopped",
     )
 
     def __init__(
@@ -206,22 +208,30 @@ class RequestDecoder:
         # the upgrade pause (see `_resume_after_h2c`). Holds the framing header line.
         self._h2c_body: bytes | None = None
         self._synthetic = False  # parsing the re-framing head: no callbacks reach the sink
-        self._upgraded = False  # the bytes after an upgrade request are not HTTP/1.1
+        # on_message_complete has more to do: the h2c body is still to come, or the request
+        # is the connection's last though llhttp keeps it alive (HTTP/1.0 with close or a
+        # coding): parsing stops after it, as llhttp stops after a request it knows is last.
+        self._special_end = False
+        # Parsing ended: what follows an upgrade request, or the connection's last request
+        # (HTTP/1.0 with close), is not parsed; `feed` takes it and does nothing.
+        self.stopped = False
         # In a request head, or between requests (where the next bytes start one).
         self.in_head = True
+        self.completed = 0  # requests parsed to their end
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises `ProtocolError` (with a status hint) on a malformed stream.
 
         A loop, not recursion, goes on after each h2c upgrade or folded head in `data`: a
         client may pipeline hundreds of them in one read."""
-        while not self._upgraded:
+        while not self.stopped:
+            completed = self.completed
             try:
                 self._parser.feed_data(data)
                 return
             except httptools.HttpParserUpgrade as exc:
                 # llhttp paused after an upgrade request (or CONNECT) the sink has. After
-                # websocket, CONNECT ... (`_upgraded`) nothing more is HTTP/1.1: the loop ends.
+                # websocket, CONNECT ... (`stopped`) nothing more is HTTP/1.1: the loop ends.
                 data = data[exc.args[0] :]
                 if self._h2c_body is not None:
                     self._reframe_h2c_body()
@@ -231,11 +241,13 @@ class RequestDecoder:
                 cause = exc.__context__
                 if isinstance(cause, ProtocolError):
                     raise cause from None
+                if isinstance(cause, _Stop):
+                    return
                 raise ProtocolError(f"bad request: {exc}", 400) from exc
             except httptools.HttpParserError as exc:
                 if str(exc) != _OBS_FOLD_ERROR:
                     raise _request_error(exc) from exc
-                data = self._unfolded(data)
+                data = self._unfolded(data, completed)
 
     def _reframe_h2c_body(self) -> None:
         """Parse the body of an h2c upgrade request, which llhttp skipped, as a body.
@@ -247,24 +259,28 @@ class RequestDecoder:
         self._h2c_body = None
         self._parser = httptools.HttpRequestParser(self)
         self._synthetic = True
-        self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        try:
+            self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+        except httptools.HttpParserError as exc:  # framing was checked: not expected
+            raise ProtocolError(f"bad request: {exc}", 400) from exc
 
-    def _unfolded(self, data: bytes) -> bytes:
+    def _unfolded(self, data: bytes, completed: int) -> bytes:
         """llhttp rejected an obs-fold (RFC 9112 §5.2) in the head it was parsing: parse that
-        head again from its start, its folds joined as Envoy joins them. Nothing is scanned
-        for folds on the common path; the head must have started in `data` (a head split over
-        reads before a fold stays a 400, which RFC 9112 allows)."""
+        head again, its folds joined as Envoy joins them. Nothing is scanned for folds on the
+        common path. The head must be the first thing in `data` (no request ended in this
+        read before it): where it starts is then known. Elsewhere (pipelined behind another
+        request in one read, or begun in an earlier read) a fold stays a 400, which RFC 9112
+        allows."""
         start = self._parser.get_method() + b" " + self._url + b" HTTP/"
-        at = data.rfind(start)
-        if not self._url or at < 0:
-            raise ProtocolError("bad request: obs-fold in a head that began in an earlier read")
+        if self.completed != completed or not self._url or not data.startswith(start):
+            raise ProtocolError("bad request: obs-fold where the head's start is not known")
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers = []
         self._host = None
         self._connection = False
         self._size = _REQUEST_HEAD_START
-        return _unfold(data[at:])
+        return _unfold(data)
 
     def close(self) -> None:
         """Let go of the parser and the sink (the connection is gone): no reference cycle
@@ -289,11 +305,28 @@ class RequestDecoder:
             raise ProtocolError("request headers too large", 431)
         name = name.lower()
         if name == b"host":
-            if self._host is None:
-                self._host = value
-        elif name == b"connection" or name == b"proxy-connection":
-            self._connection = True  # llhttp reads both for keep-alive
+            if self._host is not None:
+                # RFC 9112 §3.2: a request with more than one Host is a 400. (Envoy joins
+                # them, `a,b`; a proxy and a backend that each take another one disagree.)
+                raise ProtocolError("bad request: more than one Host header", 400)
+            # llhttp leaves trailing whitespace on values; it is no part of an authority.
+            self._host = value.rstrip(b" \t") if value[-1:] in b" \t" else value
+        elif name in _FRAMING_FIELDS:  # one set lookup for the three: no cost per header
+            if name == b"transfer-encoding":
+                self._transfer_coding(value)
+            else:
+                self._connection = True  # llhttp reads both for keep-alive
         self._headers.append((name, value))
+
+    def _transfer_coding(self, value: bytes) -> None:
+        """Only `chunked`, once (RFC 9112 §6.1, §7): any other coding, or chunked twice, is
+        answered 501 as Envoy does, before the request goes anywhere. (llhttp passes a final
+        chunked after other codings, which would reach the upstream still coded but without
+        the field that says so.)"""
+        if value.rstrip(b" ").lower() != b"chunked" or any(
+            k == b"transfer-encoding" for k, _ in self._headers
+        ):
+            raise ProtocolError("unsupported transfer coding", 501)
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
@@ -315,25 +348,29 @@ class RequestDecoder:
         else:
             version = p.get_http_version()
             self._connection = False
+            if version == "1.0" and keep_alive and not _http10_keep_alive(self._headers):
+                keep_alive = False
+                self._special_end = True  # the connection's last request
             if p.should_upgrade():
-                upgrade = self._upgrade(method)
+                upgrade = self._upgrade(method, keep_alive)
         url = self._url
         host = self._host
-        if url[:1] != b"/" and url != b"*" and method != b"CONNECT":
+        if url[0] != 47 and url != b"*" and method != b"CONNECT":  # 47: not "/..."
             url, host = _origin_form(url)
         head = RequestHead(method, url, version, self._headers, keep_alive, host, upgrade)
         self._headers = []
         self._url = b""
-        self._size = 0
+        # The next head starts here unless trailers come first (on_message_complete resets).
+        self._size = _REQUEST_HEAD_START
         self._host = None
         self.in_head = False
         self.sink.on_request_head(head)
 
-    def _upgrade(self, method: bytes) -> bytes | None:
+    def _upgrade(self, method: bytes, keep_alive: bool) -> bytes | None:
         """llhttp saw an upgrade (or CONNECT): the protocol asked for, or None for h2c, whose
         upgrade headers are stripped so the request is answered on HTTP/1.1 (as Envoy)."""
         if method == b"CONNECT":
-            self._upgraded = True
+            self.stopped = True
             return b"CONNECT"
         upgrade = b""
         framing: bytes | None = None
@@ -352,35 +389,62 @@ class RequestDecoder:
             elif k == b"content-length" and v.strip(b" \t0"):
                 framing = b"content-length: " + v + b"\r\n"
             elif k == b"transfer-encoding":
-                framing = b"transfer-encoding: " + v + b"\r\n"
+                if v.rstrip(b" ").lower() != b"chunked":
+                    raise ProtocolError("unsupported transfer coding", 501)
+                framing = b"transfer-encoding: chunked\r\n"
             kept.append((k, v))
         if upgrade.lower() != b"h2c":
-            self._upgraded = True
+            self.stopped = True
             return upgrade
         self._headers = kept
+        if framing is not None and not keep_alive:
+            framing += b"connection: close\r\n"  # llhttp must still end the stream after it
         self._h2c_body = framing
+        self._special_end = framing is not None
         return None
 
     def on_body(self, body: bytes) -> None:
         self.sink.on_request_body(body)
 
     def on_message_complete(self) -> None:
-        if self._h2c_body is not None:
-            return  # llhttp skipped the body of an h2c upgrade: the request goes on after it
+        if self._special_end:
+            self._special_end = False
+            if self._h2c_body is not None:
+                return  # llhttp skipped the body of an h2c upgrade: it is parsed after this
+            self.stopped = True  # the connection's last request: nothing after it is parsed
+            self.in_head = True
+            self.completed += 1
+            self.sink.on_request_end()
+            raise _Stop
         self.in_head = True
-        self._size = _REQUEST_HEAD_START  # trailers were counted from 0
+        self.completed += 1
         if self._headers:
             # Trailers (Envoy drops them without enable_trailers): never part of a request.
             self._headers = []
             self._host = None
             self._connection = False
+            self._size = _REQUEST_HEAD_START
         self.sink.on_request_end()
+
+
+def _http10_keep_alive(headers: Headers) -> bool:
+    """Whether an HTTP/1.0 request llhttp kept alive stays so (RFC 9112 §9.3 and §6.1): not
+    when a Connection token says close (llhttp lets keep-alive win), nor when it has a
+    Transfer-Encoding (its framing is suspect: close after it)."""
+    for k, v in headers:
+        if k == b"transfer-encoding":
+            return False
+        if k == b"connection" and b"close" in [t.strip().lower() for t in v.split(b",")]:
+            return False
+    return True
 
 
 # Connection tokens of an h2c upgrade, removed with the Upgrade and HTTP2-Settings fields.
 _H2C_TOKENS = frozenset({b"upgrade", b"http2-settings"})
 
 
+# Header fields the request decoder looks at while parsing (besides Host).
+_FRAMING_FIELDS = frozenset({b"connection", b"proxy-connection", b"transfer-encoding"})
 # llhttp's error for a header line that starts with whitespace (an obs-fold).
 _OBS_FOLD_ERROR = "Unexpected whitespace after header value"
 
@@ -413,7 +477,8 @@ def _origin_form(url: bytes) -> tuple[bytes, bytes | None]:
         raise ProtocolError(f"bad request target: {exc}", 400) from exc
     if parsed.host is None or (parsed.schema or b"").lower() not in (b"http", b"https"):
         raise ProtocolError("bad request target", 400)  # Envoy: http1.invalid_scheme
-    authority = parsed.host if parsed.port is None else b"%b:%d" % (parsed.host, parsed.port)
+    host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host  # IPv6 literal
+    authority = host if parsed.port is None else b"%b:%d" % (host, parsed.port)
     path = parsed.path
     if path is None:
         # `http://svc` means `/`; `http://svc?q` keeps a path that is not one (the router
@@ -432,7 +497,14 @@ def _request_error(exc: httptools.HttpParserError) -> ProtocolError:
         return ProtocolError("HTTP/2 connection preface on an HTTP/1.1 listener", None)
     if reason == "Invalid HTTP version":
         return ProtocolError("unsupported HTTP version", 426)
+    if "`Transfer-Encoding`" in reason:
+        # llhttp's own verdicts on a coding list (chunked twice, chunked not last): Envoy 501.
+        return ProtocolError(f"unsupported transfer coding: {reason}", 501)
     return ProtocolError(f"bad request: {reason}", 400)
+
+
+class _Stop(Exception):
+    """Raised from a callback to stop httptools after the connection's last request."""
 
 
 class _SkipBody(Exception):
@@ -460,7 +532,6 @@ class ResponseDecoder:
         "_no_body",
         "_parser",
         "_size",
-        "_skipped",
         "_tail",
         "in_message",
         "max_headers_bytes",
@@ -485,7 +556,6 @@ class ResponseDecoder:
         self._no_body = False
         self._body_until_close = False
         self._expecting = False  # a request is outstanding: its response may begin
-        self._skipped = False  # the head of a response to HEAD was just delivered
         self._tail = b""  # no-body mode: the last bytes fed, for a terminator split over reads
         self.in_message = False
 
@@ -573,11 +643,12 @@ class ResponseDecoder:
         if len(headers) > self.max_headers_count:
             raise ProtocolError("too many response headers", 502)
         self._headers = []
-        self._size = 0
+        self._size = _RESPONSE_HEAD_START  # the next head's, unless trailers come first
         self.in_message = True
         if status < 200:
             if status == 101:
                 raise UnexpectedUpgrade("unexpected 101 Switching Protocols", 503)
+            _check_interim(status, headers)
             cb = self.on_informational
             if callable(cb):
                 cb(status, headers)
@@ -588,10 +659,20 @@ class ResponseDecoder:
             if k == b"content-length":
                 content_length = int(v)
             elif k == b"transfer-encoding":
-                chunked = v.lower().rstrip().endswith(b"chunked")
-        no_body = self._no_body or status == 204 or status == 304
-        self._body_until_close = not no_body and not chunked and content_length is None
-        keep_alive = p.should_keep_alive() and not self._body_until_close
+                if chunked or (v != b"chunked" and v.rstrip(b" ").lower() != b"chunked"):
+                    # Envoy: 502, "unsupported transfer encoding" (gzip, chunked; xchunked;
+                    # chunked twice, RFC 9112 §7.1 ...)
+                    raise ProtocolError("unsupported transfer coding in a response", 502)
+                chunked = True
+        if self._no_body:
+            # llhttp takes a response with no length for one whose body runs to the close; to
+            # HEAD it has none, so only its version and Connection decide (as Envoy reuses it).
+            self._body_until_close = False
+            keep_alive = _keeps_alive(p.get_http_version(), headers)
+        else:
+            no_body = status == 204 or status == 304
+            self._body_until_close = not no_body and not chunked and content_length is None
+            keep_alive = p.should_keep_alive() and not self._body_until_close
         self.sink.on_response_head(
             ResponseHead(status, headers, keep_alive, content_length, chunked)
         )
@@ -604,9 +685,9 @@ class ResponseDecoder:
             self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        self._size = _RESPONSE_HEAD_START
         if self._headers:
             self._headers = []  # trailers: dropped, as Envoy without enable_trailers
+            self._size = _RESPONSE_HEAD_START
         if not self.in_message:
             return
         self.in_message = False
@@ -614,6 +695,27 @@ class ResponseDecoder:
             return  # an interim response: the final one is still expected
         self._expecting = False
         self.sink.on_response_end()
+
+
+def _check_interim(status: int, headers: Headers) -> None:
+    """A 1xx ends with its head (RFC 9110 §15.2); llhttp would give one with a length a body,
+    and a status under 100 is none at all. Envoy answers 502 to both."""
+    if status < 100:
+        raise ProtocolError(f"bad response status {status}", 502)
+    for k, _ in headers:
+        if k == b"content-length" or k == b"transfer-encoding":
+            raise ProtocolError("a 1xx response with a body", 502)
+
+
+def _keeps_alive(version: str, headers: Headers) -> bool:
+    """Persistence by RFC 9112 §9.3: close token, else HTTP/1.1, else a keep-alive token."""
+    tokens: list[bytes] = []
+    for k, v in headers:
+        if k == b"connection":
+            tokens += [t.strip().lower() for t in v.split(b",")]
+    if b"close" in tokens:
+        return False
+    return version == "1.1" or b"keep-alive" in tokens
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -763,13 +763,16 @@ class UpstreamRequest:
         if not isinstance(err, UpstreamConnectError):
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
         ex = self.ex
-        if self.held_head is not None:
-            # The response head is the client's already (Envoy would have sent it): send it
-            # before the connection is cut.
-            ex.conn.write(self.held_head)
-            self.held_head = None
+        self._flush_held_head()
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
         ex.conn.send_local_reply(ex, err.status, body, flags=err.flag)
+
+    def _flush_held_head(self) -> None:
+        """Before a response is cut short: its head is the client's already (Envoy would
+        have sent it), so it goes out before the connection is closed."""
+        if self.held_head is not None:
+            self.ex.conn.write(self.held_head)
+            self.held_head = None
 
     def on_timeout(self) -> None:
         self.timer = None
@@ -781,6 +784,7 @@ class UpstreamRequest:
         self.host.stats.rq_timeout += 1
         self._let_go()
         ex = self.ex
+        self._flush_held_head()
         ex.conn.send_local_reply(ex, 504, UPSTREAM_TIMEOUT, flags="UT")
 
     def reset(self) -> None:
