@@ -333,6 +333,14 @@ INLINE: list[tuple[str, str, bytes, int]] = [
 # Inputs that showed a bug, each now a must-pass regression: name -> FOUND_BUGS entry.
 FOUND: list[tuple[str, str, bytes, tuple[int, ...], int, str]] = [
     (
+        "http20-close-then-keep-alive",
+        "request",
+        b"GET / HTTP/2.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n" + NEXT,
+        (),
+        0,
+        "http10-keep-alive-and-close",
+    ),
+    (
         "h2c-gzip",
         "request",
         b"POST / HTTP/1.1\r\n" + H2C + b"Transfer-Encoding: gzip\r\n\r\n",

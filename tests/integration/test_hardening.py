@@ -329,10 +329,22 @@ def _shapes() -> dict[str, Callable[[ScriptedRequest], Awaitable[None]]]:
 SHAPES = _shapes()
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
 async def test_one_client_got_another_requests_response(
+    proxy: StartProxy, scripted: StartScripted
+) -> None:
+    """Case 4 as the suite found it: an extra response in the same write as A's."""
+    await _stray_bytes_reach_nobody(proxy, scripted, "extra-response")
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_extra_bytes_after_the_response_never_reach_a_client(
     proxy: StartProxy, scripted: StartScripted, shape: str
 ) -> None:
+    """Case 5: the class of case 4, every shape of bytes after a response."""
+    await _stray_bytes_reach_nobody(proxy, scripted, shape)
+
+
+async def _stray_bytes_reach_nobody(proxy: StartProxy, scripted: StartScripted, shape: str) -> None:
     misbehave = SHAPES[shape]
     misbehaved = asyncio.Event()
 

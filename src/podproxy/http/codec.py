@@ -348,7 +348,8 @@ class RequestDecoder:
         else:
             version = p.get_http_version()
             self._connection = False
-            if version == "1.0" and keep_alive and not _http10_keep_alive(self._headers):
+            if version != "1.1" and keep_alive and not _http10_keep_alive(self._headers):
+                # (1.0, and 0.9 and 2.0, which llhttp parses as 1.0)
                 keep_alive = False
                 self._special_end = True  # the connection's last request
             if p.should_upgrade():
