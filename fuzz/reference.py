@@ -31,6 +31,9 @@ LENIENCIES = {
     "userinfo": "userinfo in an absolute-form target is dropped, as Envoy does (RFC 9110 "
     "§4.2.4 would have it an error; the authority after it routes)",
     "status 600-999": "passed on as Envoy passes them (RFC 9110 §15 defines 100-599)",
+    "HTTP/1.0 chunked response": "kept alive when it says keep-alive, as llhttp keeps it (RFC "
+    "9112 §6.1 would close after it): its framing is read the same either way, and telling "
+    "1.0 from 1.1 costs a string format per chunked response",
 }
 
 # RFC 9110 §5.6.2 tchar, as a regex class.
@@ -251,16 +254,17 @@ def _framing(fields: Sequence[Field], end: int, request: bool) -> _Framing:
     return _Framing(int(lengths[0]) if lengths else None, codings)
 
 
-def _keep_alive(version: str, fields: Sequence[Field]) -> bool:
+def _keep_alive(version: str, fields: Sequence[Field], request: bool = True) -> bool:
     """llhttp's rule (it also reads Proxy-Connection): HTTP/1.1 persists unless `close`, other
-    versions only with `keep-alive`; RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding
-    has faulty framing, and the connection is closed after it."""
+    versions only with `keep-alive`; RFC 9112 §6.1: an HTTP/1.0 request with Transfer-Encoding
+    has faulty framing, and the connection is closed after it (for a response, see
+    LENIENCIES)."""
     tokens = _tokens(fields, b"connection", b"proxy-connection")
     if b"close" in tokens:
         return False
     if version == "1.1":
         return True
-    if any(k == b"transfer-encoding" for k, _ in fields):
+    if request and any(k == b"transfer-encoding" for k, _ in fields):
         return False
     return b"keep-alive" in tokens
 
@@ -494,7 +498,7 @@ def _response(reader: _Reader, head_request: bool, events: list[Event]) -> bool 
         reader.skip_empty_lines()
     no_body = head_request or status in (204, 304)
     until_close = not no_body and not framing.chunked and framing.content_length is None
-    keep_alive = _keep_alive(version, fields) and not until_close
+    keep_alive = _keep_alive(version, fields, request=False) and not until_close
     length = framing.content_length
     events.append(ResponseHead(status, keep_alive, length, framing.chunked, tuple(fields)))
     if no_body:

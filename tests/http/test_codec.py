@@ -184,13 +184,16 @@ def test_request_version_is_the_one_llhttp_parsed(version: bytes, connection: by
         want_error = True
     sink = Sink()
     got_error = False
+    decoder = RequestDecoder(sink)
     try:
-        RequestDecoder(sink).feed(stream)
+        decoder.feed(stream)
     except ProtocolError:
         got_error = True
     heads = [e for e in sink.events if isinstance(e, RequestHead)]
     assert [(h.version, h.keep_alive) for h in heads] == want.seen
-    assert got_error == want_error
+    # Where llhttp errs on bytes after a request that closes the connection, the decoder has
+    # stopped parsing after it instead (RFC 9112 §9.6: nothing after it is processed).
+    assert got_error == want_error or (decoder.stopped and not heads[-1].keep_alive)
 
 
 def _request_head_of(size: int) -> bytes:

@@ -56,6 +56,8 @@ FOUND_BUGS: dict[str, str] = {
     "head-response-keep-alive": "a response to HEAD without Content-Length was reported "
     "keep_alive=False: the connection was not reused",
     "chunked-twice": "a response chunked twice was accepted (RFC 9112 §7.1: at most once)",
+    "connection-trailer-revives": "a Connection: keep-alive trailer after an HTTP/1.0 "
+    "request made llhttp parse what followed it, though the request had closed the connection",
     "userinfo-and-status-600": "(not bugs: podproxy follows Envoy, see reference.LENIENCIES)",
 }
 
@@ -69,6 +71,12 @@ H2C = (
 )
 NEXT = b"GET /next HTTP/1.1\r\n" + H + b"\r\n"
 INLINE: list[tuple[str, str, bytes, int]] = [
+    (
+        "http10-chunked-response-kept-alive",
+        "response",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n" + TE + b"\r\n1\r\nx\r\n0\r\n\r\n",
+        0,
+    ),
     # request smuggling: both framings, or an ambiguous one
     (
         "cl-te",
@@ -332,6 +340,14 @@ INLINE: list[tuple[str, str, bytes, int]] = [
 ]
 # Inputs that showed a bug, each now a must-pass regression: name -> FOUND_BUGS entry.
 FOUND: list[tuple[str, str, bytes, tuple[int, ...], int, str]] = [
+    (
+        "keep-alive-trailer",
+        "request",
+        b"POST / HTTP/1.0\r\n" + TE + b"\r\n0\r\nConnection: keep-alive\r\n\r\nPOST /x\r\n\r\n",
+        (),
+        0,
+        "connection-trailer-revives",
+    ),
     (
         "http20-close-then-keep-alive",
         "request",

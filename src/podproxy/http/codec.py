@@ -209,8 +209,7 @@ class RequestDecoder:
         self._h2c_body: bytes | None = None
         self._synthetic = False  # parsing the re-framing head: no callbacks reach the sink
         # on_message_complete has more to do: the h2c body is still to come, or the request
-        # is the connection's last though llhttp keeps it alive (HTTP/1.0 with close or a
-        # coding): parsing stops after it, as llhttp stops after a request it knows is last.
+        # is the connection's last: parsing stops after it.
         self._special_end = False
         # Parsing ended: what follows an upgrade request, or the connection's last request
         # (HTTP/1.0 with close), is not parsed; `feed` takes it and does nothing.
@@ -242,6 +241,9 @@ class RequestDecoder:
                 if isinstance(cause, ProtocolError):
                     raise cause from None
                 if isinstance(cause, _Stop):
+                    # httptools keeps the exception (its traceback holds this decoder): let go
+                    # of the frames, or decoder and parser outlive the connection in a cycle.
+                    cause.__traceback__ = None
                     return
                 raise ProtocolError(f"bad request: {exc}", 400) from exc
             except httptools.HttpParserError as exc:
@@ -349,9 +351,11 @@ class RequestDecoder:
             version = p.get_http_version()
             self._connection = False
             if version != "1.1" and keep_alive and not _http10_keep_alive(self._headers):
-                # (1.0, and 0.9 and 2.0, which llhttp parses as 1.0)
-                keep_alive = False
-                self._special_end = True  # the connection's last request
+                keep_alive = False  # (1.0, and 0.9 and 2.0, which llhttp parses as 1.0)
+            if not keep_alive:
+                # The connection's last request (RFC 9112 §9.6): nothing after it is parsed,
+                # whatever llhttp makes of it (a Connection trailer can revive it).
+                self._special_end = True
             if p.should_upgrade():
                 upgrade = self._upgrade(method, keep_alive)
         url = self._url
