@@ -186,11 +186,11 @@ def test_missing_required_fields(seed_v2_text: str) -> None:
 
 def test_wrong_types_with_v2_paths(seed_v2_text: str) -> None:
     text = replaced(seed_v2_text, "port_value: 8080", "port_value: eighty")
-    text = replaced(text, 'domains: ["*"]', 'domains: "*"')
+    text = replaced(text, 'domains: ["*"]', "domains: {a: b}")
     text = replaced(text, "host_rewrite: httpd", "host_rewrite: 5")
     assert sorted(errors_of(text)) == sorted(
         [
-            f'{HCM}.route_config.virtual_hosts[0].domains: expected a list, got "*"',
+            f"{HCM}.route_config.virtual_hosts[0].domains: expected a list, got a mapping",
             f"{ROUTE}.host_rewrite: expected a string, got 5",
             f"{CLUSTER}.hosts[0].socket_address.port_value: "
             'expected a non-negative integer, got "eighty"',
@@ -423,3 +423,178 @@ def test_max_response_headers_kb_is_a_cluster_field(seed_v2_text: str) -> None:
     )
     (error,) = errors_of(on_hcm)
     assert error.startswith(f"{HCM}.common_http_protocol_options: max_response_headers_kb:")
+
+
+# --- what Envoy's protobuf JSON parser forgives: enum case, a lone value for a list ----------
+
+# One listener and one cluster, every repeated field written as a list.
+AS_LISTS = """
+static_resources:
+  listeners:
+  - name: front
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          stat_prefix: front
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/", headers: [{name: x-a, present_match: true}]}
+                route: {cluster: pods}
+          http_filters:
+          - name: envoy.filters.http.router
+  clusters:
+  - name: pods
+    type: STRICT_DNS
+    lb_policy: LEAST_REQUEST
+    dns_lookup_family: V4_ONLY
+    load_assignment:
+      cluster_name: pods
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: pods.local, port_value: 8080}}}
+          health_status: HEALTHY
+"""
+
+# The same config with each list of one written as its lone element and enums in other cases.
+AS_LONE_VALUES = """
+static_resources:
+  listeners:
+    name: front
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000, protocol: tcp}}
+    filter_chains:
+      filters:
+        name: envoy.filters.network.http_connection_manager
+        typed_config:
+          stat_prefix: front
+          codec_type: auto
+          route_config:
+            virtual_hosts:
+              name: all
+              domains: "*"
+              routes:
+                match: {prefix: "/", headers: {name: x-a, present_match: true}}
+                route: {cluster: pods}
+          http_filters:
+            name: envoy.filters.http.router
+  clusters:
+    name: pods
+    type: strict_dns
+    lb_policy: Least_Request
+    dns_lookup_family: v4_Only
+    load_assignment:
+      cluster_name: pods
+      endpoints:
+        lb_endpoints:
+          endpoint: {address: {socket_address: {address: pods.local, port_value: 8080}}}
+          health_status: healthy
+"""
+
+LB_ENDPOINT = "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0]"
+V3_HCM = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
+
+
+def test_lone_values_and_enum_case_load_as_the_list_form() -> None:
+    lists = load(config_yaml=AS_LISTS)
+    lone = load(config_yaml=AS_LONE_VALUES)
+    assert lone.bootstrap == lists.bootstrap
+    cluster = lone.bootstrap.static_resources.clusters[0]
+    assert (cluster.type, cluster.lb_policy) == (DiscoveryType.STRICT_DNS, LbPolicy.LEAST_REQUEST)
+    assert cluster.dns_lookup_family is DnsLookupFamily.V4_ONLY
+    # The v3 mapping (for convert and /config_dump) has lists, as Envoy's parsed proto does.
+    (endpoints,) = lone.v3["static_resources"]["clusters"][0]["load_assignment"]["endpoints"]
+    (lb_endpoint,) = endpoints["lb_endpoints"]
+    assert lb_endpoint["endpoint"]["address"]["socket_address"]["address"] == "pods.local"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("type", "Strict_Dns"),
+        ("type", "logical_dns"),
+        ("lb_policy", "round_robin"),
+        ("lb_policy", "rAnDoM"),
+        ("dns_lookup_family", "all"),
+        ("dns_lookup_family", "V6_only"),
+    ],
+)
+def test_cluster_enums_in_any_case(field: str, value: str) -> None:
+    written = {"type": "STRICT_DNS", "lb_policy": "LEAST_REQUEST", "dns_lookup_family": "V4_ONLY"}
+    text = replaced(AS_LISTS, f"    {field}: {written[field]}\n", f"    {field}: {value}\n")
+    cluster = load(config_yaml=text).bootstrap.static_resources.clusters[0]
+    assert getattr(cluster, field).name == value.upper()
+
+
+def test_unknown_enum_names_still_list_the_valid_names() -> None:
+    text = replaced(AS_LONE_VALUES, "dns_lookup_family: v4_Only", "dns_lookup_family: v4")
+    text = replaced(text, "codec_type: auto", "codec_type: http-1")
+    assert sorted(errors_of(text)) == [
+        "static_resources.clusters[0].dns_lookup_family: expected one of AUTO, V4_ONLY, V6_ONLY, "
+        'V4_PREFERRED, ALL, got "v4"',
+        f'{V3_HCM}.codec_type: expected one of AUTO, HTTP1, HTTP2, HTTP3, got "http-1"',
+    ]
+
+
+def test_error_paths_inside_lone_mappings() -> None:
+    text = replaced(AS_LONE_VALUES, "port_value: 8080", "port_value: eighty")
+    text = replaced(
+        text, "health_status: healthy", "health_status: healthy\n          metadata: {}"
+    )
+    text = replaced(
+        text, "route: {cluster: pods}", "route: {cluster: pods}\n                bad: 1"
+    )
+    text = replaced(text, "present_match: true", "present_match: yes please")
+    assert sorted(errors_of(text)) == sorted(
+        [
+            f"{LB_ENDPOINT}.endpoint.address.socket_address.port_value: "
+            'expected a non-negative integer, got "eighty"',
+            f"{LB_ENDPOINT}.metadata: Envoy field not supported by podproxy yet",
+            f"{V3_HCM}.route_config.virtual_hosts[0].routes[0].bad: unknown field",
+            f"{V3_HCM}.route_config.virtual_hosts[0].routes[0].match.headers[0].present_match: "
+            'expected true or false, got "yes please"',
+        ]
+    )
+
+
+def test_cross_checks_name_paths_inside_lone_mappings() -> None:
+    text = replaced(AS_LONE_VALUES, "route: {cluster: pods}", "route: {cluster: nope}")
+    text = replaced(text, "type: strict_dns", "type: static")
+    assert sorted(errors_of(text)) == [
+        f"{LB_ENDPOINT}.endpoint.address.socket_address.address: "
+        'a STATIC cluster\'s endpoint must be an IP address, got "pods.local"',
+        f'{V3_HCM}.route_config.virtual_hosts[0].routes[0].route.cluster: unknown cluster "nope"',
+    ]
+
+
+def test_v2_error_paths_inside_lone_mappings(seed_v2_text: str) -> None:
+    text = replaced(
+        seed_v2_text, "hosts:\n      - socket_address:", "hosts:\n        socket_address:"
+    )
+    text = replaced(text, "port_value: 8080", "port_value: eighty")
+    text = replaced(text, "type: STRICT_DNS", "type: strict_dns")
+    assert errors_of(text) == [
+        f"{CLUSTER}.hosts[0].socket_address.port_value: "
+        'expected a non-negative integer, got "eighty"'
+    ]
+
+
+def test_lone_mapping_concatenates_with_config_yaml_list(tmp_path: Path) -> None:
+    # Both become repeated fields before the merge, so --config-yaml appends as protobuf does.
+    path = tmp_path / "lone.yaml"
+    path.write_text(AS_LONE_VALUES)
+    overlay = "static_resources:\n  clusters:\n  - {name: more, type: static}\n"
+    loaded = load(str(path), overlay)
+    assert [c.name for c in loaded.bootstrap.static_resources.clusters] == ["pods", "more"]
+
+
+def test_router_without_typed_config_is_still_accepted() -> None:
+    # Envoy 1.40 wants a typed_config here; podproxy keeps older configs running.
+    hcm = load(config_yaml=AS_LONE_VALUES).bootstrap.static_resources.listeners[0]
+    flt = hcm.filter_chains[0].filters[0].typed_config.http_filters[0]
+    assert flt.name == "envoy.filters.http.router"
+    assert flt.router().suppress_envoy_headers is False

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
 
-from podproxy.config.normalize import normalize
-from podproxy.config.schema import FILE_ACCESS_LOG_TYPE, HCM_TYPE, ROUTER_TYPE
+from podproxy.config.normalize import normalize, repeated_as_lists
+from podproxy.config.schema import (
+    FILE_ACCESS_LOG_TYPE,
+    HCM_TYPE,
+    ROUTER_TYPE,
+    Bootstrap,
+    Message,
+    is_repeated,
+    message_in,
+)
 
 from .conftest import EXAMPLES
 
@@ -97,3 +106,139 @@ def test_wrong_shapes_pass_through() -> None:
     assert [str(e) for e in out.errors] == [
         "static_resources.clusters[1].hosts: expected a list of addresses"
     ]
+
+
+# --- a lone value where a list is expected (Envoy: protobuf's legacy JSON syntax) -------------
+
+
+def _messages(model: type[Message]) -> Iterator[type[Message]]:
+    yield model
+    for info in model.model_fields.values():
+        sub = message_in(info.annotation)
+        if sub is not None:
+            yield from _messages(sub)
+
+
+def test_every_repeated_field_of_every_model_takes_a_lone_value() -> None:
+    seen = 0
+    for model in set(_messages(Bootstrap)):
+        for name, info in model.model_fields.items():
+            if not is_repeated(info.annotation):
+                continue
+            lone: object = {} if message_in(info.annotation) is not None else "x"
+            obj: dict[str, Any] = {info.alias or name: lone}
+            repeated_as_lists(obj, model)
+            assert obj == {info.alias or name: [lone]}, (model.__name__, name)
+            seen += 1
+    assert seen >= 14  # listeners … lb_endpoints, domains, headers, resolvers: all of them
+
+
+def test_lone_mappings_become_lists_at_every_depth() -> None:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "a", "port_value": 1}}}}
+    raw: dict[str, Any] = {
+        "static_resources": {
+            "listeners": {
+                "filter_chains": {
+                    "filters": {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "route_config": {
+                                "virtual_hosts": {
+                                    "name": "v",
+                                    "domains": "*",
+                                    "routes": {
+                                        "match": {"prefix": "/", "headers": {"name": "h"}},
+                                        "route": {"cluster": "c"},
+                                    },
+                                }
+                            },
+                            "http_filters": {"name": "envoy.filters.http.router"},
+                        },
+                    }
+                }
+            },
+            "clusters": {
+                "name": "c",
+                "dns_resolvers": {"socket_address": {"address": "10.0.0.1"}},
+                "load_assignment": {"endpoints": {"lb_endpoints": endpoint}},
+            },
+        }
+    }
+    out = normalize(raw)
+    assert out.errors == [] and out.aliases == {}
+    static = out.v3["static_resources"]
+    (listener,) = static["listeners"]
+    (chain,) = listener["filter_chains"]
+    (flt,) = chain["filters"]
+    hcm = flt["typed_config"]
+    assert hcm["@type"] == HCM_TYPE
+    assert hcm["http_filters"] == [
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+    ]
+    (vh,) = hcm["route_config"]["virtual_hosts"]
+    assert vh["domains"] == ["*"]
+    (route,) = vh["routes"]
+    assert route["match"]["headers"] == [{"name": "h"}]
+    (cluster,) = static["clusters"]
+    assert cluster["dns_resolvers"] == [{"socket_address": {"address": "10.0.0.1"}}]
+    assert cluster["load_assignment"]["endpoints"] == [{"lb_endpoints": [endpoint]}]
+
+
+def test_v2_rewrites_reach_inside_lone_mappings() -> None:
+    raw: dict[str, Any] = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "filter_chains": {
+                        "filters": {
+                            "name": "envoy.http_connection_manager",
+                            "config": {
+                                "http_filters": {"name": "envoy.router"},
+                                "access_log": {
+                                    "name": "envoy.file_access_log",
+                                    "config": {"path": "/tmp/a"},
+                                },
+                            },
+                        }
+                    }
+                }
+            ],
+            "clusters": [{"name": "c", "hosts": {"socket_address": {"address": "a"}}}],
+        }
+    }
+    out = normalize(raw)
+    assert out.errors == []
+    hcm = out.v3["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert hcm["name"] == "envoy.filters.network.http_connection_manager"
+    assert hcm["typed_config"]["http_filters"] == [
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER_TYPE}}
+    ]
+    assert hcm["typed_config"]["access_log"][0]["typed_config"]["@type"] == FILE_ACCESS_LOG_TYPE
+    assert out.aliases[f"{FILTER}.typed_config"] == f"{FILTER}.config"
+    la = out.v3["static_resources"]["clusters"][0]["load_assignment"]
+    assert la["endpoints"][0]["lb_endpoints"] == [
+        {"endpoint": {"address": {"socket_address": {"address": "a"}}}}
+    ]
+    ep = "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0]"
+    assert out.aliases[f"{ep}.endpoint.address"] == "static_resources.clusters[0].hosts[0]"
+
+
+def test_null_and_values_of_another_kind_are_left_for_the_schema() -> None:
+    raw: dict[str, Any] = {
+        "static_resources": {
+            "listeners": None,
+            "clusters": [
+                {"name": "c", "dns_resolvers": "10.0.0.1", "load_assignment": {"endpoints": 5}},
+                {"name": "d", "load_assignment": {"endpoints": [[{"lb_endpoints": []}], None]}},
+            ],
+        },
+        "admin": {"access_log": "/tmp/a"},
+    }
+    out = normalize(raw)
+    assert out.v3 == raw and out.errors == []
+
+
+def test_lb_policy_v2_enum_rename_in_any_case() -> None:
+    raw = seed_v2()
+    raw["static_resources"]["clusters"][0]["lb_policy"] = "original_dst_lb"
+    assert normalize(raw).v3["static_resources"]["clusters"][0]["lb_policy"] == "CLUSTER_PROVIDED"

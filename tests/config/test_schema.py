@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from podproxy.config.loader import load
 from podproxy.config.schema import (
     Cluster,
+    ClusterLoadAssignment,
+    ClusterNotFoundResponseCode,
     CodecType,
     DirectResponseAction,
     DiscoveryType,
@@ -21,11 +23,18 @@ from podproxy.config.schema import (
     HeaderMatcher,
     HealthStatus,
     HttpConnectionManager,
+    LbEndpoint,
+    LbPolicy,
+    Listener,
     RefreshRate,
     RouteAction,
     RouteMatch,
+    ServerHeaderTransformation,
     SocketAddress,
+    VirtualHost,
     format_duration,
+    is_repeated,
+    message_in,
     parse_duration,
 )
 from podproxy.errors import ConfigErrors
@@ -89,6 +98,101 @@ def test_enum_names_and_numbers() -> None:
     loc, msg = one_error(Cluster, {"name": "c", "type": 9})
     assert loc == ("type",)
     assert msg.startswith("expected one of STATIC, STRICT_DNS")
+
+
+ENDPOINT: dict[str, Any] = {"address": {"socket_address": {"address": "a", "port_value": 1}}}
+
+
+# Envoy parses enum names case-insensitively (protobuf `case_insensitive_enum_parsing`).
+@pytest.mark.parametrize(
+    ("model", "data", "field", "want"),
+    [
+        (Cluster, {"name": "c", "type": "strict_dns"}, "type", DiscoveryType.STRICT_DNS),
+        (Cluster, {"name": "c", "type": "Logical_Dns"}, "type", DiscoveryType.LOGICAL_DNS),
+        (Cluster, {"name": "c", "type": "sTaTiC"}, "type", DiscoveryType.STATIC),
+        (Cluster, {"name": "c", "lb_policy": "round_robin"}, "lb_policy", LbPolicy.ROUND_ROBIN),
+        (Cluster, {"name": "c", "lb_policy": "Least_Request"}, "lb_policy", LbPolicy.LEAST_REQUEST),
+        (
+            Cluster,
+            {"name": "c", "dns_lookup_family": "v4_only"},
+            "dns_lookup_family",
+            DnsLookupFamily.V4_ONLY,
+        ),
+        (
+            Cluster,
+            {"name": "c", "dns_lookup_family": "V4_Preferred"},
+            "dns_lookup_family",
+            DnsLookupFamily.V4_PREFERRED,
+        ),
+        (
+            HttpConnectionManager,
+            {"codec_type": "auto"},
+            "codec_type",
+            CodecType.AUTO,
+        ),
+        (
+            HttpConnectionManager,
+            {"server_header_transformation": "Pass_Through"},
+            "server_header_transformation",
+            ServerHeaderTransformation.PASS_THROUGH,
+        ),
+        (
+            LbEndpoint,
+            {"endpoint": ENDPOINT, "health_status": "degraded"},
+            "health_status",
+            HealthStatus.DEGRADED,
+        ),
+        (
+            RouteAction,
+            {"cluster": "c", "cluster_not_found_response_code": "not_found"},
+            "cluster_not_found_response_code",
+            ClusterNotFoundResponseCode.NOT_FOUND,
+        ),
+    ],
+)
+def test_enum_names_in_any_case(model: Any, data: dict[str, Any], field: str, want: Any) -> None:
+    if model is HttpConnectionManager:
+        data = {**HCM_MIN, **data}
+    assert getattr(model.model_validate(data), field) is want
+
+
+def test_enum_case_rules_stay_strict_otherwise() -> None:
+    # absl::EqualsIgnoreCase folds ASCII letters only; no other spelling is a name.
+    for bad in ("strict-dns", "strictdns", "StrictDns", " strict_dns", "\u017ftrict_dns"):
+        loc, msg = one_error(Cluster, {"name": "c", "type": bad})
+        assert loc == ("type",)
+        assert msg.startswith("expected one of STATIC, STRICT_DNS, LOGICAL_DNS, EDS, ORIGINAL_DST")
+    # Unsupported values are still named as Envoy names them, whatever the case written.
+    assert one_error(Cluster, {"name": "c", "type": "eds"}) == (
+        ("type",),
+        "EDS: Envoy value not supported by podproxy yet",
+    )
+    assert one_error(HttpConnectionManager, {**HCM_MIN, "codec_type": "http2"}) == (
+        ("codec_type",),
+        "HTTP2: Envoy value not supported by podproxy yet",
+    )
+
+
+def test_socket_address_protocol_in_any_case() -> None:
+    sa = SocketAddress.model_validate({"address": "a", "protocol": "tcp"})
+    assert sa.protocol == "TCP"
+    assert one_error(SocketAddress, {"address": "a", "protocol": "Udp"})[1] == (
+        "UDP: Envoy value not supported by podproxy yet"
+    )
+    assert one_error(SocketAddress, {"address": "a", "protocol": "sctp"})[1] == (
+        'expected one of TCP, UDP, got "sctp"'
+    )
+
+
+def test_introspection_of_repeated_fields() -> None:
+    fields = Listener.model_fields
+    assert is_repeated(fields["filter_chains"].annotation)
+    assert not is_repeated(fields["address"].annotation)
+    assert is_repeated(VirtualHost.model_fields["domains"].annotation)
+    assert message_in(VirtualHost.model_fields["domains"].annotation) is None
+    endpoints = ClusterLoadAssignment.model_fields["endpoints"].annotation
+    assert message_in(Cluster.model_fields["load_assignment"].annotation) is ClusterLoadAssignment
+    assert message_in(endpoints) is not None and is_repeated(endpoints)
 
 
 def test_cluster_defaults() -> None:

@@ -9,8 +9,6 @@ as Envoy does: scalars replace, mappings merge, lists concatenate.
 from __future__ import annotations
 
 import json
-import types
-import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,7 @@ from podproxy.config.schema import (
     HttpConnectionManager,
     Message,
     is_ip_address,
+    message_in,
     show,
 )
 from podproxy.errors import ConfigError, ConfigErrors
@@ -171,17 +170,6 @@ def _user_path(path: str, aliases: dict[str, str]) -> str:
     return path
 
 
-def _model_in(annotation: object) -> type[Message] | None:
-    if isinstance(annotation, type) and issubclass(annotation, Message):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated, tuple):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
-
-
 def _model_at(loc: Sequence[int | str]) -> type[Message] | None:
     """The config model that the mapping at `loc` is validated as."""
     model: type[BaseModel] = Bootstrap
@@ -190,7 +178,7 @@ def _model_at(loc: Sequence[int | str]) -> type[Message] | None:
             continue
         fields = model.model_fields
         info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        found = _model_in(info.annotation) if info is not None else None
+        found = message_in(info.annotation) if info is not None else None
         if found is None:
             return None
         model = found

@@ -2,7 +2,8 @@
 
 `normalize()` never mutates its input and never rejects anything the typed models would reject
 anyway: a value of the wrong shape is passed through for `config.schema` to report. It returns
-the v3 mapping with every known filter's `@type` filled in, plus `aliases` from v3 paths back to
+the v3 mapping with every known filter's `@type` filled in and every repeated field a list (a
+lone value stands for a list of one, as Envoy reads it), plus `aliases` from v3 paths back to
 the paths the user wrote (`...clusters[0].load_assignment...` → `...clusters[0].hosts[0]`), so
 errors name what is in the file.
 """
@@ -10,6 +11,7 @@ errors name what is in the file.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,11 @@ from podproxy.config.schema import (
     HCM_TYPE,
     ROUTER_TYPE,
     TYPE_URL_PREFIX,
+    Bootstrap,
+    Message,
+    enum_name,
+    is_repeated,
+    message_in,
 )
 from podproxy.errors import ConfigError
 
@@ -70,10 +77,55 @@ def normalize(raw: dict[str, Any]) -> Normalized:
     """Rewrite a v2 (or already v3) bootstrap mapping into v3; see the module docstring."""
     out = Normalized(copy.deepcopy(raw))
     _Walker(out).bootstrap(out.v3)
+    repeated_as_lists(out.v3, Bootstrap)
     return out
 
 
-def _dicts(value: object) -> list[tuple[int, dict[str, Any]]]:
+# --- a lone value where a list is expected --------------------------------------------------
+#
+# Envoy reads YAML through protobuf's JSON parser with `allow_legacy_syntax` on (set by
+# google/protobuf/json/json.cc for every JsonStringToMessage), and that parser "permits a single
+# element in place of an array thereof" for every repeated field (json/internal/parser.cc,
+# ParseField): `endpoints: {lb_endpoints: ...}` and `domains: "*"` are lists of one. `null` is
+# not a value there, so it is left alone.
+
+
+@functools.cache
+def _fields(model: type[Message]) -> tuple[tuple[str, bool, type[Message] | None], ...]:
+    """(key as written, repeated?, model of its values) for each field of `model`."""
+    return tuple(
+        (info.alias or name, is_repeated(info.annotation), message_in(info.annotation))
+        for name, info in model.model_fields.items()
+    )
+
+
+def _lone(value: object, of_messages: bool) -> bool:
+    """Whether `value` is one element of a repeated field (not a list, not another kind)."""
+    if of_messages:
+        return isinstance(value, dict)
+    return value is not None and not isinstance(value, list | dict)
+
+
+def repeated_as_lists(obj: dict[str, Any], model: type[Message]) -> None:
+    """Wrap, in place, each lone value of a repeated field of `model` (and below) in a list."""
+    for key, repeated, sub in _fields(model):
+        if key not in obj:
+            continue
+        value = obj[key]
+        if repeated and _lone(value, sub is not None):
+            obj[key] = value = [value]
+        if sub is None:
+            continue
+        for item in value if repeated and isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                repeated_as_lists(item, sub)
+
+
+def _items(parent: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    """The mappings in the repeated field `parent[key]`; a lone mapping becomes a list of one."""
+    value = parent.get(key)
+    if isinstance(value, dict):
+        parent[key] = value = [value]
     if not isinstance(value, list):
         return []
     return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
@@ -106,8 +158,9 @@ class _Walker:
             self.alias(f"{path}.{new}", f"{path}.{old}")
         for (k, fld), table in RENAMED_ENUM_VALUES.items():
             value = obj.get(fld)
-            if k == kind and isinstance(value, str) and value in table:
-                obj[fld] = table[value]
+            name = enum_name(value)
+            if k == kind and isinstance(name, str) and name in table:
+                obj[fld] = table[name]
 
     def extension(self, obj: dict[str, Any], path: str) -> dict[str, Any] | None:
         """Fix one `{name, config | typed_config}` entry; return its typed_config if a mapping."""
@@ -138,33 +191,33 @@ class _Walker:
     def bootstrap(self, b: dict[str, Any]) -> None:
         static = _dict(b, "static_resources")
         if static is not None:
-            for i, listener in _dicts(static.get("listeners")):
+            for i, listener in _items(static, "listeners"):
                 self.listener(listener, f"static_resources.listeners[{i}]")
-            for i, cluster in _dicts(static.get("clusters")):
+            for i, cluster in _items(static, "clusters"):
                 self.cluster(cluster, f"static_resources.clusters[{i}]")
         admin = _dict(b, "admin")
         if admin is not None:
-            for i, log in _dicts(admin.get("access_log")):
+            for i, log in _items(admin, "access_log"):
                 self.extension(log, f"admin.access_log[{i}]")
 
     def listener(self, listener: dict[str, Any], path: str) -> None:
-        for i, chain in _dicts(listener.get("filter_chains")):
-            for j, flt in _dicts(chain.get("filters")):
+        for i, chain in _items(listener, "filter_chains"):
+            for j, flt in _items(chain, "filters"):
                 fpath = f"{path}.filter_chains[{i}].filters[{j}]"
                 typed = self.extension(flt, fpath)
                 if typed is not None and typed.get("@type") == HCM_TYPE:
                     self.hcm(typed, f"{fpath}.typed_config")
 
     def hcm(self, hcm: dict[str, Any], path: str) -> None:
-        for i, flt in _dicts(hcm.get("http_filters")):
+        for i, flt in _items(hcm, "http_filters"):
             self.extension(flt, f"{path}.http_filters[{i}]")
-        for i, log in _dicts(hcm.get("access_log")):
+        for i, log in _items(hcm, "access_log"):
             self.extension(log, f"{path}.access_log[{i}]")
         rc = _dict(hcm, "route_config")
         if rc is None:
             return
-        for i, vh in _dicts(rc.get("virtual_hosts")):
-            for j, route in _dicts(vh.get("routes")):
+        for i, vh in _items(rc, "virtual_hosts"):
+            for j, route in _items(vh, "routes"):
                 rpath = f"{path}.route_config.virtual_hosts[{i}].routes[{j}]"
                 action = _dict(route, "route")
                 if action is not None:
@@ -186,6 +239,8 @@ class _Walker:
         if "hosts" not in cluster:
             return
         hosts = cluster.pop("hosts")
+        if isinstance(hosts, dict):
+            hosts = [hosts]  # v2 Cluster.hosts is a repeated Address: a lone one is a list of one
         if "load_assignment" in cluster:
             self.error(f"{path}.hosts", "cannot be combined with load_assignment")
             return

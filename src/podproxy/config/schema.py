@@ -15,6 +15,8 @@ import json
 import math
 import os
 import re
+import types
+import typing
 from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, ClassVar, TypeVar
@@ -152,12 +154,25 @@ Str = Annotated[str, BeforeValidator(_str)]
 E = TypeVar("E", bound=Enum)
 
 
+def enum_name(value: object) -> object:
+    """An enum value name as Envoy reads it: any ASCII case (`strict_dns`, `Strict_Dns`).
+
+    Envoy parses configs with protobuf's `case_insensitive_enum_parsing` (MessageUtil::
+    loadFromJsonNoThrow), which matches names with `absl::EqualsIgnoreCase`: ASCII letters
+    only, so non-ASCII text (which `str.upper` might map onto a name) is left to be rejected.
+    """
+    if isinstance(value, str) and value.isascii():
+        return value.upper()
+    return value
+
+
 def _enum_parser(enum: type[E]) -> Callable[[object], E]:
     def parse(value: object) -> E:
         if isinstance(value, enum):
             return value
-        if isinstance(value, str) and value in enum.__members__:
-            return enum[value]
+        name = enum_name(value)
+        if isinstance(name, str) and name in enum.__members__:
+            return enum[name]
         if isinstance(value, int) and not isinstance(value, bool):
             try:
                 return enum(value)
@@ -294,11 +309,12 @@ class SocketAddress(Message):
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol(cls, value: object) -> object:
+        name = enum_name(value)
         if isinstance(value, bool):
             pass
-        elif value in (0, "TCP"):
+        elif name in (0, "TCP"):
             return "TCP"
-        elif value in (1, "UDP"):
+        elif name in (1, "UDP"):
             raise PydanticCustomError(
                 "unsupported", "UDP: Envoy value not supported by podproxy yet"
             )
@@ -987,3 +1003,26 @@ def is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- introspection, for the code that walks raw mappings ------------------------------------
+
+
+def message_in(annotation: object) -> type[Message] | None:
+    """The model a field's annotation holds, through `| None`, `Annotated` and tuples."""
+    if isinstance(annotation, type) and issubclass(annotation, Message):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated, tuple):
+        for arg in typing.get_args(annotation):
+            found = message_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def is_repeated(annotation: object) -> bool:
+    """Whether a field is repeated in Envoy's proto: a `tuple[X, ...]`, maybe `Annotated`."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return is_repeated(typing.get_args(annotation)[0])
+    return origin is tuple
