@@ -556,3 +556,37 @@ async def test_delayed_close_abandons_a_reply_the_client_never_reads(
     finally:
         writer.close()
     await p.assert_healthy()
+
+
+# --- stricter than Envoy, on purpose (README) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\nhost: app\r\nx-a: 1\rx-b: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: app\r\nx-a: 1\nx-b: 2\r\n\r\n",
+        b"POST / HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n"
+        b'1;a="\r\n"\r\nz\r\n0\r\n\r\n',
+        b"GET\t/ HTTP/1.1\r\nhost: app\r\n\r\n",
+        b"GET / HTTP/1.1 \r\nhost: app\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: app\r\nhost: other.test\r\n\r\n",
+    ],
+    ids=[
+        "bare-cr",
+        "bare-lf",
+        "chunk-ext-quoted-crlf",
+        "tab-in-request-line",
+        "space-after-version",
+        "two-hosts",
+    ],
+)
+async def test_ambiguous_requests_are_400_where_envoy_forwards_them(
+    proxy: StartProxy, scripted: StartScripted, data: bytes
+) -> None:
+    up = await scripted(echo_path)
+    p = await proxy(two_hosts(up.address, delayed_close_timeout="0.1s"))
+    raw = await raw_exchange(*p.address, data)
+    assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert up.requests == []  # nothing reached the upstream
+    await p.assert_healthy()
