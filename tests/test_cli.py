@@ -246,3 +246,11 @@ async def test_log_level_warning_drops_info_lines(
     err = await _serve_and_stop(podproxy_process, free_port, "-l", "warning")
     assert "[info]" not in err
     assert "[warning][main] caught SIGTERM" in err
+
+
+def test_worker_processes_get_the_service_flags() -> None:
+    from podproxy.server import Options
+
+    argv = Options(config_path="c.yaml", service_cluster="front", service_node="f-1").worker_argv()
+    i = argv.index("--service-cluster")
+    assert argv[i : i + 4] == ["--service-cluster", "front", "--service-node", "f-1"]

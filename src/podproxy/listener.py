@@ -2,13 +2,17 @@
 
 `HttpListener` is built from a typed `Listener` (one filter chain with the HTTP connection
 manager, as podproxy supports) and opened only once clusters are warm. Stopping is two steps,
-as Envoy drains: stop accepting, then let the tracker drain keep-alive connections.
+as Envoy drains: stop accepting, then let the tracker drain keep-alive connections (each closes
+`drain_timeout` after its drain began, or after the response in flight then).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
+import struct
+from dataclasses import dataclass
 from typing import Any
 
 from podproxy.http.downstream import (
@@ -24,6 +28,36 @@ from podproxy.stats import Store
 from podproxy.upstream.cluster import Cluster
 
 LISTEN_BACKLOG = 1024
+# Linux ioctl: an interface's (first) IPv4 address (<linux/sockios.h>).
+_SIOCGIFADDR = 0x8915
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInfo:
+    """Envoy's LocalInfo as the connection manager reads it: the service cluster and node
+    (`--service-cluster`, `--service-node`; podproxy has no bootstrap `node` yet) that
+    `add_user_agent` sends upstream. Empty when not given, as in Envoy."""
+
+    cluster: str = ""
+    node: str = ""
+
+
+def local_address() -> str:
+    """Envoy's local address (Network::Utility::getLocalAddress, IPv4 as its default
+    `--local-address-ip-version`): the first IPv4 address of the host's interfaces, in
+    interface order, that is not 127.0.0.1; 127.0.0.1 when there is none. `use_remote_address`
+    appends it to x-forwarded-for for a peer at 127.0.0.1 or ::1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, request)
+            except OSError:
+                continue  # no IPv4 address on this interface (or not Linux)
+            address = socket.inet_ntoa(answer[20:24])
+            if address != "127.0.0.1":
+                return address
+    return "127.0.0.1"
 
 
 def listener_stat_name(address: str, port: int) -> str:
@@ -38,11 +72,21 @@ def _name(v: Any) -> str:
 class BoundListener:
     """A listening socket whose connections are handled by one `ConnectionTracker`."""
 
-    def __init__(self, name: str, address: str, port: int, tracker: ConnectionTracker) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        port: int,
+        tracker: ConnectionTracker,
+        traffic_direction: str = "UNSPECIFIED",
+    ) -> None:
         self.name = name
         self.address = address
         self.port = port
         self.tracker = tracker
+        # Listener.traffic_direction (INBOUND, OUTBOUND, UNSPECIFIED): kept for what reads it
+        # (Envoy: tracing, `/drain_listeners?inboundonly`); it changes no request.
+        self.traffic_direction = traffic_direction
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, reuse_port: bool = False) -> None:
@@ -87,8 +131,12 @@ def build_http_listener(
     clusters: dict[str, Cluster],
     store: Store,
     access_logger: Any = None,
+    local_info: LocalInfo | None = None,
 ) -> BoundListener:
-    """A listener from its typed config: route table, forwarder and connection manager."""
+    """A listener from its typed config: route table, forwarder and connection manager.
+
+    `local_info` carries the server's `--service-cluster`/`--service-node` for
+    `add_user_agent`; without it they are empty, as in an Envoy started without them."""
     sa = cfg.address.socket_address
     hcm = cfg.filter_chains[0].filters[0].typed_config
     http_stats = store.scope(f"http.{hcm.stat_prefix}.").make(HttpConnManagerStats)
@@ -100,6 +148,11 @@ def build_http_listener(
         tc = f.typed_config
         if tc is not None and getattr(tc, "suppress_envoy_headers", False):
             suppress = True
+    info = local_info or LocalInfo()
+    overwrite = hcm.scheme_header_transformation.scheme_to_overwrite
+    # scheme_header_transformation.match_upstream sets :scheme to the upstream transport's,
+    # which is always plaintext here and which HTTP/1 does not send: nothing to do.
+    appends_xff = hcm.use_remote_address and not hcm.skip_xff_append
     fcfg = ForwarderConfig(
         server_name=hcm.server_name.encode(),
         server_header_transformation=_name(hcm.server_header_transformation),
@@ -109,27 +162,38 @@ def build_http_listener(
         preserve_external_request_id=hcm.preserve_external_request_id,
         always_set_request_id_in_response=hcm.always_set_request_id_in_response,
         suppress_envoy_headers=suppress,
+        xff_num_trusted_hops=hcm.xff_num_trusted_hops,
+        local_address=local_address().encode() if appends_xff else b"127.0.0.1",
+        scheme_to_overwrite=overwrite.encode() if overwrite is not None else None,
+        user_agent=info.cluster.encode() if hcm.add_user_agent else None,
+        service_node=info.node.encode(),
     )
     handler: StreamHandler = Forwarder(
         build_route_table(hcm.route_config), clusters, fcfg, http_stats
     )
     h1 = hcm.http_protocol_options
     default_host = getattr(h1, "default_host_for_http_10", None)
+    common = hcm.common_http_protocol_options
     ccfg = ConnectionManagerConfig(
         stats=http_stats,
         listener_stats=lstats,
         server_name=hcm.server_name.encode(),
-        idle_timeout=hcm.common_http_protocol_options.idle_timeout,
+        idle_timeout=common.idle_timeout,
         stream_idle_timeout=hcm.stream_idle_timeout,
         request_timeout=hcm.request_timeout,
+        request_headers_timeout=hcm.request_headers_timeout,
+        max_stream_duration=getattr(common, "max_stream_duration", None),
+        drain_timeout=hcm.drain_timeout,
         delayed_close_timeout=hcm.delayed_close_timeout,
         codec_type=hcm.codec_type.name,
-        max_connection_duration=hcm.common_http_protocol_options.max_connection_duration,
+        max_connection_duration=common.max_connection_duration,
         buffer_limit=cfg.per_connection_buffer_limit_bytes,
         max_headers_bytes=hcm.max_request_headers_kb * 1024,
-        max_headers_count=hcm.common_http_protocol_options.max_headers_count,
+        max_headers_count=common.max_headers_count,
         accept_http_10=bool(getattr(h1, "accept_http_10", False)),
         default_host_for_http_10=default_host.encode() if default_host else None,
         access_logger=access_logger,
     )
-    return BoundListener(cfg.name, sa.address, sa.port_value, ConnectionTracker(ccfg, handler))
+    tracker = ConnectionTracker(ccfg, handler)
+    direction = _name(cfg.traffic_direction)
+    return BoundListener(cfg.name, sa.address, sa.port_value, tracker, direction)

@@ -32,7 +32,7 @@ from podproxy.http.downstream import (
     Exchange,
     HttpConnManagerStats,
 )
-from podproxy.listener import BoundListener, build_http_listener
+from podproxy.listener import BoundListener, LocalInfo, build_http_listener
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.cluster_manager import ClusterManager
@@ -103,6 +103,7 @@ class Options:
             argv += ["-c", self.config_path]
         if self.config_yaml is not None:
             argv += ["--config-yaml", self.config_yaml]
+        argv += ["--service-cluster", self.service_cluster, "--service-node", self.service_node]
         return [*argv, "-l", self.log_level, "--drain-time-s", f"{self.drain_time_s:g}"]
 
 
@@ -303,9 +304,11 @@ class Server:
         b = self.loaded.bootstrap
         for i, c in enumerate(b.static_resources.clusters):
             self.cluster_manager.add_cluster(c, f"static_resources.clusters[{i}]")
+        # add_user_agent sends these upstream (as Envoy's LocalInfo).
+        local = LocalInfo(self.options.service_cluster, self.options.service_node)
         for lc in b.static_resources.listeners:
             self.http_listeners.append(
-                build_http_listener(lc, self.cluster_manager.clusters, self.store)
+                build_http_listener(lc, self.cluster_manager.clusters, self.store, local_info=local)
             )
         if self.options.concurrency > 1 and self.options.worker is None:
             self.supervisor = Supervisor(

@@ -157,7 +157,7 @@ def test_unknown_and_unsupported_inside_v2_config(seed_v2_text: str) -> None:
 
 @pytest.mark.parametrize(
     "field",
-    ["drain_timeout: 5s", "request_headers_timeout: 5s", "xff_num_trusted_hops: 1"],
+    ["stream_flush_timeout: 5s", "proxy_100_continue: true", "via: edge"],
 )
 def test_fields_podproxy_does_not_run_yet_are_errors(seed_v2_text: str, field: str) -> None:
     # Accepting them would ignore them silently: they are errors until the runtime has them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from podproxy.config.schema import (
     RouteMatch,
     ServerHeaderTransformation,
     SocketAddress,
+    TrafficDirection,
     VirtualHost,
     format_duration,
     is_repeated,
@@ -448,3 +450,152 @@ def test_lb_endpoint_health_status() -> None:
         LbEndpoint,
         {**ep.model_dump(exclude_defaults=True, mode="json"), "load_balancing_weight": 0},
     )[0] == ("load_balancing_weight",)
+
+
+# --- issue 10 §1: connection manager and listener fields that run -----------------------------
+
+
+def test_hcm_forwarding_and_timeout_field_defaults() -> None:
+    hcm = HttpConnectionManager.model_validate(HCM_MIN)
+    assert (hcm.xff_num_trusted_hops, hcm.add_user_agent) == (0, False)
+    assert hcm.scheme_header_transformation.scheme_to_overwrite is None
+    assert hcm.scheme_header_transformation.match_upstream is False
+    assert (hcm.request_headers_timeout, hcm.drain_timeout) == (None, 5.0)
+    assert hcm.common_http_protocol_options.max_stream_duration is None
+
+
+def test_hcm_forwarding_and_timeout_fields() -> None:
+    hcm = HttpConnectionManager.model_validate(
+        {
+            **HCM_MIN,
+            "xff_num_trusted_hops": 2,
+            "add_user_agent": True,
+            "scheme_header_transformation": {"scheme_to_overwrite": "https"},
+            "request_headers_timeout": "2.5s",
+            "drain_timeout": "0s",
+            "common_http_protocol_options": {"max_stream_duration": "30s"},
+        }
+    )
+    assert (hcm.xff_num_trusted_hops, hcm.add_user_agent) == (2, True)
+    assert hcm.scheme_header_transformation.scheme_to_overwrite == "https"
+    # request_headers_timeout and max_stream_duration: 0 disables; drain_timeout 0 is "at once".
+    assert (hcm.request_headers_timeout, hcm.drain_timeout) == (2.5, 0.0)
+    assert hcm.common_http_protocol_options.max_stream_duration == 30.0
+    zero = HttpConnectionManager.model_validate(
+        {
+            **HCM_MIN,
+            "request_headers_timeout": "0s",
+            "common_http_protocol_options": {"max_stream_duration": "0s"},
+        }
+    )
+    assert zero.request_headers_timeout is None
+    assert zero.common_http_protocol_options.max_stream_duration is None
+
+
+@pytest.mark.parametrize(
+    ("data", "loc", "msg"),
+    [
+        (
+            {"scheme_header_transformation": {"scheme_to_overwrite": "HTTPS"}},
+            ("scheme_header_transformation", "scheme_to_overwrite"),
+            'expected "http" or "https", got "HTTPS"',
+        ),
+        ({"xff_num_trusted_hops": -1}, ("xff_num_trusted_hops",), "expected a non-negative"),
+        (
+            {"xff_num_trusted_hops": 2**32},
+            ("xff_num_trusted_hops",),
+            "Input should be less than or equal to 4294967295",
+        ),
+        ({"drain_timeout": "-1s"}, ("drain_timeout",), "expected a non-negative duration"),
+        ({"add_user_agent": "yes"}, ("add_user_agent",), "Input should be a valid boolean"),
+    ],
+)
+def test_hcm_forwarding_and_timeout_field_errors(
+    data: dict[str, Any], loc: tuple[str, ...], msg: str
+) -> None:
+    got_loc, got_msg = one_error(HttpConnectionManager, {**HCM_MIN, **data})
+    assert got_loc == loc and got_msg.startswith(msg)
+
+
+def test_still_unsupported_protocol_options_name_their_path() -> None:
+    # The downstream max_stream_duration runs; a cluster's (the upstream stream's) does not yet.
+    text = """
+static_resources:
+  clusters:
+  - name: c
+    common_http_protocol_options: {max_stream_duration: 1s}
+"""
+    with pytest.raises(ConfigErrors) as info:
+        load(config_yaml=text)
+    assert str(info.value) == (
+        f"{CLUSTER}.common_http_protocol_options.max_stream_duration: "
+        "Envoy field not supported by podproxy yet"
+    )
+    hcm_text = (Path(__file__).resolve().parents[2] / "examples" / "seed-v3.yaml").read_text()
+    hcm_text = hcm_text.replace(
+        "stat_prefix: ingress_http",
+        "stat_prefix: ingress_http\n          common_http_protocol_options:"
+        "\n            headers_with_underscores_action: REJECT_REQUEST",
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load(config_yaml=hcm_text)
+    assert str(info.value).endswith(
+        "typed_config.common_http_protocol_options.headers_with_underscores_action: "
+        "Envoy field not supported by podproxy yet"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("INBOUND", TrafficDirection.INBOUND),
+        ("outbound", TrafficDirection.OUTBOUND),
+        (0, TrafficDirection.UNSPECIFIED),
+        (2, TrafficDirection.OUTBOUND),
+    ],
+)
+def test_listener_traffic_direction(value: object, want: TrafficDirection) -> None:
+    base = {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+        "filter_chains": [
+            {"filters": [{"name": "hcm", "typed_config": {**HCM_MIN, "route_config": {}}}]}
+        ],
+    }
+    assert Listener.model_validate(base).traffic_direction is TrafficDirection.UNSPECIFIED
+    assert Listener.model_validate({**base, "traffic_direction": value}).traffic_direction is want
+    loc, msg = one_error(Listener, {**base, "traffic_direction": "SIDEWAYS"})
+    assert loc == ("traffic_direction",)
+    assert msg == 'expected one of UNSPECIFIED, INBOUND, OUTBOUND, got "SIDEWAYS"'
+
+
+@pytest.mark.envoy
+def test_envoy_agrees_on_the_new_fields(envoy_validate: Callable[..., Any]) -> None:
+    """What podproxy accepts and rejects here, Envoy 1.40 `--mode validate` does too."""
+    seed = (Path(__file__).resolve().parents[2] / "examples" / "seed-v3.yaml").read_text()
+    fields = {
+        "xff_num_trusted_hops: 3": True,
+        "add_user_agent: true": True,
+        "scheme_header_transformation: {scheme_to_overwrite: https, match_upstream: true}": True,
+        "scheme_header_transformation: {scheme_to_overwrite: ftp}": False,
+        "request_headers_timeout: 0.5s": True,
+        "drain_timeout: 0s": True,
+        "drain_timeout: -1s": False,
+        "common_http_protocol_options: {max_stream_duration: 2s}": True,
+    }
+    for field, ok in fields.items():
+        text = seed.replace(
+            "stat_prefix: ingress_http", f"stat_prefix: ingress_http\n          {field}"
+        )
+        try:
+            load(config_yaml=text)
+            ours = True
+        except ConfigErrors:
+            ours = False
+        result = envoy_validate(text)
+        assert (ours, result.returncode == 0) == (ok, ok), (field, result.stderr[-300:])
+    listener = seed.replace(
+        "  - name: listener_0\n", "  - name: listener_0\n    traffic_direction: INBOUND\n"
+    )
+    assert listener != seed
+    load(config_yaml=listener)
+    assert envoy_validate(listener).returncode == 0

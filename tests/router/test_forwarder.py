@@ -1,5 +1,6 @@
-"""Forwarder pieces that need no sockets: request ids, the route-timeout queue, and the
-hand-back of an upstream connection under client back-pressure (fake transports)."""
+"""Forwarder pieces that need no sockets: request ids, the route-timeout queue, the
+hand-back of an upstream connection under client back-pressure, and the forwarding headers
+(x-forwarded-*, x-envoy-*) the upstream gets (fake transports)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import time
 import uuid
 from typing import Any
 
-from podproxy.router.forwarder import TimeoutQueue, new_request_id
+import pytest
+
+from podproxy.listener import LocalInfo, local_address
+from podproxy.router.forwarder import TimeoutQueue, new_request_id, trusted_xff_address
 
 
 def test_request_ids_are_uuid4() -> None:
@@ -63,10 +67,11 @@ async def test_timeout_queue_rearms_after_emptying() -> None:
 class _Transport:
     """A transport that keeps what is written; `on_write` runs after each write."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 5555)) -> None:
         self.out: list[bytes] = []
         self.reading = True
         self.on_write: Any = None
+        self.peer = peer
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -74,7 +79,7 @@ class _Transport:
             self.on_write()
 
     def get_extra_info(self, key: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 5555) if key == "peername" else default
+        return self.peer if key == "peername" else default
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
@@ -92,17 +97,32 @@ class _Transport:
         pass
 
 
-def _proxy_with_one_idle_upstream() -> tuple[Any, _Transport, Any, _Transport]:
-    """A built server whose one host has one idle pooled connection, and a client connection;
-    all over `_Transport`s. Returns (client, client transport, upstream, upstream transport)."""
+def _proxy_with_one_idle_upstream(
+    hcm: dict[str, Any] | None = None,
+    *,
+    peer: tuple[str, int] = ("127.0.0.1", 5555),
+    local_info: LocalInfo | None = None,
+    routes: list[dict[str, Any]] | None = None,
+) -> tuple[Any, _Transport, Any, _Transport]:
+    """A built server whose one host has one idle pooled connection, and a client connection
+    from `peer`; all over `_Transport`s. `local_info` stands for the server's --service-cluster
+    and --service-node. Returns (client, client transport, upstream, upstream transport)."""
     from integration.test_proxy_http import bootstrap, cluster
 
     from podproxy.config.loader import load
     from podproxy.http.upstream import ConnState, UpstreamConnection
+    from podproxy.listener import build_http_listener
     from podproxy.server import Options, Server
 
-    server = Server(load(config_yaml=bootstrap([cluster("app", [("127.0.1.1", 8080)])])), Options())
+    text = bootstrap([cluster("app", [("127.0.1.1", 8080)])], hcm=hcm, routes=routes)
+    server = Server(load(config_yaml=text), Options())
     server.build()
+    if local_info is not None:
+        (lc,) = server.loaded.bootstrap.static_resources.listeners
+        clusters = server.cluster_manager.clusters
+        server.http_listeners[0] = build_http_listener(
+            lc, clusters, server.store, local_info=local_info
+        )
     app = server.cluster_manager.clusters["app"]
     app.discovery.start()
     (host,) = app.hosts
@@ -114,7 +134,7 @@ def _proxy_with_one_idle_upstream() -> tuple[Any, _Transport, Any, _Transport]:
     upstream.idle_since = time.monotonic()
     pool.idle.append(upstream)
     client = server.http_listeners[0].tracker.protocol_factory()
-    client_transport = _Transport()
+    client_transport = _Transport(peer)
     client.connection_made(client_transport)  # type: ignore[arg-type]
     return client, client_transport, upstream, up_transport
 
@@ -175,3 +195,142 @@ async def test_expect_100_continue_on_an_idle_connection() -> None:
     assert b"".join(up_transport.out).endswith(b"\r\n\r\nabc") and upstream.request_done
     upstream.data_received(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
     assert b"HTTP/1.1 201 Created\r\n" in b"".join(client_transport.out)
+
+
+# --- forwarding headers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("xff", "skip", "want"),
+    [
+        (b"203.0.113.1", 0, "203.0.113.1"),
+        (b"203.0.113.128, 203.0.113.10, 203.0.113.1", 0, "203.0.113.1"),
+        (b"203.0.113.128, 203.0.113.10, 203.0.113.1", 1, "203.0.113.10"),
+        (b"203.0.113.128, 203.0.113.10, 203.0.113.1", 2, "203.0.113.128"),
+        (b"203.0.113.10, 203.0.113.1", 2, None),  # fewer entries than trusted hops
+        (b"10.0.0.5, garbage", 0, None),
+        (b"10.0.0.5, garbage", 1, "10.0.0.5"),
+        (b",10.0.0.1", 0, "10.0.0.1"),
+        (b"10.0.0.1,", 0, None),  # a trailing comma leaves the whole text: invalid
+        (b"10.0.0.1,", 1, "10.0.0.1"),
+        (b" 10.0.0.7 ", 0, "10.0.0.7"),
+        (b"192.168.1.1:8080", 0, None),
+        (b"[::1]", 0, None),
+        (b"FD00:0::1", 0, "fd00::1"),  # as Envoy prints it (inet_ntop)
+        (b"010.0.0.1", 0, None),
+        (b"", 0, None),
+    ],
+)
+def test_trusted_xff_address(xff: bytes, skip: int, want: str | None) -> None:
+    """Envoy's Utility::getLastAddressFromXFF; the cases Envoy 1.40 was seen to agree on
+    (x-envoy-external-address with xff_num_trusted_hops skip + 1)."""
+    assert trusted_xff_address(xff, skip) == want
+
+
+def _upstream_headers(
+    request: bytes,
+    hcm: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[bytes, list[bytes]]:
+    """The header fields the upstream gets for `request` (sent on an idle connection)."""
+    client, _, _, up_transport = _proxy_with_one_idle_upstream(hcm, **kwargs)
+    client.data_received(request)
+    head = b"".join(up_transport.out).partition(b"\r\n\r\n")[0]
+    fields: dict[bytes, list[bytes]] = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b": ")
+        fields.setdefault(name, []).append(value)
+    return fields
+
+
+def _get(*headers: str) -> bytes:
+    return (
+        "GET /a HTTP/1.1\r\nhost: app\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n"
+    ).encode()
+
+
+async def test_edge_request_with_trusted_hops() -> None:
+    request = _get(
+        "x-forwarded-for: 203.0.113.1, 198.51.100.7",
+        "x-forwarded-proto: https",
+        "x-envoy-external-address: 1.1.1.1",
+        "x-envoy-original-path: /forged",
+        "x-envoy-retry-on: 5xx",
+    )
+    hcm = {"use_remote_address": True, "xff_num_trusted_hops": 1}
+    h = _upstream_headers(request, hcm)
+    own = local_address().encode()  # appended for a peer at 127.0.0.1
+    assert h[b"x-forwarded-for"] == [b"203.0.113.1, 198.51.100.7," + own]
+    assert h[b"x-envoy-external-address"] == [b"198.51.100.7"]  # 1 hop trusted
+    assert h[b"x-forwarded-proto"] == [b"https"]  # a trusted hop set it
+    for name in (b"x-envoy-original-path", b"x-envoy-retry-on", b"x-envoy-internal"):
+        assert name not in h
+    h = _upstream_headers(request, hcm, peer=("127.0.1.9", 4000))
+    assert h[b"x-forwarded-for"] == [b"203.0.113.1, 198.51.100.7,127.0.1.9"]
+    h = _upstream_headers(request, {"use_remote_address": True})
+    assert h[b"x-envoy-external-address"] == [b"127.0.0.1"]  # no hop trusted: the peer
+    assert h[b"x-forwarded-proto"] == [b"http"]  # the client's is not believed
+
+
+async def test_intermediate_request_passes_forwarding_headers() -> None:
+    request = _get(
+        "x-forwarded-for: 203.0.113.1",
+        "x-envoy-external-address: 203.0.113.1",
+        "x-envoy-original-path: /before",
+        "x-envoy-downstream-service-cluster: front",
+        "x-envoy-internal: true",
+    )
+    h = _upstream_headers(request, {"xff_num_trusted_hops": 1})
+    assert h[b"x-forwarded-for"] == [b"203.0.113.1"]  # nothing appended
+    assert h[b"x-envoy-external-address"] == [b"203.0.113.1"]
+    assert h[b"x-envoy-original-path"] == [b"/before"]
+    assert h[b"x-envoy-downstream-service-cluster"] == [b"front"]
+    assert b"x-envoy-internal" not in h  # nothing is internal (Envoy >= 1.33)
+
+
+async def test_a_rewrite_replaces_the_clients_original_path_and_host() -> None:
+    from integration.test_proxy_http import route
+
+    routes = [route("/", "app", prefix_rewrite="/b/", host_rewrite_literal="inner")]
+    request = _get("x-envoy-original-path: /forged", "x-envoy-original-host: forged")
+    h = _upstream_headers(request, routes=routes)
+    assert h[b"x-envoy-original-path"] == [b"/a"]
+    assert h[b"x-envoy-original-host"] == [b"app"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_scheme_to_overwrite_sets_x_forwarded_proto(scheme: str) -> None:
+    hcm = {"scheme_header_transformation": {"scheme_to_overwrite": scheme}}
+    for request in (_get(), _get("x-forwarded-proto: ftp")):
+        assert _upstream_headers(request, hcm)[b"x-forwarded-proto"] == [scheme.encode()]
+
+
+async def test_match_upstream_leaves_x_forwarded_proto() -> None:
+    hcm = {"scheme_header_transformation": {"match_upstream": True}}
+    assert _upstream_headers(_get("x-forwarded-proto: https"), hcm)[b"x-forwarded-proto"] == [
+        b"https"
+    ]
+
+
+async def test_add_user_agent_with_the_servers_service_cluster_and_node() -> None:
+    info = LocalInfo(cluster="front", node="front-1")
+    spoofed = (
+        "x-envoy-downstream-service-cluster: spoof",
+        "x-envoy-downstream-service-node: spoof",
+    )
+    h = _upstream_headers(_get(*spoofed), {"add_user_agent": True}, local_info=info)
+    assert h[b"x-envoy-downstream-service-cluster"] == [b"front"]
+    assert h[b"x-envoy-downstream-service-node"] == [b"front-1"]
+    assert h[b"user-agent"] == [b"front"]  # the request had none
+    h = _upstream_headers(_get("user-agent: curl/8"), {"add_user_agent": True}, local_info=info)
+    assert h[b"user-agent"] == [b"curl/8"]
+    h = _upstream_headers(_get("user-agent: "), {"add_user_agent": True}, local_info=info)
+    assert h[b"user-agent"] == [b"front"]  # an empty one is replaced
+    # Without --service-cluster / --service-node: empty values, as Envoy sends them; a node
+    # header from the client stays (Envoy sets it only when the node name is not empty).
+    h = _upstream_headers(_get(*spoofed), {"add_user_agent": True})
+    assert h[b"x-envoy-downstream-service-cluster"] == [b""]
+    assert h[b"x-envoy-downstream-service-node"] == [b"spoof"]
+    assert h[b"user-agent"] == [b""]
+    h = _upstream_headers(_get("user-agent: curl/8"), local_info=info)  # add_user_agent off
+    assert b"x-envoy-downstream-service-cluster" not in h and h[b"user-agent"] == [b"curl/8"]

@@ -247,6 +247,12 @@ class ClusterNotFoundResponseCode(Enum):
     INTERNAL_SERVER_ERROR = 2
 
 
+class TrafficDirection(Enum):
+    UNSPECIFIED = 0
+    INBOUND = 1
+    OUTBOUND = 2
+
+
 CodecTypeField = Annotated[CodecType, BeforeValidator(_enum_parser(CodecType))]
 ServerHeaderTransformationField = Annotated[
     ServerHeaderTransformation, BeforeValidator(_enum_parser(ServerHeaderTransformation))
@@ -258,6 +264,7 @@ HealthStatusField = Annotated[HealthStatus, BeforeValidator(_enum_parser(HealthS
 ClusterNotFoundResponseCodeField = Annotated[
     ClusterNotFoundResponseCode, BeforeValidator(_enum_parser(ClusterNotFoundResponseCode))
 ]
+TrafficDirectionField = Annotated[TrafficDirection, BeforeValidator(_enum_parser(TrafficDirection))]
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -353,6 +360,8 @@ class Admin(Message):
 
 
 class HttpProtocolOptions(Message):
+    """core.v3.HttpProtocolOptions as a cluster reads it (its common_http_protocol_options)."""
+
     UNSUPPORTED = _names(
         """
         headers_with_underscores_action max_requests_per_connection max_stream_duration
@@ -363,6 +372,33 @@ class HttpProtocolOptions(Message):
     max_connection_duration: ZeroDisables = None
     # Limits the response heads a cluster accepts (Envoy: 80 KiB when unset); a cluster field.
     max_response_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] | None = None
+
+
+class DownstreamHttpProtocolOptions(HttpProtocolOptions):
+    """The same message as the HTTP connection manager reads it: the downstream stream's
+    `max_stream_duration` runs here (a cluster's, the upstream one, does not yet)."""
+
+    UNSUPPORTED = _names("headers_with_underscores_action max_requests_per_connection")
+    # Envoy: a downstream stream older than this is answered 408 (request not complete), 504
+    # (no response yet) or reset; 0 or unset disables it.
+    max_stream_duration: ZeroDisables = None
+
+
+class SchemeHeaderTransformation(Message):
+    """core.v3.SchemeHeaderTransformation (HCM `scheme_header_transformation`)."""
+
+    scheme_to_overwrite: Str | None = None
+    match_upstream: StrictBool = False
+
+    @field_validator("scheme_to_overwrite")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        # protocol.proto: string = {in: "http" in: "https"}, compared exactly.
+        if value is not None and value not in ("http", "https"):
+            raise PydanticCustomError(
+                "enum", 'expected "http" or "https", got {got}', {"got": show(value)}
+            )
+        return value
 
 
 class Http1ProtocolOptions(Message):
@@ -633,8 +669,8 @@ class HttpConnectionManager(TypedMessage):
     TYPE_URL = HCM_TYPE
     UNSUPPORTED = _names(
         """
-        rds scoped_routes add_user_agent tracing http1_safe_max_connection_duration
-        http2_protocol_options http3_protocol_options scheme_header_transformation
+        rds scoped_routes tracing http1_safe_max_connection_duration
+        http2_protocol_options http3_protocol_options
         stream_flush_timeout access_log access_log_flush_interval
         flush_access_log_on_new_request access_log_options original_ip_detection_extensions
         early_header_mutation_extensions internal_address_config via
@@ -646,7 +682,7 @@ class HttpConnectionManager(TypedMessage):
         stream_error_on_invalid_http_message path_normalization_options
         strip_trailing_host_dot proxy_status_config typed_header_validation_config
         append_x_forwarded_port append_local_overload add_proxy_protocol_connection_state
-        forward_proto_config xff_num_trusted_hops request_headers_timeout drain_timeout
+        forward_proto_config
         """
     )
     stat_prefix: Annotated[Str, Field(min_length=1)]
@@ -658,15 +694,21 @@ class HttpConnectionManager(TypedMessage):
         ServerHeaderTransformation.OVERWRITE
     )
     use_remote_address: StrictBool = False
+    xff_num_trusted_hops: Annotated[UInt, Field(le=4294967295)] = 0
     skip_xff_append: StrictBool = False
+    add_user_agent: StrictBool = False
+    scheme_header_transformation: SchemeHeaderTransformation = SchemeHeaderTransformation()
     generate_request_id: StrictBool = True
     preserve_external_request_id: StrictBool = False
     always_set_request_id_in_response: StrictBool = False
     stream_idle_timeout: ZeroDisables = 300.0
     request_timeout: ZeroDisables = None
+    request_headers_timeout: ZeroDisables = None
+    # Not 0-disables: Envoy arms the drain timer with it as is, so 0 closes at once.
+    drain_timeout: Duration = 5.0
     delayed_close_timeout: ZeroDisables = 1.0
     max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
-    common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
+    common_http_protocol_options: DownstreamHttpProtocolOptions = DownstreamHttpProtocolOptions()
     http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
 
     @field_validator("codec_type")
@@ -678,7 +720,9 @@ class HttpConnectionManager(TypedMessage):
 
     @field_validator("common_http_protocol_options")
     @classmethod
-    def _downstream_options(cls, value: HttpProtocolOptions) -> HttpProtocolOptions:
+    def _downstream_options(
+        cls, value: DownstreamHttpProtocolOptions
+    ) -> DownstreamHttpProtocolOptions:
         if value.max_response_headers_kb is not None:
             raise PydanticCustomError(
                 "unsupported",
@@ -720,7 +764,7 @@ class Listener(Message):
         additional_addresses stat_prefix fcds_config filter_chain_matcher use_original_dst
         default_filter_chain metadata deprecated_v1 drain_type listener_filters
         listener_filters_timeout continue_on_listener_filters_timeout transparent freebind
-        socket_options tcp_fast_open_queue_length traffic_direction udp_listener_config
+        socket_options tcp_fast_open_queue_length udp_listener_config
         api_listener connection_balance_config reuse_port enable_reuse_port access_log
         tcp_backlog_size max_connections_to_accept_per_socket_event bind_to_port
         internal_listener enable_mptcp ignore_global_conn_limit bypass_overload_manager
@@ -731,6 +775,9 @@ class Listener(Message):
     address: Address
     filter_chains: Annotated[tuple[FilterChain, ...], Field(min_length=1, max_length=1)]
     per_connection_buffer_limit_bytes: UInt = 1048576
+    # Metadata in podproxy: Envoy reads it for tracing (span direction), original_dst on Windows
+    # and `/drain_listeners?inboundonly`, none of which podproxy has (README).
+    traffic_direction: TrafficDirectionField = TrafficDirection.UNSPECIFIED
 
 
 class Locality(Message):

@@ -5,7 +5,10 @@ decoded by `codec.RequestDecoder` and handed to an injected `StreamHandler` one 
 pipelined requests queue behind the active one (reading pauses while any are queued) and are
 answered in order. The handler writes the response with `write()` and ends it with `finish()`;
 the connection decides keep-alive, starts the next queued exchange, and counts stats.
-Idle keep-alive connections are closed by a once-a-second sweep, not a timer per request.
+Connection-manager timeouts are checked by a once-a-second sweep, not a timer per request.
+A connection that must go drains as Envoy's HTTP/1 connection manager drains one: each response
+from then on says `connection: close`, and the connection closes `drain_timeout` later (or
+after the response in flight then).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
 from podproxy.stats import Counter, Gauge, Histogram
 
 log = logging.getLogger("podproxy.http")
+
+# Local-reply bodies of the connection manager's timeouts (Envoy 1.40, checked side by side).
+REQUEST_HEADER_TIMEOUT = b"request header timeout"
+DOWNSTREAM_DURATION_TIMEOUT = b"downstream duration timeout"
+
+# The stream timeouts the sweep tells apart (`_earliest`).
+_REQUEST_TIMEOUT, _STREAM_IDLE, _MAX_DURATION, _HEADERS = range(4)
 
 
 @dataclass(slots=True)
@@ -64,6 +74,8 @@ class HttpConnManagerStats:
     downstream_rq_idle_timeout: Counter
     downstream_rq_ws_on_non_ws_route: Counter
     downstream_cx_delayed_close_timeout: Counter
+    downstream_cx_max_duration_reached: Counter
+    downstream_rq_max_duration_reached: Counter
     # router filter (same prefix in Envoy)
     no_route: Counter
     no_cluster: Counter
@@ -142,6 +154,9 @@ class ConnectionManagerConfig:
         buffer_limit: int | None = None,
         delayed_close_timeout: float | None = 1.0,
         codec_type: str = "AUTO",
+        request_headers_timeout: float | None = None,
+        max_stream_duration: float | None = None,
+        drain_timeout: float = 5.0,
     ) -> None:
         self.stats = stats
         # An HTTP/2 preface is answered 400 by an HTTP1 codec; AUTO (until podproxy speaks
@@ -153,6 +168,15 @@ class ConnectionManagerConfig:
         self.stream_idle_timeout = stream_idle_timeout
         self.request_timeout = request_timeout
         self.max_connection_duration = max_connection_duration
+        # HCM request_headers_timeout and common_http_protocol_options.max_stream_duration both
+        # run from a request's first byte: connections then note when each head begins
+        # (`HeadTimedConnection`); without them nothing is noted.
+        self.request_headers_timeout = request_headers_timeout
+        self.max_stream_duration = max_stream_duration
+        self.times_heads = request_headers_timeout is not None or max_stream_duration is not None
+        # HCM drain_timeout: how long a draining connection still serves requests (each
+        # answered with `connection: close`) before it closes.
+        self.drain_timeout = drain_timeout
         self.buffer_limit = buffer_limit
         self.listener_stats = listener_stats
         self.server_name = server_name
@@ -178,8 +202,10 @@ class ConnectionTracker:
     Timeouts are checked by one sweep a second rather than a timer per request, so they fire
     up to a second late: the connection idle timeout (`common_http_protocol_options.
     idle_timeout`), `max_connection_duration`, the stream idle timeout (HCM
-    `stream_idle_timeout`, or the route's `idle_timeout`) and `request_timeout`. A stream is idle
-    when no byte moved on its connection in either direction (`io_count` did not change).
+    `stream_idle_timeout`, or the route's `idle_timeout`), `request_timeout`,
+    `request_headers_timeout`, `max_stream_duration` and the end of a drain (`drain_timeout`).
+    A stream is idle when no byte moved on its connection in either direction (`io_count` did
+    not change).
     """
 
     SWEEP_INTERVAL = 1.0
@@ -194,6 +220,8 @@ class ConnectionTracker:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol_factory(self) -> DownstreamConnection:
+        if self.config.times_heads:
+            return HeadTimedConnection(self)
         return DownstreamConnection(self)
 
     def start(self) -> None:
@@ -214,12 +242,15 @@ class ConnectionTracker:
         self._sweeper = loop.call_later(self.SWEEP_INTERVAL, self._sweep)
 
     def drain(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        """The listener drains: every connection starts Envoy's HTTP/1 drain sequence now
+        (see `DownstreamConnection.start_drain`); new ones start it when they are made."""
         self.draining = True
+        loop = self.loop
+        now = loop.time() if loop is not None else 0.0
         for conn in list(self.connections):
-            if conn.active is None:
+            if not conn.draining:
                 self.config.stats.downstream_cx_drain_close.value += 1
-                conn.close()
+                conn.start_drain(now)
 
     def stop(self) -> None:
         if self._sweeper is not None:
@@ -246,6 +277,16 @@ def _expects_body(head: RequestHead) -> bool:
     return False
 
 
+def _earliest(
+    fired: tuple[float, int] | None, deadline: float, kind: int, now: float
+) -> tuple[float, int] | None:
+    """Of a timeout that fired already and one that may have (`deadline` passed by `now`),
+    the one that passed first."""
+    if deadline > now or (fired is not None and fired[0] <= deadline):
+        return fired
+    return (deadline, kind)
+
+
 class DownstreamConnection(asyncio.Protocol):
     """One client connection."""
 
@@ -266,6 +307,12 @@ class DownstreamConnection(asyncio.Protocol):
         self.closing = False
         self.write_paused = False
         self.closing_after_response = False
+        # Envoy's HTTP/1 drain sequence (start_drain): responses say `connection: close`; the
+        # connection closes at `drain_deadline`, or after the response in flight then.
+        self.draining = False
+        self.drain_deadline: float | None = None
+        # When the request head being received began (HeadTimedConnection only).
+        self.head_started: float | None = None
         self.pending_error: ProtocolError | None = None
         self.linger_timer: asyncio.TimerHandle | None = None
         self.linger_buffered = 0  # write buffer size when the linger timer was armed
@@ -299,6 +346,9 @@ class DownstreamConnection(asyncio.Protocol):
             ls.downstream_cx_total.value += 1
             ls.downstream_cx_active.value += 1
         self.tracker.connections.add(self)
+        if self.tracker.draining:
+            st.downstream_cx_drain_close.value += 1
+            self.start_drain(self.idle_since)
 
     def data_received(self, data: bytes) -> None:
         self.io_count += 1
@@ -482,17 +532,12 @@ class DownstreamConnection(asyncio.Protocol):
         if logger is not None:
             logger.log_exchange(ex)
         ex.state = None  # break the exchange <-> handler cycle so no GC pass is needed
-        if (
-            not keep_alive
-            or not ex.head.keep_alive
-            or self.tracker.draining
-            or self.closing_after_response
-        ):
-            if self.tracker.draining:
-                st.downstream_cx_drain_close.value += 1
+        if not keep_alive or not ex.head.keep_alive or self.closing_after_response:
             # A client still sending its request gets time to read the reply (see `close`).
             self.close(linger=not ex.request_complete)
             return
+        # Draining, the connection stays until its drain deadline although the response said
+        # `connection: close` (as Envoy's): a request that comes meanwhile is still served.
         if not ex.request_complete:
             if _expects_body(ex.head):
                 # The response ended before the request body did (e.g. a local reply to an
@@ -537,11 +582,11 @@ class DownstreamConnection(asyncio.Protocol):
             self.close(linger=True)
             return
         ex.flags = flags
-        close = close or not ex.head.keep_alive or self.tracker.draining
+        close = close or not ex.head.keep_alive
         if not ex.request_complete and _expects_body(ex.head):
             close = True
         data = codec.simple_response(
-            status, body, extra=extra, server=self.config.server_name, close=close
+            status, body, extra=extra, server=self.config.server_name, close=close or self.draining
         )
         ex.bytes_sent += len(body)
         self.response_head_sent(ex, status)
@@ -584,13 +629,28 @@ class DownstreamConnection(asyncio.Protocol):
             self.close()
             return
         if ex is None:
-            head = RequestHead(b"GET", b"/", "1.1", [], False)
-            ex = Exchange(self, head, self.loop.time())
-            self.stats.downstream_rq_active.value += 1
+            ex = self._headless_exchange()
         self.active = ex
         ex.request_complete = False
         reason = codec.status_line(status).split(b" ", 2)[-1].strip()
         self.send_local_reply(ex, status, reason, flags="DPE", close=True)
+
+    def _headless_exchange(self) -> Exchange:
+        """An exchange to answer on when no request head was decoded (a malformed one, or a
+        head that timed out): it stands for the request as `GET /`."""
+        ex = Exchange(self, RequestHead(b"GET", b"/", "1.1", [], False), self.loop.time())
+        self.stats.downstream_rq_active.value += 1
+        return ex
+
+    # draining ------------------------------------------------------------------------
+    def start_drain(self, now: float) -> None:
+        """Envoy's HTTP/1 drain sequence (ConnectionManagerImpl::startDrainSequence): from now
+        on every response says `connection: close`; `drain_timeout` later the connection
+        closes (onDrainTimeout), once no request is in flight. Started by the idle timeout,
+        `max_connection_duration` and the listener's drain."""
+        if self.drain_deadline is None:
+            self.draining = True
+            self.drain_deadline = now + self.config.drain_timeout
 
     def check_timeouts(self, now: float, cfg: ConnectionManagerConfig) -> None:
         """The sweep's per-connection step (see ConnectionTracker)."""
@@ -600,36 +660,106 @@ class DownstreamConnection(asyncio.Protocol):
             self._seen_io = self.io_count
             self._idle_since_io = now
         ex = self.active
-        too_old = (
+        if (
             cfg.max_connection_duration is not None
+            and self.drain_deadline is None
             and now - self.opened_loop >= cfg.max_connection_duration
-        )
+        ):
+            cfg.stats.downstream_cx_max_duration_reached.value += 1
+            if ex is None and self.io_count == 0:
+                self.close()  # no byte came: Envoy has no codec yet and closes at once
+                return
+            self.start_drain(now)
         if ex is None:
-            idle_for = None if self.idle_since is None else now - self.idle_since
+            started = self.head_started
+            if started is not None and self._head_timed_out(now, started, cfg):
+                return
             if (
                 cfg.idle_timeout is not None
-                and idle_for is not None
-                and idle_for >= cfg.idle_timeout
+                and self.drain_deadline is None
+                and started is None  # Envoy's stream began at the head's first byte
+                and self.idle_since is not None
+                and now - self.idle_since >= cfg.idle_timeout
             ):
                 cfg.stats.downstream_cx_idle_timeout.value += 1
-                self.close()
-            elif too_old:
-                self.close()
+                if self.io_count == 0:
+                    self.close()  # as above: nothing was ever received
+                    return
+                self.start_drain(now)
+        deadline = self.drain_deadline
+        if deadline is not None and now >= deadline:
+            # onDrainTimeout: close now, or once the response in flight is done. Like any
+            # close Envoy makes after a drain, it waits for the client (delayed close).
+            if ex is None:
+                self.close(linger=True)
+                return
+            self.closing_after_response = True
+        if ex is None:
             return
-        if too_old:
-            self.closing_after_response = True  # drain: close after this response
-        if (
-            cfg.request_timeout is not None
-            and not ex.request_complete
-            and now - ex.start >= cfg.request_timeout
-        ):
+        # The stream's own timeouts; when several passed since the last sweep, the one that
+        # passed first is the one Envoy's timers would have fired.
+        idle = ex.idle_timeout if ex.idle_timeout is not None else cfg.stream_idle_timeout
+        fired: tuple[float, int] | None = None
+        if cfg.request_timeout is not None and not ex.request_complete:
+            fired = _earliest(fired, ex.start + cfg.request_timeout, _REQUEST_TIMEOUT, now)
+        if cfg.max_stream_duration is not None:
+            fired = _earliest(fired, ex.start + cfg.max_stream_duration, _MAX_DURATION, now)
+        if idle is not None:
+            fired = _earliest(fired, self._idle_since_io + idle, _STREAM_IDLE, now)
+        if fired is None:
+            return
+        kind = fired[1]
+        if kind == _REQUEST_TIMEOUT:
             cfg.stats.downstream_rq_timeout.value += 1
             self._abort(ex, 408, b"request timeout")
-            return
-        idle = ex.idle_timeout if ex.idle_timeout is not None else cfg.stream_idle_timeout
-        if idle is not None and now - self._idle_since_io >= idle:
+        elif kind == _STREAM_IDLE:
             cfg.stats.downstream_rq_idle_timeout.value += 1
             self._abort(ex, 408, b"stream timeout")
+        else:
+            self._max_duration_reached(ex)
+
+    def _head_timed_out(self, now: float, started: float, cfg: ConnectionManagerConfig) -> bool:
+        """A request head still arriving: `request_headers_timeout` or `max_stream_duration`
+        (both run from its first byte) may have passed. Envoy answers 408 either way."""
+        fired: tuple[float, int] | None = None
+        if cfg.request_headers_timeout is not None:
+            fired = _earliest(fired, started + cfg.request_headers_timeout, _HEADERS, now)
+        if cfg.max_stream_duration is not None:
+            fired = _earliest(fired, started + cfg.max_stream_duration, _MAX_DURATION, now)
+        if fired is None:
+            return False
+        self.head_started = None
+        st = cfg.stats
+        # The stream Envoy made at the head's first byte, answered and counted as a request.
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        ex = self._headless_exchange()
+        ex.start = started
+        self.active = ex
+        if fired[1] == _HEADERS:
+            st.downstream_rq_header_timeout.value += 1
+            self.send_local_reply(ex, 408, REQUEST_HEADER_TIMEOUT, close=True)
+        else:
+            st.downstream_rq_max_duration_reached.value += 1
+            self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True)
+        return True
+
+    def _max_duration_reached(self, ex: Exchange) -> None:
+        """max_stream_duration, as Envoy 1.40 answers it (checked side by side): 408 while the
+        request is still arriving (then close), 504 once it has arrived and no response has
+        begun (the connection stays), and a reset once the response has begun."""
+        self.stats.downstream_rq_max_duration_reached.value += 1
+        if not ex.request_complete:
+            self._abort(ex, 408, DOWNSTREAM_DURATION_TIMEOUT)
+            return
+        self.handler.on_downstream_reset(ex)
+        if not ex.response_started:
+            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT)
+            return
+        self.stats.downstream_rq_tx_reset.value += 1
+        ex.response_complete = True
+        self.stats.downstream_rq_active.value -= 1
+        self.close(linger=True)
 
     def _abort(self, ex: Exchange, status: int, body: bytes) -> None:
         """A timeout: the handler lets go of the upstream; the client gets a reply or a reset."""
@@ -685,12 +815,42 @@ class DownstreamConnection(asyncio.Protocol):
         return f"<DownstreamConnection {self.remote} active={busy} queued={len(self.queue)}>"
 
 
+class HeadTimedConnection(DownstreamConnection):
+    """A connection that notes when each request head begins, for `request_headers_timeout`
+    and `max_stream_duration`: Envoy starts both at a request's first byte (its HTTP/1 codec
+    makes the stream there). Used only when one of them is configured, so the common path
+    pays nothing for them.
+
+    A read that arrives while the decoder waits for a head (between requests, or inside an
+    unfinished head) starts the clock unless it is running; a decoded head stops it and moves
+    the exchange's start back to it. A head begun behind another one in the same read is
+    timed from the next read that adds to it.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        decoder = self.decoder
+        if self.head_started is None and decoder.in_head and not decoder.stopped:
+            self.head_started = self.loop.time()
+        super().data_received(data)
+
+    def on_request_head(self, head: RequestHead) -> None:
+        started = self.head_started
+        self.head_started = None
+        super().on_request_head(head)
+        ex = self.decoding
+        if started is not None and ex is not None and ex.head is head:
+            ex.start = started
+
+
 __all__ = [
+    "DOWNSTREAM_DURATION_TIMEOUT",
     "PEER_WRITE_BLOCKED",
+    "REQUEST_HEADER_TIMEOUT",
     "ConnectionManagerConfig",
     "ConnectionTracker",
     "DownstreamConnection",
     "Exchange",
+    "HeadTimedConnection",
     "HttpConnManagerStats",
     "ListenerStats",
     "StreamHandler",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -36,7 +37,10 @@ UPSTREAM_TIMEOUT = b"upstream request timeout"
 RESET_BEFORE_HEADERS = b"upstream connect error or disconnect/reset before headers. reset reason: "
 
 # Headers only a trusted (internal) peer may set; stripped from external requests
-# (conn_manager_utility.cc, reference/envoy.md §4.4).
+# (conn_manager_utility.cc cleanInternalHeaders, reference/envoy.md §4.4; the list checked
+# against Envoy 1.40 side by side). Every request is external: since Envoy 1.33 no address is
+# internal unless `internal_address_config` says so, which podproxy does not support yet, so
+# `x-envoy-internal` is never set either.
 INTERNAL_ONLY = frozenset(
     {
         b"x-envoy-retry-on",
@@ -53,10 +57,24 @@ INTERNAL_ONLY = frozenset(
         b"x-envoy-ip-tags",
         b"x-envoy-original-url",
         b"x-envoy-hedge-on-per-try-timeout",
+        b"x-envoy-upstream-stream-duration-ms",
         b"x-envoy-internal",
-        b"x-envoy-original-path",
     }
 )
+# Stripped too from edge requests (`use_remote_address: true`), which Envoy trusts least; it
+# sets x-envoy-external-address itself there.
+EDGE_ONLY = frozenset(
+    {
+        b"x-envoy-decorator-operation",
+        b"x-envoy-downstream-service-cluster",
+        b"x-envoy-downstream-service-node",
+        b"x-envoy-original-path",
+        b"x-envoy-original-host",
+        b"x-envoy-external-address",
+    }
+)
+# What the router writes when it rewrites the path or the host: a client's value then goes.
+_REWRITE_MARKS = frozenset({b"x-envoy-original-path", b"x-envoy-original-host"})
 
 # Request headers the forwarder rewrites itself; dropped from the copy loop.
 _REQ_HANDLED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
@@ -90,17 +108,29 @@ def _content_length_line(n: int) -> bytes:
     return line
 
 
-def _is_internal_address(addr: str) -> bool:
-    """RFC 1918 / RFC 4193 / loopback, Envoy's test for an internal XFF address."""
-    if addr.startswith(("10.", "192.168.", "127.")):
-        return True
-    if addr.startswith("172."):
+def trusted_xff_address(xff: bytes, skip: int) -> str | None:
+    """The address `skip` entries from the right end of an x-forwarded-for value, as Envoy's
+    Utility::getLastAddressFromXFF finds it: entries are split at commas, the one picked is
+    trimmed and must be a plain IPv4 or IPv6 address (no port, no brackets), else None."""
+    for _ in range(skip):
+        comma = xff.rfind(b",")
+        if comma < 0:
+            return None
+        xff = xff[:comma]
+    comma = xff.rfind(b",")
+    if 0 <= comma < len(xff) - 1:  # a trailing comma leaves the whole (then invalid) text
+        xff = xff[comma + 1 :]
+    text = xff.strip().decode("latin-1")
+    for family in (socket.AF_INET, socket.AF_INET6):
         try:
-            second = int(addr.split(".")[1])
-        except (IndexError, ValueError):
-            return False
-        return 16 <= second <= 31
-    return addr.lower().startswith(("fc", "fd")) or addr == "::1"
+            return socket.inet_ntop(family, socket.inet_pton(family, text))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# Envoy's Network::Utility::isLoopbackAddress: exactly these two, not all of 127.0.0.0/8.
+_LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1"})
 
 
 def new_request_id() -> bytes:
@@ -132,6 +162,19 @@ class ForwarderConfig:
     always_set_request_id_in_response: bool = False
     suppress_envoy_headers: bool = False
     scheme: bytes = b"http"
+    # HCM xff_num_trusted_hops: with use_remote_address, the client is the address this many
+    # entries from the right of the x-forwarded-for received, and its x-forwarded-proto holds.
+    xff_num_trusted_hops: int = 0
+    # What use_remote_address appends to x-forwarded-for for a peer at 127.0.0.1 or ::1:
+    # Envoy's local address (the host's first IPv4 address other than 127.0.0.1).
+    local_address: bytes = b"127.0.0.1"
+    # HCM scheme_header_transformation.scheme_to_overwrite: the x-forwarded-proto sent up.
+    scheme_to_overwrite: bytes | None = None
+    # HCM add_user_agent: the server's service cluster (`--service-cluster`), sent as
+    # x-envoy-downstream-service-cluster and as user-agent when the request has none; None
+    # when add_user_agent is off. `service_node` (`--service-node`) goes with it if not empty.
+    user_agent: bytes | None = None
+    service_node: bytes = b""
 
 
 class TimeoutQueue:
@@ -203,8 +246,32 @@ class Forwarder:
         self.clusters = clusters
         self.config = config
         self.stats = stats
-        # Precomputed header lines (hot path: appended as they are).
-        self._xfp_line = b"x-forwarded-proto: " + config.scheme + b"\r\n"
+        # Precomputed header lines and decisions (hot path: used as they are).
+        scheme = config.scheme_to_overwrite or config.scheme
+        self._xfp_line = b"x-forwarded-proto: " + scheme + b"\r\n"
+        # A client's x-forwarded-proto is dropped (and ours sent) when the scheme is forced,
+        # or at the edge unless trusted hops set it (conn_manager_utility.cc).
+        self._drop_xfp = config.scheme_to_overwrite is not None or (
+            config.use_remote_address and config.xff_num_trusted_hops == 0
+        )
+        strip = INTERNAL_ONLY | EDGE_ONLY if config.use_remote_address else INTERNAL_ONLY
+        self._req_handled = _REQ_HANDLED
+        self._ua_lines: bytes | None = None
+        if config.user_agent is not None:
+            # Envoy overwrites these two; user-agent only when absent or empty.
+            strip |= {b"x-envoy-downstream-service-cluster"}
+            lines = b"x-envoy-downstream-service-cluster: " + config.user_agent + b"\r\n"
+            if config.service_node:
+                strip |= {b"x-envoy-downstream-service-node"}
+                lines += b"x-envoy-downstream-service-node: " + config.service_node + b"\r\n"
+            self._ua_lines = lines
+            self._ua_default = b"user-agent: " + config.user_agent + b"\r\n"
+            self._req_handled = _REQ_HANDLED | {b"user-agent"}
+        self._strip = strip
+        self._x_special = strip | _REWRITE_MARKS
+        self._regenerate_edge_id = (
+            config.use_remote_address and not config.preserve_external_request_id
+        )
         self._server_line = b"server: " + config.server_name + b"\r\n"
         self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
@@ -298,6 +365,15 @@ class Forwarder:
             ureq.conn.flow.resume_reading(PEER_WRITE_BLOCKED)
 
     # Building the upstream request -----------------------------------------------------
+    def _rewrites(self, name: bytes, route: Route, host: Host) -> bool:
+        """Whether the router writes `name` (x-envoy-original-path or -host) for this request,
+        replacing the client's, as Envoy's does; otherwise the client's passes unless the
+        request is an edge one."""
+        if name == b"x-envoy-original-path":
+            return route.prefix_rewrite is not None and route.prefix is not None
+        rewritten = route.host_rewrite is not None or (route.auto_host_rewrite and host.hostname)
+        return bool(rewritten) and not self.config.suppress_envoy_headers
+
     def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool, bool]:
         """The upstream request head bytes, whether the body goes chunked, and whether the
         client asked for `100-continue`. One pass over the headers, one join."""
@@ -309,13 +385,16 @@ class Forwarder:
         authority = head.host or b""
         xff: bytes | None = None
         has_xfp = False
+        has_user_agent = False
         request_id: bytes | None = None
         chunked = False
         expect_continue = False
         connection_tokens: set[bytes] | None = None
-        overwrite_xfp = cfg.use_remote_address
+        drop_xfp = self._drop_xfp
+        x_special = self._x_special
+        req_handled = self._req_handled
         for k, v in head.headers:
-            if k in _REQ_HANDLED:
+            if k in req_handled:
                 if k == b"content-length":
                     extra += (b"content-length: ", v, b"\r\n")
                 elif k == b"transfer-encoding":
@@ -329,19 +408,22 @@ class Forwarder:
                     expect_continue = v.lower() == b"100-continue"
                 elif k == b"te" and v.strip().lower() == b"trailers":
                     extra.append(b"te: trailers\r\n")
+                elif k == b"user-agent" and v:  # handled only with add_user_agent
+                    has_user_agent = True
+                    out += (k, b": ", v, b"\r\n")
                 continue
             if k[:2] == b"x-":
                 if k == b"x-forwarded-for":
                     xff = v if xff is None else xff + b"," + v
                     continue
                 if k == b"x-forwarded-proto":
-                    if overwrite_xfp:
+                    if drop_xfp:
                         continue
                     has_xfp = True
                 elif k == b"x-request-id":
                     request_id = v
                     continue
-                elif k in INTERNAL_ONLY:
+                elif k in x_special and (k in self._strip or self._rewrites(k, route, host)):
                     continue
             out += (k, b": ", v, b"\r\n")
         if connection_tokens:
@@ -352,24 +434,30 @@ class Forwarder:
                     kept += out[n : n + 4]
             out = kept
 
-        internal = False
         if cfg.use_remote_address:
-            remote = ex.conn.remote[0]
-            internal = _is_internal_address(remote)
+            # An edge request (conn_manager_utility.cc mutateRequestHeaders): the client is the
+            # peer, or with trusted hops an address from the XFF received; the peer is appended.
+            peer = ex.conn.remote[0]
+            client = peer
+            hops = cfg.xff_num_trusted_hops
+            if hops and xff is not None:
+                client = trusted_xff_address(xff, hops - 1) or peer
             if not cfg.skip_xff_append:
-                xff = remote.encode() if xff is None else xff + b"," + remote.encode()
-        elif xff is not None and b"," not in xff:
-            internal = _is_internal_address(xff.strip().decode("latin-1"))
+                own = cfg.local_address if peer in _LOOPBACK_PEERS else peer.encode()
+                xff = xff + b"," + own if xff else own
+            out += (b"x-envoy-external-address: ", client.encode(), b"\r\n")
         if xff is not None:
             out += (b"x-forwarded-for: ", xff, b"\r\n")
-        if internal:
-            out.append(b"x-envoy-internal: true\r\n")
         if not has_xfp:
             out.append(self._xfp_line)
-        if (
-            request_id is None
-            or (not internal and cfg.use_remote_address and not cfg.preserve_external_request_id)
-        ) and (cfg.generate_request_id or request_id is not None):
+        ua_lines = self._ua_lines
+        if ua_lines is not None:
+            out.append(ua_lines)
+            if not has_user_agent:
+                out.append(self._ua_default)
+        # Envoy: a new id when there is none, and for every edge request unless
+        # preserve_external_request_id; generate_request_id false leaves the client's alone.
+        if cfg.generate_request_id and (request_id is None or self._regenerate_edge_id):
             request_id = self._spare_id or new_request_id()
             self._spare_id = None
         if request_id is not None:
@@ -638,7 +726,7 @@ class UpstreamRequest:
         if cfg.always_set_request_id_in_response and ex.request_id:
             out += (b"x-request-id: ", ex.request_id, b"\r\n")
         conn = ex.conn
-        if not keep_alive or not ex.head.keep_alive or conn.tracker.draining:
+        if not keep_alive or not ex.head.keep_alive or conn.draining:
             out.append(b"connection: close\r\n")
         elif ex.head.version != "1.1":
             out.append(b"connection: keep-alive\r\n")
