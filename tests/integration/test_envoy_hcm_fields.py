@@ -13,12 +13,6 @@ sweep), so the waits leave room for that; they compare outcomes, not times.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import os
-import socket
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +23,7 @@ import yaml
 
 from integration.backends import ProxyProcess, Response, parse_responses
 from integration.scripted import ScriptedRequest, ScriptedUpstream
+from integration.sidebyside import ENVOY, Step, exchange, start_envoy
 from integration.test_hardening import ok, two_hosts
 from integration.test_proxy_http import InProcessProxy
 from podproxy.listener import LocalInfo
@@ -36,10 +31,7 @@ from podproxy.server import Options
 
 pytestmark = pytest.mark.envoy
 
-ENVOY = Path(sys.executable).parent / "envoy"
-_base_ids = itertools.count((os.getpid() % 100_000) * 10 + 8)
 Answer = Callable[[ScriptedRequest], Awaitable[None]]
-Step = bytes | float  # bytes to send, or a pause in seconds
 
 
 @dataclass
@@ -95,37 +87,8 @@ class Pair:
         port = self.envoy_port if which == "envoy" else self.pod.port
         up = self.envoy_up if which == "envoy" else self.pod_up
         before = len(up.requests)
-        local = (src, 0) if src else None
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
-        got = bytearray()
-        started = time.monotonic()
-        closed_at: float | None = None
-
-        async def read() -> None:
-            nonlocal closed_at
-            with contextlib.suppress(ConnectionError):
-                while chunk := await reader.read(65536):
-                    got.extend(chunk)
-            closed_at = time.monotonic()
-
-        reading = asyncio.ensure_future(read())
-        try:
-            for step in steps:
-                if isinstance(step, float):
-                    await asyncio.sleep(step)
-                elif not writer.is_closing():
-                    with contextlib.suppress(ConnectionError):
-                        writer.write(step)
-                        await writer.drain()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reading), wait)
-        finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
-            writer.close()
-        after = None if closed_at is None else closed_at - started
-        return Seen(bytes(got), closed_at is not None, after, up.requests[before:])
+        got = await exchange(port, steps, src=src, wait=wait)
+        return Seen(got.raw, got.closed, got.closed_after, up.requests[before:])
 
     async def both(
         self, steps: Sequence[Step], *, src: str | None = None, wait: float = 1.0
@@ -141,13 +104,6 @@ class Pair:
         resp = await self.envoy.admin_get(f"/stats?filter=^{name}$")
         line = resp.body.decode().strip()
         return int(line.rpartition(": ")[2]) if line else 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 StartPair = Callable[..., Awaitable[Pair]]
@@ -191,16 +147,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[StartPair]:
         pods.append(pod)
         await pod.start()
         cfg = config(envoy_up)
-        listen, admin = _free_port(), _free_port()
-        cfg["admin"]["address"]["socket_address"]["port_value"] = admin
-        cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen
-        path = tmp_path / f"envoy{len(envoys)}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        argv = [str(ENVOY), "-c", str(path), "--concurrency", "1", *envoy_args]
-        argv += ["--base-id", str(next(_base_ids)), "-l", "warning"]
-        envoy = ProxyProcess(argv, path, tmp_path / f"envoy{len(envoys)}", ("127.0.0.1", admin))
+        envoy, listen = await start_envoy(cfg, tmp_path, f"envoy{len(envoys)}", envoy_args)
         envoys.append(envoy)
-        await envoy.wait_ready(15.0)
         return Pair(envoy, listen, pod, envoy_up, pod_up)
 
     try:

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
-import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +21,7 @@ import yaml
 
 from integration.backends import ProxyProcess, Response, parse_responses
 from integration.scripted import ScriptedRequest, ScriptedUpstream
+from integration.sidebyside import ENVOY, exchange, start_envoy
 from integration.test_hardening import EXTRA, POISON, ok, two_hosts
 from integration.test_proxy_http import RESET_PREFIX, InProcessProxy, StartProxy, proxy
 
@@ -32,8 +29,6 @@ __all__ = ["proxy"]  # the fixture, re-exported so pytest finds it here
 
 pytestmark = pytest.mark.envoy
 
-ENVOY = Path(sys.executable).parent / "envoy"
-_base_ids = itertools.count((os.getpid() % 100_000) * 10 + 5)
 Answer = Callable[[ScriptedRequest], Awaitable[None]]
 # Headers whose values (or presence) differ by design or by clock: compared by name only, or
 # not at all (Envoy adds x-envoy-expected-rq-timeout-ms upstream; podproxy does not yet).
@@ -85,48 +80,13 @@ class SideBySide:
         port = self.envoy_port if which == "envoy" else self.podproxy.port
         up = self.envoy_up if which == "envoy" else self.podproxy_up
         before = len(up.requests)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        got = bytearray()
-        closed = False
-
-        async def read() -> None:
-            nonlocal closed
-            try:
-                while chunk := await reader.read(65536):
-                    got.extend(chunk)
-            except ConnectionError:
-                pass
-            closed = True
-
-        reading = asyncio.ensure_future(read())
-        try:
-            for step in steps:
-                if isinstance(step, float):
-                    await asyncio.sleep(step)
-                elif not writer.is_closing():
-                    with contextlib.suppress(ConnectionError):
-                        writer.write(step)
-                        await writer.drain()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reading), wait)
-        finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
-            writer.close()
-        return Seen(bytes(got), closed, up.requests[before:])
+        got = await exchange(port, steps, wait=wait)
+        return Seen(got.raw, got.closed, up.requests[before:])
 
     async def both(self, steps: list[bytes | float], *, wait: float = 1.5) -> tuple[Seen, Seen]:
         return await self.exchange("envoy", steps, wait=wait), await self.exchange(
             "podproxy", steps, wait=wait
         )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -144,17 +104,8 @@ async def side_by_side(
         ups.extend((envoy_up, pod_up))
         pod = await proxy(two_hosts(pod_up.address, **hcm))
         cfg = yaml.safe_load(two_hosts(envoy_up.address, **hcm))
-        listen, admin = _free_port(), _free_port()
-        cfg["admin"]["address"]["socket_address"]["port_value"] = admin
-        listener = cfg["static_resources"]["listeners"][0]
-        listener["address"]["socket_address"]["port_value"] = listen
-        path = tmp_path / f"envoy{len(envoys)}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        argv = [str(ENVOY), "-c", str(path), "--concurrency", "1"]
-        argv += ["--base-id", str(next(_base_ids)), "-l", "warning"]
-        envoy = ProxyProcess(argv, path, tmp_path / f"envoy{len(envoys)}", ("127.0.0.1", admin))
+        envoy, listen = await start_envoy(cfg, tmp_path, f"envoy{len(envoys)}")
         envoys.append(envoy)
-        await envoy.wait_ready(15.0)
         return SideBySide(listen, pod, envoy_up, pod_up)
 
     try:
