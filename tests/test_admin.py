@@ -41,6 +41,9 @@ class FakeServer:
     def listeners(self) -> list[tuple[str, str]]:
         return [("listener_0", "0.0.0.0:10000"), ("v6", "[::1]:9000")]
 
+    def node_info(self) -> dict[str, Any]:
+        return {"id": "n-1", "cluster": "front", "user_agent_name": "podproxy"}
+
     def command_line_options(self) -> dict[str, Any]:
         return {"concurrency": 1, "config_path": "envoy.yaml"}
 
@@ -300,6 +303,7 @@ def test_server_info(admin: Admin) -> None:
     assert info["uptime_current_epoch"].endswith("s")
     assert info["command_line_options"]["concurrency"] == 1
     assert set(info) >= {"uptime_all_epochs", "hot_restart_version", "node"}
+    assert info["node"] == {"id": "n-1", "cluster": "front", "user_agent_name": "podproxy"}
 
 
 def test_listeners(admin: Admin) -> None:

@@ -254,3 +254,17 @@ def test_worker_processes_get_the_service_flags() -> None:
     argv = Options(config_path="c.yaml", service_cluster="front", service_node="f-1").worker_argv()
     i = argv.index("--service-cluster")
     assert argv[i : i + 4] == ["--service-cluster", "front", "--service-node", "f-1"]
+
+
+def test_service_flags_override_the_bootstrap_node() -> None:
+    from podproxy.config.loader import load
+    from podproxy.server import Options, Server
+
+    text = "node: {id: cfg-node, cluster: cfg-cluster, locality: {region: r1}}\n"
+    server = Server(load(config_yaml=text), Options(service_node="flag-node"))
+    assert server.node_info() == {
+        "id": "flag-node",
+        "cluster": "cfg-cluster",
+        "locality": {"region": "r1"},
+        "user_agent_name": "podproxy",
+    }

@@ -68,6 +68,7 @@ class AdminContext(Protocol):
     def config_dump(self) -> dict[str, Any]: ...
     def listeners(self) -> list[tuple[str, str]]: ...
     def command_line_options(self) -> dict[str, Any]: ...
+    def node_info(self) -> dict[str, Any]: ...
     def request_shutdown(self) -> None: ...
 
 
@@ -279,11 +280,7 @@ class Admin:
             # podproxy has no hot restart; Envoy prints this when hot restart is disabled.
             "hot_restart_version": "disabled",
             "command_line_options": opts,
-            "node": {
-                "id": opts.get("service_node", ""),
-                "cluster": opts.get("service_cluster", ""),
-                "user_agent_name": "podproxy",
-            },
+            "node": self.ctx.node_info(),
         }
         return json_response(info)
 

@@ -270,6 +270,31 @@ class Server:
     def listeners(self) -> list[tuple[str, str]]:
         return [(lst.name, lst.address_str) for lst in self.http_listeners]
 
+    def local_info(self) -> LocalInfo:
+        """Envoy's LocalInfo: `--service-cluster` / `--service-node`, when given, override the
+        bootstrap node's `cluster` / `id`."""
+        node = self.loaded.bootstrap.node
+        o = self.options
+        return LocalInfo(o.service_cluster or node.cluster, o.service_node or node.id)
+
+    def node_info(self) -> dict[str, Any]:
+        """The node as /server_info shows it."""
+        local = self.local_info()
+        info: dict[str, Any] = {"id": local.node, "cluster": local.cluster}
+        locality = self.loaded.bootstrap.node.locality
+        if locality is not None:
+            info["locality"] = {
+                k: v
+                for k, v in (
+                    ("region", locality.region),
+                    ("zone", locality.zone),
+                    ("sub_zone", locality.sub_zone),
+                )
+                if v
+            }
+        info["user_agent_name"] = "podproxy"
+        return info
+
     def command_line_options(self) -> dict[str, Any]:
         o = self.options
         return {
@@ -305,7 +330,7 @@ class Server:
         for i, c in enumerate(b.static_resources.clusters):
             self.cluster_manager.add_cluster(c, f"static_resources.clusters[{i}]")
         # add_user_agent sends these upstream (as Envoy's LocalInfo).
-        local = LocalInfo(self.options.service_cluster, self.options.service_node)
+        local = self.local_info()
         for lc in b.static_resources.listeners:
             self.http_listeners.append(
                 build_http_listener(lc, self.cluster_manager.clusters, self.store, local_info=local)

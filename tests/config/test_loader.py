@@ -598,3 +598,11 @@ def test_router_without_typed_config_is_still_accepted() -> None:
     flt = hcm.filter_chains[0].filters[0].typed_config.http_filters[0]
     assert flt.name == "envoy.filters.http.router"
     assert flt.router().suppress_envoy_headers is False
+
+
+def test_bootstrap_node(seed_v2_text: str) -> None:
+    text = "node: {id: n-1, cluster: front, locality: {zone: z1}}\n" + seed_v2_text
+    node = load(config_yaml=text).bootstrap.node
+    assert (node.id, node.cluster, node.locality and node.locality.zone) == ("n-1", "front", "z1")
+    (error,) = errors_of("node: {id: n-1, metadata: {a: 1}}\n" + seed_v2_text)
+    assert error == "node.metadata: Envoy field not supported by podproxy yet"

@@ -127,6 +127,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[StartPair]:
         listener: dict[str, Any] | None = None,
         envoy_args: Sequence[str] = (),
         local_info: LocalInfo | None = None,
+        bootstrap: dict[str, Any] | None = None,
     ) -> Pair:
         envoy_up = await ScriptedUpstream(answer).start()
         pod_up = await ScriptedUpstream(answer).start()
@@ -135,6 +136,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[StartPair]:
         def config(up: ScriptedUpstream) -> dict[str, Any]:
             cfg = yaml.safe_load(two_hosts(up.address, **(hcm or {})))
             cfg["static_resources"]["listeners"][0].update(listener or {})
+            cfg.update(bootstrap or {})
             return cfg
 
         # The server's own flags, as `podproxy --service-cluster ... --service-node ...`.
@@ -307,6 +309,31 @@ async def test_add_user_agent(pair: StartPair, flags: bool, remote: bool) -> Non
         (e,) = envoy.upstream
         (o,) = pod.upstream
         assert upstream_fields(o, REQUEST_ID) == upstream_fields(e, REQUEST_ID), request
+
+
+@pytest.mark.parametrize("flags", [False, True], ids=["node", "flags-override-node"])
+async def test_add_user_agent_from_the_bootstrap_node(pair: StartPair, flags: bool) -> None:
+    """The bootstrap node's cluster and id are the service cluster and node; the flags,
+    when given, override them (Envoy's LocalInfo)."""
+    hcm = {"add_user_agent": True}
+    node = {"node": {"id": "cfg-node", "cluster": "cfg-cluster"}}
+    if flags:
+        args = ["--service-cluster", "front", "--service-node", "front-1"]
+        p = await pair(
+            echo,
+            hcm=hcm,
+            bootstrap=node,
+            envoy_args=args,
+            local_info=LocalInfo("front", "front-1"),
+        )
+    else:
+        p = await pair(echo, hcm=hcm, bootstrap=node)
+    envoy, pod = await p.both([get()])
+    (e,) = envoy.upstream
+    (o,) = pod.upstream
+    assert upstream_fields(o, REQUEST_ID) == upstream_fields(e, REQUEST_ID)
+    want = b"front" if flags else b"cfg-cluster"
+    assert o.header(b"x-envoy-downstream-service-cluster") == want
 
 
 # --- request_headers_timeout ---------------------------------------------------------------------

@@ -1025,10 +1025,25 @@ class StaticResources(Message):
     clusters: tuple[Cluster, ...] = ()
 
 
+class Node(Message):
+    """The bootstrap node: who this proxy is. `--service-node` / `--service-cluster` override
+    `id` / `cluster` (Envoy's LocalInfo); the rest is what xDS servers read, not podproxy."""
+
+    UNSUPPORTED = _names(
+        """
+        metadata dynamic_parameters user_agent_name user_agent_version user_agent_build_version
+        extensions client_features listening_addresses
+        """
+    )
+    id: Str = ""
+    cluster: Str = ""
+    locality: Locality | None = None
+
+
 class Bootstrap(Message):
     UNSUPPORTED = _names(
         """
-        node node_context_params dynamic_resources cluster_manager hds_config flags_path
+        node_context_params dynamic_resources cluster_manager hds_config flags_path
         stats_sinks deferred_stat_options stats_config stats_flush_interval
         stats_flush_on_admin stats_eviction_interval watchdog watchdogs tracing
         layered_runtime overload_manager enable_dispatcher_stats header_prefix
@@ -1042,6 +1057,7 @@ class Bootstrap(Message):
     )
     static_resources: StaticResources = StaticResources()
     admin: Admin | None = None
+    node: Node = Node()
 
 
 def is_ip_address(text: str) -> bool:
