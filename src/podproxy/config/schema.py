@@ -475,11 +475,15 @@ class HeaderMatcher(Message):
         return self
 
 
+class GrpcRouteMatchOptions(Message):
+    """`match.grpc: {}`: the route matches gRPC requests only (an empty message in v3)."""
+
+
 class RouteMatch(Message):
     UNSUPPORTED = _names(
         """
         connect_matcher path_separated_prefix path_match_policy runtime_fraction
-        query_parameters cookies grpc tls_context dynamic_metadata filter_state
+        query_parameters cookies tls_context dynamic_metadata filter_state
         """
     )
     prefix: Str | None = None
@@ -487,6 +491,7 @@ class RouteMatch(Message):
     safe_regex: RegexMatcher | None = None
     case_sensitive: StrictBool = True
     headers: tuple[HeaderMatcher, ...] = ()
+    grpc: GrpcRouteMatchOptions | None = None
 
     @model_validator(mode="after")
     def _one(self) -> RouteMatch:

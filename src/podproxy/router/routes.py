@@ -202,9 +202,21 @@ def _path_matcher(match: Any) -> tuple[Callable[[bytes], bool], bytes | None]:
     raise ValueError("route match without prefix, path or safe_regex")
 
 
+_GRPC = b"application/grpc"
+
+
+def is_grpc_request(headers: Headers) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: content-type exactly `application/grpc` or
+    `application/grpc+...` (case-sensitive; `application/grpc-web` is not gRPC)."""
+    ct = _header_value(headers, b"content-type")
+    return ct is not None and ct.startswith(_GRPC) and (len(ct) == 16 or ct[16] == 43)  # "+"
+
+
 def compile_route(r: Any, index: int) -> Route:
     path_ok, prefix = _path_matcher(r.match)
     preds = tuple(header_predicate(h) for h in (r.match.headers or ()))
+    if getattr(r.match, "grpc", None) is not None:
+        preds += (is_grpc_request,)
     matches: Callable[[bytes, Headers], bool]
     if preds:
 
