@@ -45,7 +45,7 @@ class AccessLogRecord:
     user_agent: str | None = None
     request_id: str | None = None
     authority: str | None = None
-    upstream_host: str | None = None  # "10.0.0.5:8080"
+    upstream_host: str | None = None  # "127.0.10.5:8080"
 
 
 def format_start_time(t: float) -> str:

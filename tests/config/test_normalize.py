@@ -159,7 +159,7 @@ def test_lone_mappings_become_lists_at_every_depth() -> None:
             },
             "clusters": {
                 "name": "c",
-                "dns_resolvers": {"socket_address": {"address": "10.0.0.1"}},
+                "dns_resolvers": {"socket_address": {"address": "127.0.10.1"}},
                 "load_assignment": {"endpoints": {"lb_endpoints": endpoint}},
             },
         }
@@ -180,7 +180,7 @@ def test_lone_mappings_become_lists_at_every_depth() -> None:
     (route,) = vh["routes"]
     assert route["match"]["headers"] == [{"name": "h"}]
     (cluster,) = static["clusters"]
-    assert cluster["dns_resolvers"] == [{"socket_address": {"address": "10.0.0.1"}}]
+    assert cluster["dns_resolvers"] == [{"socket_address": {"address": "127.0.10.1"}}]
     assert cluster["load_assignment"]["endpoints"] == [{"lb_endpoints": [endpoint]}]
 
 
@@ -228,7 +228,7 @@ def test_null_and_values_of_another_kind_are_left_for_the_schema() -> None:
         "static_resources": {
             "listeners": None,
             "clusters": [
-                {"name": "c", "dns_resolvers": "10.0.0.1", "load_assignment": {"endpoints": 5}},
+                {"name": "c", "dns_resolvers": "127.0.10.1", "load_assignment": {"endpoints": 5}},
                 {"name": "d", "load_assignment": {"endpoints": [[{"lb_endpoints": []}], None]}},
             ],
         },

@@ -441,7 +441,7 @@ def test_lb_endpoint_health_status() -> None:
 
     ep = LbEndpoint.model_validate(
         {
-            "endpoint": {"address": {"socket_address": {"address": "1.2.3.4"}}},
+            "endpoint": {"address": {"socket_address": {"address": "127.1.2.4"}}},
             "health_status": "DRAINING",
         }
     )

@@ -176,6 +176,6 @@ def test_parse_host_port() -> None:
     assert parse_host_port("127.0.0.1") == ("127.0.0.1", 53)
     assert parse_host_port("127.0.0.1:5353") == ("127.0.0.1", 5353)
     assert parse_host_port("[::1]:5353") == ("::1", 5353)
-    for bad in ("localhost:53", "127.0.0.1:0", "[::1", "1.2.3.4:x"):
+    for bad in ("localhost:53", "127.0.0.1:0", "[::1", "127.1.2.4:x"):
         with pytest.raises(ValueError):
             parse_host_port(bad)
