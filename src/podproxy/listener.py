@@ -35,8 +35,8 @@ _SIOCGIFADDR = 0x8915
 @dataclass(frozen=True, slots=True)
 class LocalInfo:
     """Envoy's LocalInfo as the connection manager reads it: the service cluster and node
-    (`--service-cluster`, `--service-node`; podproxy has no bootstrap `node` yet) that
-    `add_user_agent` sends upstream. Empty when not given, as in Envoy."""
+    (the bootstrap node's, or `--service-cluster` / `--service-node`; `Server.local_info`)
+    that `add_user_agent` sends upstream. Empty when not given, as in Envoy."""
 
     cluster: str = ""
     node: str = ""
@@ -135,8 +135,8 @@ def build_http_listener(
 ) -> BoundListener:
     """A listener from its typed config: route table, forwarder and connection manager.
 
-    `local_info` carries the server's `--service-cluster`/`--service-node` for
-    `add_user_agent`; without it they are empty, as in an Envoy started without them."""
+    `local_info` carries the server's service cluster and node for `add_user_agent`;
+    without it they are empty, as in an Envoy started without them."""
     sa = cfg.address.socket_address
     hcm = cfg.filter_chains[0].filters[0].typed_config
     http_stats = store.scope(f"http.{hcm.stat_prefix}.").make(HttpConnManagerStats)

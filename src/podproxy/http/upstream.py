@@ -27,7 +27,7 @@ from podproxy.errors import (
     UpstreamUnexpectedUpgrade,
 )
 from podproxy.http import codec
-from podproxy.http.codec import Headers, ResponseHead
+from podproxy.http.codec import ResponseHead
 from podproxy.http.flow import PEER_WRITE_BLOCKED, FlowControl
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ class UpstreamStream(Protocol):
     def on_response_head(self, head: ResponseHead) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self) -> None: ...
-    def on_informational(self, status: int, headers: Headers) -> None: ...
     def on_upstream_error(self, err: UpstreamError) -> None: ...
     def on_upstream_write_paused(self) -> None: ...
     def on_upstream_write_resumed(self) -> None: ...
@@ -73,7 +72,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.decoder = codec.ResponseDecoder(
             self, pool.max_response_headers_bytes, pool.max_response_headers_count
         )
-        self.decoder.on_informational = self._informational
+        # 1xx responses are not passed on (the decoder's on_informational stays unset): Envoy
+        # answers 100-continue itself (proxy_100_continue false) and drops the others.
         self.stream: UpstreamStream | None = None
         # Set when a response ended inside `data_received`: whether to reuse the connection,
         # decided there once the whole read was parsed.
@@ -167,10 +167,6 @@ class UpstreamConnection(asyncio.Protocol):
         """The stream gives up the connection mid-exchange (reset, timeout): close it."""
         self.stream = None
         self.close()
-
-    def _informational(self, status: int, headers: Headers) -> None:
-        if self.stream is not None:
-            self.stream.on_informational(status, headers)
 
     # codec.ResponseSink --------------------------------------------------------------
     def on_response_head(self, head: ResponseHead) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
 from podproxy.http import codec
-from podproxy.http.codec import HOP_BY_HOP, Headers, ResponseHead
+from podproxy.http.codec import HOP_BY_HOP, ResponseHead
 from podproxy.http.downstream import Exchange
 from podproxy.http.flow import HANDLER_HOLD, PEER_WRITE_BLOCKED
 from podproxy.http.pool import HostPool
@@ -676,11 +676,6 @@ class UpstreamRequest:
             conn.request_done = True
 
     # response direction ----------------------------------------------------------------
-    def on_informational(self, status: int, headers: Headers) -> None:
-        # Dropped, as Envoy drops them: 100 Continue was answered locally (proxy_100_continue
-        # is false), and other interim responses (102, 103) are not passed on.
-        pass
-
     def on_response_head(self, head: ResponseHead) -> None:
         if self.done:
             return
