@@ -30,7 +30,7 @@ from typing import Any
 import uvloop
 
 from podproxy.config.loader import load
-from podproxy.http.upstream import ConnState, UpstreamConnection
+from podproxy.http.http1.upstream import ConnState, UpstreamConnection
 from podproxy.server import Options, Server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from podproxy.http.codec import RequestDecoder, RequestHead, ResponseDecoder, ResponseHead
-from podproxy.router.forwarder import Forwarder, ForwarderConfig
+from podproxy.filters.http.router import Forwarder, ForwarderConfig
+from podproxy.http.http1.codec import RequestDecoder, ResponseDecoder
+from podproxy.http.stream import RequestHead, ResponseHead
 from podproxy.router.routes import Route, RouteTable, VirtualHost
 from podproxy.upstream.host import Host, HostSet
 from podproxy.upstream.load_balancer import LB_POLICIES

@@ -16,7 +16,7 @@ import atheris
 
 with atheris.instrument_imports():
     from fuzz import harness, reference
-    from podproxy.http import codec
+    from podproxy.http.http1 import codec
 
 # Both are imported for their instrumentation: coverage of the reference's branches steers the
 # fuzzer towards kinds of streams, the codec's towards the decoders' own paths.

@@ -16,8 +16,8 @@ from typing import Protocol
 from fuzz import reference
 from fuzz.reference import END, Event, Interim
 from podproxy.errors import ProtocolError
-from podproxy.http import codec
-from podproxy.http.codec import RequestDecoder, ResponseDecoder
+from podproxy.http import stream
+from podproxy.http.http1.codec import RequestDecoder, ResponseDecoder
 
 # Longest stream the fuzzer makes (`-max_len`); cut offsets are taken modulo the stream length.
 MAX_CUT = 4095
@@ -106,7 +106,7 @@ class Case:
     def limits(self) -> tuple[int, int]:
         if self.flags & SMALL_LIMITS:
             return SMALL_MAX_HEADERS_BYTES, SMALL_MAX_HEADERS_COUNT
-        return codec.DEFAULT_MAX_HEADERS_BYTES, codec.DEFAULT_MAX_HEADERS_COUNT
+        return stream.DEFAULT_MAX_HEADERS_BYTES, stream.DEFAULT_MAX_HEADERS_COUNT
 
 
 def _chunks(data: bytes, cuts: Sequence[int]) -> Iterator[bytes]:
@@ -138,7 +138,7 @@ class _Recorder:
         self.ends = 0
         self.keep_alive = True  # of the last final response head
 
-    def on_request_head(self, head: codec.RequestHead) -> None:
+    def on_request_head(self, head: stream.RequestHead) -> None:
         self.events.append(
             reference.RequestHead(
                 head.method,
@@ -151,7 +151,7 @@ class _Recorder:
             )
         )
 
-    def on_response_head(self, head: codec.ResponseHead) -> None:
+    def on_response_head(self, head: stream.ResponseHead) -> None:
         self.keep_alive = head.keep_alive
         self.events.append(
             reference.ResponseHead(

@@ -15,14 +15,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from podproxy.http.downstream import (
-    ConnectionManagerConfig,
-    ConnectionTracker,
-    HttpConnManagerStats,
-    ListenerStats,
-    StreamHandler,
-)
-from podproxy.router.forwarder import Forwarder, ForwarderConfig
+from podproxy.filters.http.router import Forwarder, ForwarderConfig
+from podproxy.http.conn_manager import ConnectionManagerConfig, HttpConnManagerStats, ListenerStats
+from podproxy.http.http1.downstream import ConnectionTracker
+from podproxy.http.stream import StreamHandler
 from podproxy.router.routes import build_route_table
 from podproxy.stats import Store
 from podproxy.upstream.cluster import Cluster

@@ -25,13 +25,10 @@ from podproxy.access_log import AccessLogRecord, FileAccessLog
 from podproxy.admin import Admin, ServerState
 from podproxy.config.loader import LoadedConfig
 from podproxy.errors import ConfigError
-from podproxy.http import codec
-from podproxy.http.downstream import (
-    ConnectionManagerConfig,
-    ConnectionTracker,
-    Exchange,
-    HttpConnManagerStats,
-)
+from podproxy.http.conn_manager import ConnectionManagerConfig, HttpConnManagerStats
+from podproxy.http.http1 import codec
+from podproxy.http.http1.downstream import ConnectionTracker
+from podproxy.http.stream import Exchange
 from podproxy.listener import BoundListener, LocalInfo, build_http_listener
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster

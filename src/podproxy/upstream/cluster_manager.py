@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import ConfigError
-from podproxy.http import codec
-from podproxy.http.pool import HostPool
+from podproxy.http.http1 import codec
+from podproxy.http.http1.pool import HostPool
+from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.discovery import CLUSTER_TYPES, DNS_TYPES
@@ -105,7 +106,7 @@ class ClusterManager:
         idle_timeout: float | None = 3600.0
         max_duration: float | None = None
         max_headers_kb = codec.DEFAULT_MAX_RESPONSE_HEADERS_BYTES // 1024
-        max_headers_count = codec.DEFAULT_MAX_HEADERS_COUNT
+        max_headers_count = DEFAULT_MAX_HEADERS_COUNT
         chpo = getattr(cfg, "common_http_protocol_options", None)
         if chpo is not None:
             idle_timeout = chpo.idle_timeout

@@ -18,11 +18,14 @@ from typing import Protocol
 import httptools
 
 from podproxy.errors import ProtocolError, UnexpectedUpgrade
+from podproxy.http.stream import (
+    DEFAULT_MAX_HEADERS_BYTES,
+    DEFAULT_MAX_HEADERS_COUNT,
+    Headers,
+    RequestHead,
+    ResponseHead,
+)
 
-Headers = list[tuple[bytes, bytes]]
-
-# HttpConnectionManager.max_request_headers_kb default (Envoy: 60 KiB, over it answers 431).
-DEFAULT_MAX_HEADERS_BYTES = 60 * 1024
 # A cluster's max_response_headers_kb default (Envoy 1.40: 80 KiB, over it answers 502).
 DEFAULT_MAX_RESPONSE_HEADERS_BYTES = 80 * 1024
 # Head sizes are counted as Envoy counts them, from the request (status) line to the blank line
@@ -32,8 +35,6 @@ DEFAULT_MAX_RESPONSE_HEADERS_BYTES = 80 * 1024
 # CRLF; each field adds `name: value\r\n` (optional whitespace llhttp dropped is not counted).
 _REQUEST_HEAD_START = 17
 _RESPONSE_HEAD_START = 19
-# common_http_protocol_options.max_headers_count default (Envoy: 100, over it answers 431).
-DEFAULT_MAX_HEADERS_COUNT = 100
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the ones Envoy also strips
 # (conn_manager_utility.cc): never forwarded in either direction.
@@ -85,68 +86,6 @@ class _DateCache:
 
 
 http_date = _DateCache()
-
-
-class RequestHead:
-    """A parsed request line and headers. `headers` names are lower-case; `host` is the
-    (first) Host value, picked out while parsing because every request needs it."""
-
-    __slots__ = ("headers", "host", "keep_alive", "method", "target", "upgrade", "version")
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        version: str,
-        headers: Headers,
-        keep_alive: bool,
-        host: bytes | None = None,
-        upgrade: bytes | None = None,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.host = host
-        # The protocol an upgrade request asks for (`websocket`, `CONNECT` for a CONNECT
-        # request); None for a plain request. Set only where llhttp saw an upgrade.
-        self.upgrade = upgrade
-
-    def get(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def __repr__(self) -> str:
-        return f"<RequestHead {self.method!r} {self.target!r} HTTP/{self.version}>"
-
-
-class ResponseHead:
-    """A parsed status line and headers. `headers` names are lower-case.
-
-    No HTTP version: nothing downstream depends on it (keep-alive is `keep_alive`), and asking
-    httptools for it formats a string (half a microsecond a response)."""
-
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "status")
-
-    def __init__(
-        self,
-        status: int,
-        headers: Headers,
-        keep_alive: bool,
-        content_length: int | None,
-        chunked: bool,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.content_length = content_length
-        self.chunked = chunked
-
-    def __repr__(self) -> str:
-        return f"<ResponseHead {self.status}>"
 
 
 class RequestSink(Protocol):

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from podproxy.filters.http.router import TimeoutQueue, new_request_id, trusted_xff_address
 from podproxy.listener import LocalInfo, local_address
-from podproxy.router.forwarder import TimeoutQueue, new_request_id, trusted_xff_address
 
 
 def test_request_ids_are_uuid4() -> None:
@@ -110,7 +110,7 @@ def _proxy_with_one_idle_upstream(
     from integration.test_proxy_http import bootstrap, cluster
 
     from podproxy.config.loader import load
-    from podproxy.http.upstream import ConnState, UpstreamConnection
+    from podproxy.http.http1.upstream import ConnState, UpstreamConnection
     from podproxy.listener import build_http_listener
     from podproxy.server import Options, Server
 
@@ -143,7 +143,7 @@ async def test_upstream_connection_paused_by_a_slow_client_goes_back_to_the_pool
     """The write that ends a response can fill the client's buffer (pause_writing). The
     upstream connection is already back in its pool then: it must not be left paused, or the
     next request sent on it never gets its response read."""
-    from podproxy.http.upstream import ConnState
+    from podproxy.http.http1.upstream import ConnState
 
     client, client_transport, upstream, up_transport = _proxy_with_one_idle_upstream()
     client_transport.on_write = client.pause_writing  # every write fills the client's buffer

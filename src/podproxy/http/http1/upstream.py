@@ -26,12 +26,12 @@ from podproxy.errors import (
     UpstreamResetError,
     UpstreamUnexpectedUpgrade,
 )
-from podproxy.http import codec
-from podproxy.http.codec import ResponseHead
 from podproxy.http.flow import PEER_WRITE_BLOCKED, FlowControl
+from podproxy.http.http1 import codec
+from podproxy.http.stream import ResponseHead
 
 if TYPE_CHECKING:
-    from podproxy.http.pool import HostPool
+    from podproxy.http.http1.pool import HostPool
 
 
 class UpstreamStream(Protocol):

@@ -11,17 +11,16 @@ from typing import Any
 
 import pytest
 
-from podproxy.http.downstream import (
+from podproxy.http.conn_manager import ConnectionManagerConfig, HttpConnManagerStats
+from podproxy.http.http1.downstream import (
     DOWNSTREAM_DURATION_TIMEOUT,
     REQUEST_HEADER_TIMEOUT,
-    ConnectionManagerConfig,
     ConnectionTracker,
     DownstreamConnection,
-    Exchange,
     HeadTimedConnection,
-    HttpConnManagerStats,
     _earliest,
 )
+from podproxy.http.stream import Exchange
 from podproxy.stats import Store
 
 GET = b"GET /a HTTP/1.1\r\nhost: app\r\n\r\n"

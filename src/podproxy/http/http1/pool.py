@@ -18,14 +18,15 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from podproxy.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
-from podproxy.http.codec import DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_RESPONSE_HEADERS_BYTES
-from podproxy.http.upstream import (
+from podproxy.http.http1.codec import DEFAULT_MAX_RESPONSE_HEADERS_BYTES
+from podproxy.http.http1.upstream import (
     CONN_BUSY,
     CONN_CLOSED,
     CONN_IDLE,
     ConnState,
     UpstreamConnection,
 )
+from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 
 if TYPE_CHECKING:
     from podproxy.upstream.cluster import ClusterStats

@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from podproxy.errors import ProtocolError
-from podproxy.http import codec
-from podproxy.http.codec import RequestDecoder, RequestHead, ResponseDecoder, ResponseHead
+from podproxy.http.http1 import codec
+from podproxy.http.http1.codec import RequestDecoder, ResponseDecoder
+from podproxy.http.stream import RequestHead, ResponseHead
 
 
 class Sink:

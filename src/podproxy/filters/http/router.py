@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
-from podproxy.http import codec
-from podproxy.http.codec import HOP_BY_HOP, ResponseHead
-from podproxy.http.downstream import Exchange
 from podproxy.http.flow import HANDLER_HOLD, PEER_WRITE_BLOCKED
-from podproxy.http.pool import HostPool
-from podproxy.http.upstream import UpstreamConnection
+from podproxy.http.http1 import codec
+from podproxy.http.http1.codec import HOP_BY_HOP
+from podproxy.http.http1.pool import HostPool
+from podproxy.http.http1.upstream import UpstreamConnection
+from podproxy.http.stream import Exchange, ResponseHead
 from podproxy.router.routes import Route, RouteTable
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.host import Host
