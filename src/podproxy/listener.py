@@ -15,8 +15,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from podproxy.filters.http import HTTP_FILTERS
+from podproxy.filters.http.common import FilterContext
 from podproxy.filters.http.router import Forwarder, ForwarderConfig
-from podproxy.http.conn_manager import ConnectionManagerConfig, HttpConnManagerStats, ListenerStats
+from podproxy.http.conn_manager import (
+    ConnectionManagerConfig,
+    FilterChainHandler,
+    HttpConnManagerStats,
+    ListenerStats,
+)
 from podproxy.http.http1.downstream import ConnectionTracker
 from podproxy.http.stream import StreamHandler
 from podproxy.router.routes import build_route_table
@@ -164,9 +171,21 @@ def build_http_listener(
         user_agent=info.cluster.encode() if hcm.add_user_agent else None,
         service_node=info.node.encode(),
     )
-    handler: StreamHandler = Forwarder(
-        build_route_table(hcm.route_config), clusters, fcfg, http_stats
-    )
+    router = Forwarder(build_route_table(hcm.route_config), clusters, fcfg, http_stats)
+    handler: StreamHandler = router
+    chain = [f for f in hcm.http_filters[:-1] if not f.skipped]
+    if chain:
+        # Filters besides the router: each stream walks them (with the router alone the
+        # connection calls the router directly, and pays nothing for the chain).
+        ctx = FilterContext(stats=store.scope(f"http.{hcm.stat_prefix}."))
+        factories = [(f.name, HTTP_FILTERS[f.name](f.typed_config, ctx), f.disabled) for f in chain]
+        handler = FilterChainHandler(
+            factories,
+            router,
+            router.match_route,
+            http_stats,
+            cfg.per_connection_buffer_limit_bytes,
+        )
     h1 = hcm.http_protocol_options
     default_host = getattr(h1, "default_host_for_http_10", None)
     common = hcm.common_http_protocol_options

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from podproxy.config.normalize import Normalized, normalize
 from podproxy.config.schema import (
+    TYPED_CONFIGS,
     Address,
     Bootstrap,
     Cluster,
@@ -157,6 +158,8 @@ def _join(path: str, key: str) -> str:
 def _loc_path(loc: Sequence[int | str]) -> str:
     path = ""
     for part in loc:
+        if isinstance(part, str) and part in TYPED_CONFIGS:
+            continue  # the tag of a typed_config union member: not in the user's YAML
         path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
     return path
 
@@ -176,6 +179,9 @@ def _model_at(loc: Sequence[int | str]) -> type[Message] | None:
     for part in loc:
         if isinstance(part, int):
             continue
+        if part in TYPED_CONFIGS:
+            model = TYPED_CONFIGS[part]
+            continue
         fields = model.model_fields
         info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
         found = message_in(info.annotation) if info is not None else None
@@ -193,6 +199,8 @@ def _message(err: Any) -> str:
         if model is not None and loc[-1] in model.UNSUPPORTED:
             return "Envoy field not supported by podproxy yet"
         return "unknown field"
+    if kind == "type_url" and isinstance(got, dict) and "@type" in got:
+        return f"{show(got['@type'])}: {err['msg']}"
     if kind in _OWN_TYPES:
         return str(err["msg"])
     if kind == "value_error":
@@ -235,8 +243,13 @@ def _root_causes(errors: list[Any]) -> list[Any]:
             len(other) > len(loc) and other[: len(loc)] == loc for other in bad
         )
 
-    # A typed_config of another Envoy type: its fields are not ours to judge.
-    foreign = [tuple(e["loc"])[:-1] for e in errors if e["type"] == "type_url"]
+    # A typed_config of another Envoy type: its fields are not ours to judge. (The error is
+    # on its `@type`, or on the whole typed_config when a union found no member for it.)
+    foreign = [
+        tuple(e["loc"])[:-1] if tuple(e["loc"])[-1:] == ("@type",) else tuple(e["loc"])
+        for e in errors
+        if e["type"] == "type_url"
+    ]
 
     def inside_foreign(e: Any) -> bool:
         loc = tuple(e["loc"])

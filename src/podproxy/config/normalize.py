@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podproxy.config.schema import (
+    BUFFER_PER_ROUTE_TYPE,
+    BUFFER_TYPE,
     CARES_TYPE,
     DNS_CLUSTER_TYPE,
+    FAULT_TYPE,
     FILE_ACCESS_LOG_TYPE,
     HCM_TYPE,
     ROUTER_TYPE,
     TYPE_URL_PREFIX,
+    TYPED_CONFIGS,
     Bootstrap,
     Message,
     enum_name,
@@ -35,12 +39,16 @@ LEGACY_NAMES: dict[str, str] = {
     "envoy.http_connection_manager": "envoy.filters.network.http_connection_manager",
     "envoy.router": "envoy.filters.http.router",
     "envoy.file_access_log": "envoy.access_loggers.file",
+    "envoy.fault": "envoy.filters.http.fault",
+    "envoy.buffer": "envoy.filters.http.buffer",
 }
 
 # Extension name → the v3 type URL its typed_config must carry (Envoy ≥ 1.22 looks it up).
 TYPE_URL_BY_NAME: dict[str, str] = {
     "envoy.filters.network.http_connection_manager": HCM_TYPE,
     "envoy.filters.http.router": ROUTER_TYPE,
+    "envoy.filters.http.fault": FAULT_TYPE,
+    "envoy.filters.http.buffer": BUFFER_TYPE,
     "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
     "envoy.cluster.dns": DNS_CLUSTER_TYPE,
     "envoy.clusters.dns": DNS_CLUSTER_TYPE,
@@ -52,6 +60,9 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX
     + "envoy.config.filter.network.http_connection_manager.v2.HttpConnectionManager": HCM_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.router.v2.Router": ROUTER_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.fault.v2.HTTPFault": FAULT_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.Buffer": BUFFER_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.BufferPerRoute": BUFFER_PER_ROUTE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
 }
 
@@ -118,7 +129,9 @@ def repeated_as_lists(obj: dict[str, Any], model: type[Message]) -> None:
             continue
         for item in value if repeated and isinstance(value, list) else [value]:
             if isinstance(item, dict):
-                repeated_as_lists(item, sub)
+                # A typed_config union: the member its @type names.
+                typed = TYPED_CONFIGS.get(item.get("@type"))  # type: ignore[arg-type]
+                repeated_as_lists(item, typed or sub)
 
 
 def _items(parent: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:

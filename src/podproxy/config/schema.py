@@ -19,15 +19,18 @@ import types
 import typing
 from collections.abc import Callable
 from enum import Enum
-from typing import Annotated, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     StrictBool,
+    Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +41,10 @@ HCM_TYPE = TYPE_URL_PREFIX + (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 ROUTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.router.v3.Router"
+FAULT_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.fault.v3.HTTPFault"
+BUFFER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.Buffer"
+BUFFER_PER_ROUTE_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+ROUTE_FILTER_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.route.v3.FilterConfig"
 FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 DNS_CLUSTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.clusters.dns.v3.DnsCluster"
 CARES_TYPE = (
@@ -253,6 +260,20 @@ class TrafficDirection(Enum):
     OUTBOUND = 2
 
 
+class FaultDelayType(Enum):
+    """v2 FaultDelay.type (removed in v3, where every delay is fixed)."""
+
+    FIXED = 0
+
+
+class DenominatorType(Enum):
+    """envoy.type.v3.FractionalPercent.DenominatorType, as the denominator's value."""
+
+    HUNDRED = 100
+    TEN_THOUSAND = 10_000
+    MILLION = 1_000_000
+
+
 CodecTypeField = Annotated[CodecType, BeforeValidator(_enum_parser(CodecType))]
 ServerHeaderTransformationField = Annotated[
     ServerHeaderTransformation, BeforeValidator(_enum_parser(ServerHeaderTransformation))
@@ -265,6 +286,8 @@ ClusterNotFoundResponseCodeField = Annotated[
     ClusterNotFoundResponseCode, BeforeValidator(_enum_parser(ClusterNotFoundResponseCode))
 ]
 TrafficDirectionField = Annotated[TrafficDirection, BeforeValidator(_enum_parser(TrafficDirection))]
+FaultDelayTypeField = Annotated[FaultDelayType, BeforeValidator(_enum_parser(FaultDelayType))]
+DenominatorTypeField = Annotated[DenominatorType, BeforeValidator(_enum_parser(DenominatorType))]
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -583,54 +606,88 @@ class DirectResponseAction(Message):
         return b"" if self.body is None else self.body.data()
 
 
-class Route(Message):
-    UNSUPPORTED = _names(
-        """
-        redirect filter_action non_forwarding_action metadata decorator
-        typed_per_filter_config request_headers_to_add request_headers_to_remove
-        response_headers_to_add response_headers_to_remove tracing
-        per_request_buffer_limit_bytes stat_prefix request_body_buffer_limit
-        """
-    )
-    name: Str | None = None
-    match: RouteMatch
-    route: RouteAction | None = None
-    direct_response: DirectResponseAction | None = None
+class FractionalPercent(Message):
+    """envoy.type.v3.FractionalPercent: numerator / denominator (a numerator above the
+    denominator means always, as Envoy's ProbabilityUtil reads it)."""
+
+    numerator: UInt = 0
+    denominator: DenominatorTypeField = DenominatorType.HUNDRED
+
+
+class FaultDelay(Message):
+    """envoy.extensions.filters.common.fault.v3.FaultDelay (v2: `type: FIXED` kept as is)."""
+
+    type: FaultDelayTypeField | None = None
+    fixed_delay: OptDuration = None
+    header_delay: dict[str, Any] | None = None
+    percentage: FractionalPercent = FractionalPercent()
 
     @model_validator(mode="after")
-    def _action(self) -> Route:
-        _one_of(self, ("route", "direct_response"))
+    def _one(self) -> FaultDelay:
+        _one_of(self, ("fixed_delay", "header_delay"))
+        if self.header_delay:
+            raise ValueError("header_delay: takes no fields")
         return self
 
 
-class VirtualHost(Message):
-    UNSUPPORTED = _names(
-        """
-        matcher require_tls virtual_clusters rate_limits request_headers_to_add
-        request_headers_to_remove response_headers_to_add response_headers_to_remove cors
-        typed_per_filter_config include_request_attempt_count
-        include_attempt_count_in_response retry_policy retry_policy_typed_config
-        hedge_policy include_is_timeout_retry_header per_request_buffer_limit_bytes
-        request_body_buffer_limit request_mirror_policies metadata
-        """
-    )
-    name: Annotated[Str, Field(min_length=1)]
-    domains: Annotated[tuple[Str, ...], Field(min_length=1)]
-    routes: tuple[Route, ...] = ()
+class FaultAbort(Message):
+    """envoy.extensions.filters.http.fault.v3.FaultAbort."""
+
+    http_status: Annotated[UInt, Field(ge=200, lt=600)] | None = None
+    grpc_status: UInt | None = None
+    header_abort: dict[str, Any] | None = None
+    percentage: FractionalPercent = FractionalPercent()
+
+    @model_validator(mode="after")
+    def _one(self) -> FaultAbort:
+        _one_of(self, ("http_status", "grpc_status", "header_abort"))
+        if self.header_abort:
+            raise ValueError("header_abort: takes no fields")
+        return self
 
 
-class RouteConfiguration(Message):
-    UNSUPPORTED = _names(
-        """
-        vhds internal_only_headers response_headers_to_add response_headers_to_remove
-        request_headers_to_add request_headers_to_remove most_specific_header_mutations_wins
-        validate_clusters max_direct_response_body_size_bytes cluster_specifier_plugins
-        request_mirror_policies ignore_port_in_host_matching vhost_header
-        ignore_path_parameters_in_path_matching typed_per_filter_config metadata
-        """
-    )
-    name: Str = ""
-    virtual_hosts: tuple[VirtualHost, ...] = ()
+class HTTPFault(TypedMessage):
+    """The fault filter (envoy.filters.http.fault), also as its per-route config."""
+
+    TYPE_URL = FAULT_TYPE
+    UNSUPPORTED = _names("response_rate_limit response_rate_limit_percent_runtime filter_metadata")
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    upstream_cluster: Str = ""
+    headers: tuple[HeaderMatcher, ...] = ()
+    downstream_nodes: tuple[Str, ...] = ()
+    max_active_faults: UInt | None = None
+    delay_percent_runtime: Str = "fault.http.delay.fixed_delay_percent"
+    abort_percent_runtime: Str = "fault.http.abort.abort_percent"
+    delay_duration_runtime: Str = "fault.http.delay.fixed_duration_ms"
+    abort_http_status_runtime: Str = "fault.http.abort.http_status"
+    max_active_faults_runtime: Str = "fault.http.max_active_faults"
+    abort_grpc_status_runtime: Str = "fault.http.abort.grpc_status"
+    disable_downstream_cluster_stats: StrictBool = False
+
+
+class Buffer(TypedMessage):
+    """The buffer filter (envoy.filters.http.buffer): the whole request before the router."""
+
+    TYPE_URL = BUFFER_TYPE
+    max_request_bytes: Annotated[UInt, Field(ge=1)]
+    # v2's max_request_time was removed from Envoy (use the route timeout): not accepted.
+
+
+class BufferPerRoute(TypedMessage):
+    """The buffer filter's per-route config: off for the route, or another limit."""
+
+    TYPE_URL = BUFFER_PER_ROUTE_TYPE
+    disabled: StrictBool | None = None
+    buffer: Buffer | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> BufferPerRoute:
+        if (self.disabled is not None) == (self.buffer is not None):
+            raise ValueError("exactly one of disabled, buffer must be set")
+        if self.disabled is False:
+            raise ValueError("disabled: must be true when set")
+        return self
 
 
 class Router(TypedMessage):
@@ -648,26 +705,168 @@ class Router(TypedMessage):
 
 ROUTER_NAMES = frozenset({"envoy.filters.http.router", "envoy.router"})
 
+# The HTTP filters podproxy has: v3 name → the typed_config it takes (normalize.py maps the v2
+# names and type URLs onto these). The router comes last in every chain.
+HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
+    "envoy.filters.http.router": Router,
+    "envoy.filters.http.fault": HTTPFault,
+    "envoy.filters.http.buffer": Buffer,
+}
+# What each takes in typed_per_filter_config (v3 type URL → model).
+PER_ROUTE_CONFIGS: dict[str, type[TypedMessage]] = {
+    FAULT_TYPE: HTTPFault,
+    BUFFER_PER_ROUTE_TYPE: BufferPerRoute,
+}
+# Every typed config a filter or route may hold, by type URL: the union's tags.
+TYPED_CONFIGS: dict[str, type[TypedMessage]] = {
+    **{m.TYPE_URL: m for m in HTTP_FILTER_CONFIGS.values()},
+    **PER_ROUTE_CONFIGS,
+}
+
+
+def _type_tag(value: Any) -> str | None:
+    url = value.get("@type") if isinstance(value, dict) else getattr(value, "type_url", None)
+    return url if url in TYPED_CONFIGS else None
+
+
+def _typed_union(models: dict[str, type[TypedMessage]]) -> Any:
+    """A `typed_config` field holding one of `models`, picked by its `@type` (the loader drops
+    the tag from error paths; an unknown type is an error naming it)."""
+    members = tuple(Annotated[m, Tag(url)] for url, m in models.items())
+    return Annotated[
+        typing.Union[members],  # noqa: UP007 (a runtime-built union)
+        Discriminator(
+            _type_tag,
+            custom_error_type="type_url",
+            custom_error_message="Envoy type not supported here by podproxy yet",
+        ),
+    ]
+
+
+FilterConfig = _typed_union({m.TYPE_URL: m for m in HTTP_FILTER_CONFIGS.values()})
+# What FilterConfig.config holds: a filter's own per-route config.
+PerRouteConfig = _typed_union(dict(PER_ROUTE_CONFIGS))
+
+
+class RouteFilterConfig(TypedMessage):
+    """envoy.config.route.v3.FilterConfig: a per-route config that can also turn on a filter
+    the chain has `disabled: true` (or turn one off)."""
+
+    TYPE_URL = ROUTE_FILTER_CONFIG_TYPE
+    wraps_config: ClassVar[bool] = True
+    config: PerRouteConfig | None = None  # type: ignore[valid-type]
+    is_optional: StrictBool = False
+    disabled: StrictBool = False
+
+
+PER_ROUTE_CONFIGS[ROUTE_FILTER_CONFIG_TYPE] = RouteFilterConfig
+TYPED_CONFIGS[ROUTE_FILTER_CONFIG_TYPE] = RouteFilterConfig
+PerFilterConfig = _typed_union(PER_ROUTE_CONFIGS)
+
+
+class Route(Message):
+    UNSUPPORTED = _names(
+        """
+        redirect filter_action non_forwarding_action metadata decorator
+        request_headers_to_add request_headers_to_remove
+        response_headers_to_add response_headers_to_remove tracing
+        per_request_buffer_limit_bytes stat_prefix request_body_buffer_limit
+        """
+    )
+    name: Str | None = None
+    match: RouteMatch
+    route: RouteAction | None = None
+    direct_response: DirectResponseAction | None = None
+    typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _action(self) -> Route:
+        _one_of(self, ("route", "direct_response"))
+        return self
+
+
+class VirtualHost(Message):
+    UNSUPPORTED = _names(
+        """
+        matcher require_tls virtual_clusters rate_limits request_headers_to_add
+        request_headers_to_remove response_headers_to_add response_headers_to_remove cors
+        include_request_attempt_count
+        include_attempt_count_in_response retry_policy retry_policy_typed_config
+        hedge_policy include_is_timeout_retry_header per_request_buffer_limit_bytes
+        request_body_buffer_limit request_mirror_policies metadata
+        """
+    )
+    name: Annotated[Str, Field(min_length=1)]
+    domains: Annotated[tuple[Str, ...], Field(min_length=1)]
+    routes: tuple[Route, ...] = ()
+    typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
+
+
+class RouteConfiguration(Message):
+    UNSUPPORTED = _names(
+        """
+        vhds internal_only_headers response_headers_to_add response_headers_to_remove
+        request_headers_to_add request_headers_to_remove most_specific_header_mutations_wins
+        validate_clusters max_direct_response_body_size_bytes cluster_specifier_plugins
+        request_mirror_policies ignore_port_in_host_matching vhost_header
+        ignore_path_parameters_in_path_matching typed_per_filter_config metadata
+        """
+    )
+    name: Str = ""
+    virtual_hosts: tuple[VirtualHost, ...] = ()
+
 
 class HttpFilter(Message):
-    UNSUPPORTED = _names("config_discovery is_optional disabled")
+    UNSUPPORTED = _names("config_discovery")
+    # An unknown filter marked optional is left out instead of refused (Envoy's is_optional);
+    # before `name`, so that name's check sees it.
+    is_optional: StrictBool = False
     name: Annotated[Str, Field(min_length=1)]
-    typed_config: Router | None = None
+    typed_config: FilterConfig | None = None  # type: ignore[valid-type]
+    # Off unless a route's typed_per_filter_config turns it on (envoy.config.route.v3.
+    # FilterConfig with disabled: false, or any config for it).
+    disabled: StrictBool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optional(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("name")
+        if data.get("is_optional") is True:
+            if isinstance(name, str) and name not in HTTP_FILTER_CONFIGS:
+                # Envoy skips an optional filter it does not know, config and all.
+                return {"name": name, "is_optional": True}
+        typed = data.get("typed_config")
+        if isinstance(typed, dict) and "@type" not in typed and isinstance(name, str):
+            # The filter's name says which config this is (normalize.py does the same).
+            model = HTTP_FILTER_CONFIGS.get(name) or (Router if name in ROUTER_NAMES else None)
+            if model is not None:
+                data = {**data, "typed_config": {"@type": model.TYPE_URL, **typed}}
+        return data
 
     @field_validator("name")
     @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in ROUTER_NAMES:
-            raise PydanticCustomError(
-                "unsupported",
-                "{got}: Envoy HTTP filter not supported by podproxy yet (only the router)",
-                {"got": show(value)},
-            )
-        return value
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        if value in HTTP_FILTER_CONFIGS or value in ROUTER_NAMES:
+            return value
+        if info.data.get("is_optional"):
+            return value
+        raise PydanticCustomError(
+            "unsupported",
+            "{got}: Envoy HTTP filter not supported by podproxy yet",
+            {"got": show(value)},
+        )
+
+    @property
+    def skipped(self) -> bool:
+        """An optional filter podproxy does not know: not in the chain."""
+        return self.is_optional and self.name not in HTTP_FILTER_CONFIGS
 
     def router(self) -> Router:
         """The router's config (`Router()` defaults when no typed_config was given)."""
-        return self.typed_config if self.typed_config is not None else Router()
+        tc = self.typed_config
+        return tc if isinstance(tc, Router) else Router()
 
 
 class HttpConnectionManager(TypedMessage):

@@ -6,9 +6,30 @@ limits, the access logger); `HttpConnManagerStats` are Envoy's `http.<stat_prefi
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from podproxy.http.stream import DEFAULT_MAX_HEADERS_BYTES, DEFAULT_MAX_HEADERS_COUNT, AccessLogger
+from podproxy.http.filter import (
+    CONTINUE,
+    STOP_ALL_ITERATION_AND_BUFFER,
+    STOP_ITERATION_AND_BUFFER,
+    STOP_ITERATION_NO_BUFFER,
+    FilterFactory,
+    HttpFilter,
+)
+from podproxy.http.flow import HANDLER_HOLD
+from podproxy.http.stream import (
+    DEFAULT_MAX_HEADERS_BYTES,
+    DEFAULT_MAX_HEADERS_COUNT,
+    AccessLogger,
+    Exchange,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    StreamHandler,
+)
 from podproxy.stats import Counter, Gauge, Histogram
 
 
@@ -131,3 +152,517 @@ class ConnectionManagerConfig:
             stats.downstream_rq_4xx,
             stats.downstream_rq_5xx,
         )
+
+
+# No body is waiting (an index past any chain).
+_NOWHERE = 1 << 30
+# Envoy's per_connection_buffer_limit_bytes default.
+DEFAULT_BUFFER_LIMIT = 1024 * 1024
+
+
+class FilterManager:
+    """One stream's walk through the HTTP filters (Envoy's FilterManager, for HTTP/1 streams).
+
+    Decoding runs the filters in config order and ends in the router (`terminal`, a
+    `StreamHandler`); encoding runs them in reverse and ends in `sink` (the router's writer of
+    the upstream response, or the local-reply writer). A filter that returns a stop status holds
+    the walk at itself until it calls `continue_decoding` / `continue_encoding`; body that
+    reaches a filter the headers have not passed yet is kept here meanwhile (a stopped filter's
+    buffer is bounded by the connection's flow control: the client's reading is paused while
+    the walk is held, as Envoy's watermark buffers do).
+    """
+
+    __slots__ = (
+        "d_at",
+        "d_buf",
+        "d_buffered",
+        "d_held",
+        "d_limit",
+        "d_pending",
+        "d_pending_at",
+        "d_pending_end",
+        "d_stop_all",
+        "done",
+        "e_at",
+        "e_buf",
+        "e_end",
+        "e_head",
+        "e_held",
+        "e_sink",
+        "ex",
+        "filters",
+        "handler",
+        "head_only",
+        "replied",
+    )
+
+    def __init__(self, handler: FilterChainHandler, ex: Exchange) -> None:
+        self.handler = handler
+        self.ex = ex
+        self.filters: list[HttpFilter] = []
+        # Decoding: the headers have reached filter `d_at` (len(filters): the router has them);
+        # `d_stop_all` when that filter asked for the body to wait too. Body that cannot pass
+        # yet waits in `d_pending`; a filter that buffers keeps its chunks in `d_buf`, at
+        # `d_held`; body (and maybe the end) waiting for the headers is in `d_pending`, to
+        # resume at filter `d_pending_at`. `head_only`: the request had no body.
+        self.d_at = 0
+        self.d_stop_all = False
+        self.d_pending: list[bytes] = []
+        self.d_pending_at = _NOWHERE
+        self.d_pending_end = False
+        self.head_only = False
+        self.d_buf: list[bytes] = []
+        self.d_buffered = 0
+        self.d_limit = handler.buffer_limit
+        self.d_held = -1
+        # Encoding, the same from the last filter down (`e_at` counts down to -1: the sink).
+        self.e_at = 0
+        self.e_head: ResponseHead | None = None
+        self.e_buf: list[bytes] = []
+        self.e_held = -1
+        self.e_end = False
+        self.e_sink: EncodeSink | None = None
+        self.replied = False
+        self.done = False
+
+    # FilterCallbacks ---------------------------------------------------------------------
+    @property
+    def exchange(self) -> Exchange:
+        return self.ex
+
+    def route(self) -> Any:
+        ex = self.ex
+        if ex.route is None:
+            ex.route = self.handler.match_route(ex)
+        return ex.route
+
+    def per_filter_config(self, name: str) -> Any:
+        """The most specific `typed_per_filter_config` for `name` on the stream's route
+        (route, then virtual host), or None."""
+        route = self.route()
+        if route is None:
+            return None
+        cfg = route.per_filter_config.get(name)
+        if cfg is not None and getattr(cfg, "wraps_config", False):
+            return cfg.config  # a route FilterConfig around the filter's own
+        return cfg
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return self.ex.conn.loop.call_later(delay, callback)
+
+    def set_buffer_limit(self, limit: int) -> None:
+        """What a filter may buffer of this request (Envoy's setDecoderBufferLimit)."""
+        self.d_limit = limit
+
+    def decoding_buffer(self) -> bytes:
+        return b"".join(self.d_buf)
+
+    # decoding ----------------------------------------------------------------------------
+    def decode_headers(self, end_stream: bool) -> None:
+        self.head_only = end_stream
+        self._headers_from(0)
+
+    def _headers_from(self, i: int) -> None:
+        """Walk the headers on from filter `i`; then the body that waited for them."""
+        ex = self.ex
+        filters = self.filters
+        n = len(filters)
+        while i < n:
+            status = filters[i].decode_headers(ex.head, self.head_only)
+            if self.replied:
+                return
+            if status != CONTINUE:
+                self.d_at = i
+                self.d_stop_all = status == STOP_ALL_ITERATION_AND_BUFFER
+                self._flush_pending()
+                return
+            i += 1
+        self.d_at = n
+        terminal = self.handler.terminal
+        terminal.on_request_head(ex)
+        if self.replied or ex.response_complete:
+            return
+        if self.head_only:
+            terminal.on_request_end(ex)
+            return
+        self._flush_pending()
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        self._data_from(0, data, end_stream)
+
+    def _data_from(self, i: int, data: bytes, end_stream: bool) -> None:
+        """Walk a piece of the body (and maybe the end) on from filter `i`."""
+        filters = self.filters
+        n = len(filters)
+        while i < n:
+            if i > self.d_at or (i == self.d_at and self.d_stop_all):
+                # The headers have not passed this filter: the body waits for them.
+                self._hold(i, data, end_stream)
+                return
+            f = filters[i]
+            if i == self.d_held:
+                # This filter is buffering: it sees each piece, the buffer grows until it
+                # lets the whole of it go on.
+                self.d_buf.append(data)
+                self.d_buffered += len(data)
+                if self.d_buffered > self.d_limit:
+                    self._buffer_overflow()
+                    return
+                status = f.decode_data(data, end_stream)
+                if self.replied:
+                    return
+                if status == STOP_ITERATION_NO_BUFFER:
+                    self.d_buffered -= len(self.d_buf.pop())
+                    return
+                if status != CONTINUE:
+                    return
+                data = b"".join(self.d_buf)
+                self.d_buf = []
+                self.d_buffered = 0
+                self.d_held = -1
+            else:
+                status = f.decode_data(data, end_stream)
+                if self.replied:
+                    return
+                if status == STOP_ITERATION_AND_BUFFER:
+                    self.d_held = i
+                    self.d_buf.append(data)
+                    self.d_buffered = len(data)
+                    if self.d_buffered > self.d_limit:
+                        self._buffer_overflow()
+                    return
+                if status != CONTINUE:
+                    return
+            if i == self.d_at:
+                # A filter that stopped the headers let body through: the headers go on
+                # first (as Envoy's commonContinue), the body after them.
+                self._hold(i + 1, data, end_stream)
+                self._headers_from(i + 1)
+                return
+            i += 1
+        terminal = self.handler.terminal
+        ex = self.ex
+        if data:
+            terminal.on_request_body(ex, data)
+        if end_stream and not self.replied and not ex.response_complete:
+            terminal.on_request_end(ex)
+
+    def _hold(self, at: int, data: bytes, end_stream: bool) -> None:
+        """Body that must wait before filter `at` for the headers; the client's reading
+        pauses meanwhile (Envoy's watermark), so what waits is bounded."""
+        if data:
+            self.d_pending.append(data)
+        if end_stream:
+            self.d_pending_end = True
+        if at < self.d_pending_at:
+            self.d_pending_at = at
+        flow = self.ex.conn.flow
+        if flow is not None:
+            flow.pause_reading(HANDLER_HOLD)
+
+    def _flush_pending(self) -> None:
+        """The headers moved on: the body that waited for them follows as far as it may."""
+        if not self.d_pending and not self.d_pending_end:
+            return
+        data = b"".join(self.d_pending)
+        end = self.d_pending_end
+        at = self.d_pending_at
+        self.d_pending = []
+        self.d_pending_end = False
+        self.d_pending_at = _NOWHERE
+        flow = self.ex.conn.flow
+        if flow is not None and flow.reasons & HANDLER_HOLD:
+            flow.resume_reading(HANDLER_HOLD)
+        self._data_from(at, data, end)
+
+    def continue_decoding(self) -> None:
+        """The filter that stopped the request's walk lets it go on past itself."""
+        if self.replied or self.done:
+            return
+        held = self.d_held
+        if held >= 0 and held != self.d_at:
+            # A buffering filter lets its buffer go on.
+            data = b"".join(self.d_buf)
+            self.d_buf = []
+            self.d_buffered = 0
+            self.d_held = -1
+            self._data_from(held + 1, data, self.d_pending_end and not self.d_pending)
+            return
+        i = self.d_at
+        if i >= len(self.filters):
+            return
+        if held == i:
+            # It stopped the headers and buffered body: both go on, the body after.
+            data = b"".join(self.d_buf)
+            self.d_buf = []
+            self.d_buffered = 0
+            self.d_held = -1
+            self._hold(i + 1, data, False)
+        if self.d_stop_all:
+            # The body it held back reaches it after the headers went on.
+            self.d_stop_all = False
+        self._headers_from(i + 1)
+
+    def _buffer_overflow(self) -> None:
+        """A filter buffered more of the request than the connection's buffer limit: Envoy's
+        413 (FilterManager, "request_payload_too_large")."""
+        self.d_buf = []
+        self.d_buffered = 0
+        self.handler.stats.downstream_rq_too_large.value += 1
+        self.send_local_reply(413, b"Payload Too Large", details="request_payload_too_large")
+
+    # encoding ----------------------------------------------------------------------------
+    def encode_headers(self, head: ResponseHead, end_stream: bool, sink: EncodeSink) -> None:
+        self.e_sink = sink
+        self.e_head = head
+        self.e_end = end_stream
+        self._encode_headers_from(len(self.filters) - 1)
+
+    def _encode_headers_from(self, i: int) -> None:
+        head = self.e_head
+        assert head is not None and self.e_sink is not None
+        filters = self.filters
+        while i >= 0:
+            if filters[i].encode_headers(head, self.e_end) != CONTINUE:
+                self.e_at = i
+                return
+            i -= 1
+        self.e_at = -1
+        sink = self.e_sink
+        buf = self.e_buf
+        if buf:
+            # Body that waited for the headers goes with them.
+            self.e_buf = []
+            sink.encode_head(head, False)
+            sink.encode_body(b"".join(buf), self.e_end)
+        else:
+            sink.encode_head(head, self.e_end)
+        if self.e_end:
+            self.on_destroy()
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if end_stream:
+            self.e_end = True
+        self._encode_data_from(len(self.filters) - 1, data, end_stream)
+
+    def _encode_data_from(self, i: int, data: bytes, end_stream: bool) -> None:
+        filters = self.filters
+        while i >= 0:
+            if i < self.e_at:
+                if data:
+                    self.e_buf.append(data)
+                return
+            f = filters[i]
+            if i == self.e_held:
+                self.e_buf.append(data)
+                status = f.encode_data(data, end_stream)
+                if status == CONTINUE:
+                    data = b"".join(self.e_buf)
+                    self.e_buf = []
+                    self.e_held = -1
+                elif status == STOP_ITERATION_NO_BUFFER:
+                    self.e_buf.pop()
+                    return
+                else:
+                    return
+            else:
+                status = f.encode_data(data, end_stream)
+                if status == STOP_ITERATION_AND_BUFFER:
+                    self.e_held = i
+                    self.e_buf.append(data)
+                    return
+                if status == STOP_ITERATION_NO_BUFFER:
+                    return
+            i -= 1
+        if self.e_at >= 0:
+            if data:
+                self.e_buf.append(data)
+            return
+        assert self.e_sink is not None
+        self.e_sink.encode_body(data, end_stream)
+        if end_stream:
+            self.on_destroy()
+
+    def continue_encoding(self) -> None:
+        if self.done or self.e_head is None:
+            return
+        if self.e_held >= 0:
+            i = self.e_held
+            data = b"".join(self.e_buf)
+            self.e_buf = []
+            self.e_held = -1
+            if self.e_at < i:
+                self._encode_data_from(i - 1, data, self.e_end)
+                return
+            if data:
+                self.e_buf.insert(0, data)
+        if self.e_at >= 0:
+            self._encode_headers_from(self.e_at - 1)
+
+    # local replies -----------------------------------------------------------------------
+    def send_local_reply(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        headers: Headers | None = None,
+        details: str = "",
+        flags: str = "-",
+        grpc_status: int | None = None,
+    ) -> None:
+        """End the stream with a reply of our own; the encoder filters see it as a response."""
+        ex = self.ex
+        if self.replied or ex.response_complete:
+            return
+        self.replied = True
+        if self.d_at >= len(self.filters) and not ex.response_started:
+            # The router has the request already: it lets go of the upstream side.
+            self.handler.terminal.on_downstream_reset(ex)
+        sink = LocalReplySink(ex, flags)
+        head = ResponseHead(status, list(headers) if headers else [], True, len(body), False)
+        self.encode_headers(head, not body, sink)
+        if body:
+            self.encode_data(body, True)
+
+    def on_destroy(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        for f in self.filters:
+            f.on_destroy()
+
+
+class EncodeSink(Protocol):
+    """Where an encoded response goes once every encoder filter let it through."""
+
+    def encode_head(self, head: ResponseHead, end_stream: bool) -> None: ...
+    def encode_body(self, data: bytes, end_stream: bool) -> None: ...
+
+
+class LocalReplySink:
+    """Writes a local reply once the encoder filters are done with it: one write, as the
+    codec's own local replies."""
+
+    __slots__ = ("body", "ex", "flags", "head")
+
+    def __init__(self, ex: Exchange, flags: str) -> None:
+        self.ex = ex
+        self.flags = flags
+        self.head: ResponseHead | None = None
+        self.body: list[bytes] = []
+
+    def encode_head(self, head: ResponseHead, end_stream: bool) -> None:
+        self.head = head
+        if end_stream:
+            self._send()
+
+    def encode_body(self, data: bytes, end_stream: bool) -> None:
+        self.body.append(data)
+        if end_stream:
+            self._send()
+
+    def _send(self) -> None:
+        head = self.head
+        assert head is not None
+        extra = [(k, v) for k, v in head.headers if k not in _LOCAL_REPLY_OWN]
+        content_type = head.get(b"content-type") or b"text/plain"
+        ex = self.ex
+        ex.conn.send_local_reply(
+            ex,
+            head.status,
+            b"".join(self.body),
+            flags=self.flags,
+            extra=extra,
+            content_type=content_type,
+        )
+
+
+# Fields the local-reply writer sets itself.
+_LOCAL_REPLY_OWN = frozenset({b"content-length", b"content-type"})
+
+
+def local_reply(ex: Exchange, status: int, body: bytes, *, flags: str = "-") -> None:
+    """A local reply from the router: through the encoder filters when there are any."""
+    fm = ex.filters
+    if fm is None:
+        ex.conn.send_local_reply(ex, status, body, flags=flags)
+    else:
+        fm.send_local_reply(status, body, flags=flags)
+
+
+class FilterChainHandler:
+    """The HCM's `StreamHandler` when it has HTTP filters besides the router: gives each
+    stream a `FilterManager` with a filter from each factory, and walks it. With the router
+    alone there is no chain: the connection calls the router directly.
+
+    `factories` are (v3 name, factory, disabled) in config order; a disabled filter joins a
+    stream's chain only when its route has a config for it. The route is matched before the
+    chain is made (and kept for the router)."""
+
+    def __init__(
+        self,
+        factories: list[tuple[str, FilterFactory, bool]],
+        terminal: StreamHandler,
+        match_route: Callable[[Exchange], Any],
+        stats: HttpConnManagerStats,
+        buffer_limit: int | None = None,
+    ) -> None:
+        self.factories = factories
+        self.terminal = terminal
+        self.match_route = match_route
+        self.stats = stats
+        # What a filter may buffer of one request: per_connection_buffer_limit_bytes, as
+        # Envoy's decoder buffer limit (1 MiB by default).
+        self.buffer_limit = buffer_limit or DEFAULT_BUFFER_LIMIT
+
+    def on_request_head(self, ex: Exchange) -> None:
+        fm = FilterManager(self, ex)
+        ex.filters = fm
+        route = fm.route()
+        per_route = route.per_filter_config if route is not None else None
+        chain = []
+        for name, factory, disabled in self.factories:
+            if per_route:
+                cfg = per_route.get(name)
+                if cfg is not None:
+                    # A route's config for a filter turns it on, unless it is a FilterConfig
+                    # that says disabled (Envoy's per-route filter enablement).
+                    disabled = bool(getattr(cfg, "disabled", False))
+            if not disabled:
+                chain.append(factory(fm))
+        fm.filters = chain
+        fm.decode_headers(not expects_body(ex.head))
+
+    def on_request_body(self, ex: Exchange, data: bytes) -> None:
+        fm = ex.filters
+        if fm is not None and not fm.replied:
+            fm.decode_data(data, False)
+
+    def on_request_end(self, ex: Exchange) -> None:
+        fm = ex.filters
+        if fm is not None and not fm.replied and not fm.head_only:
+            fm.decode_data(b"", True)
+
+    def on_downstream_reset(self, ex: Exchange) -> None:
+        fm = ex.filters
+        if fm is not None:
+            fm.on_destroy()
+            if not fm.replied and fm.d_at >= len(fm.filters):
+                self.terminal.on_downstream_reset(ex)
+
+    def on_downstream_write_paused(self, ex: Exchange) -> None:
+        self.terminal.on_downstream_write_paused(ex)
+
+    def on_downstream_write_resumed(self, ex: Exchange) -> None:
+        self.terminal.on_downstream_write_resumed(ex)
+
+
+def expects_body(head: RequestHead) -> bool:
+    """Whether a request has a body to come (RFC 9112 §6.3: only with these two fields).
+
+    Off the hot path: asked when a response ended before its request did, and by the filter
+    chain for a head's end_stream."""
+    for k, v in head.headers:
+        if k == b"transfer-encoding" or (k == b"content-length" and v.strip(b" \t0")):
+            return True
+    return False

@@ -82,6 +82,12 @@ class ResponseHead:
         self.content_length = content_length
         self.chunked = chunked
 
+    def get(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
     def __repr__(self) -> str:
         return f"<ResponseHead {self.status}>"
 
@@ -106,6 +112,7 @@ class StreamConnection(Protocol):
         flags: str = "-",
         close: bool = False,
         extra: Headers | None = None,
+        content_type: bytes = b"text/plain",
     ) -> None: ...
 
 
@@ -131,6 +138,14 @@ class Exchange:
     buffered: list[bytes] | None = None
     # The handler's own per-request state.
     state: Any = None
+    # The route the request matched (set by the router, or earlier by a filter that asked).
+    route: Any = None
+    # The stream's filter manager when the HCM has filters besides the router (else None).
+    filters: Any = None
+
+    def add_flag(self, flag: str) -> None:
+        """Note a response flag (`UH`, `DI` ...); a stream may collect several."""
+        self.flags = flag if self.flags == "-" else f"{self.flags},{flag}"
 
 
 class StreamHandler(Protocol):

@@ -9,12 +9,20 @@ they came off the wire; the path for matching excludes the query string.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 Headers = Sequence[tuple[bytes, bytes]]
 HeaderPredicate = Callable[[Headers], bool]
+
+_NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
+# v2 filter names a typed_per_filter_config may be keyed by (normalize.py's LEGACY_NAMES).
+_FILTER_NAMES = {
+    "envoy.fault": "envoy.filters.http.fault",
+    "envoy.buffer": "envoy.filters.http.buffer",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,9 @@ class Route:
     cluster_not_found_status: int = 503
     # `x-envoy-expected-rq-timeout-ms: N\r\n`, precomputed (empty when the timeout is off).
     timeout_header: bytes = b""
+    # typed_per_filter_config of the virtual host and the route (the route's wins), by v3
+    # filter name: a filter's own per-route config, or a route FilterConfig wrapping one.
+    per_filter_config: Mapping[str, Any] = field(default_factory=lambda: _NO_CONFIG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +223,17 @@ def is_grpc_request(headers: Headers) -> bool:
     return ct is not None and ct.startswith(_GRPC) and (len(ct) == 16 or ct[16] == 43)  # "+"
 
 
-def compile_route(r: Any, index: int) -> Route:
+def per_filter_configs(*levels: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Merge typed_per_filter_config maps, least specific first (Envoy: the most specific
+    config of a filter wins whole; configs are not merged field by field)."""
+    merged: dict[str, Any] = {}
+    for level in levels:
+        for name, cfg in level.items():
+            merged[_FILTER_NAMES.get(name, name)] = cfg
+    return MappingProxyType(merged) if merged else _NO_CONFIG
+
+
+def compile_route(r: Any, index: int, vhost_filter_config: Mapping[str, Any] = _NO_CONFIG) -> Route:
     path_ok, prefix = _path_matcher(r.match)
     preds = tuple(header_predicate(h) for h in (r.match.headers or ()))
     if getattr(r.match, "grpc", None) is not None:
@@ -237,10 +258,16 @@ def compile_route(r: Any, index: int) -> Route:
             return path_ok(path)
 
     name = r.name or f"route_{index}"
+    pfc = per_filter_configs(vhost_filter_config, getattr(r, "typed_per_filter_config", {}))
     if r.direct_response is not None:
         dr = r.direct_response
         return Route(
-            name, matches, direct_status=dr.status, direct_body=dr.body_bytes(), prefix=prefix
+            name,
+            matches,
+            direct_status=dr.status,
+            direct_body=dr.body_bytes(),
+            prefix=prefix,
+            per_filter_config=pfc,
         )
     a = r.route
     status = 503
@@ -265,6 +292,7 @@ def compile_route(r: Any, index: int) -> Route:
             if a.timeout is not None
             else b""
         ),
+        per_filter_config=pfc,
     )
 
 
@@ -272,6 +300,7 @@ def build_route_table(route_config: Any) -> RouteTable:
     """Compile a typed `RouteConfiguration` into a `RouteTable`."""
     vhosts = []
     for vh in route_config.virtual_hosts:
-        routes = tuple(compile_route(r, i) for i, r in enumerate(vh.routes))
+        vh_pfc = getattr(vh, "typed_per_filter_config", {})
+        routes = tuple(compile_route(r, i, vh_pfc) for i, r in enumerate(vh.routes))
         vhosts.append((tuple(vh.domains), VirtualHost(vh.name, routes)))
     return RouteTable(vhosts)

@@ -1,0 +1,17 @@
+"""The HTTP filters, by Envoy's v3 name: each module builds a per-stream filter factory from its
+typed config (`build(config, FilterContext) -> FilterFactory`). The router is not here: it is
+the chain's terminal, built by the listener."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from podproxy.filters.http import buffer, fault
+from podproxy.filters.http.common import FilterContext
+from podproxy.http.filter import FilterFactory
+
+HTTP_FILTERS: dict[str, Callable[[Any, FilterContext], FilterFactory]] = {
+    fault.NAME: fault.build,
+    buffer.NAME: buffer.build,
+}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
+from podproxy.http.conn_manager import local_reply
 from podproxy.http.flow import HANDLER_HOLD, PEER_WRITE_BLOCKED
 from podproxy.http.http1 import codec
 from podproxy.http.http1.codec import HOP_BY_HOP
@@ -288,6 +289,14 @@ class Forwarder:
         return q
 
     # StreamHandler ---------------------------------------------------------------------
+    def match_route(self, ex: Exchange) -> Route | None:
+        """The route of `ex` (None without a Host: nothing can match)."""
+        head = ex.head
+        authority = head.host
+        if authority is None:
+            return None
+        return self.routes.route(authority, head.target, head.headers)
+
     def on_request_head(self, ex: Exchange) -> None:
         head = ex.head
         conn = ex.conn
@@ -297,30 +306,32 @@ class Forwarder:
             conn.send_local_reply(ex, 400, b"", flags="DPE", close=True)
             return
         self.stats.rq_total.value += 1
-        route = self.routes.route(authority, head.target, head.headers)
+        route = ex.route
+        if route is None:
+            route = ex.route = self.routes.route(authority, head.target, head.headers)
         if route is None:
             if head.target[:1] != b"/":
                 # `OPTIONS *`, or an absolute URI with no path: Envoy 404s before routing
                 # (details absolute_path_rejected, no NR flag).
-                conn.send_local_reply(ex, 404, b"")
+                local_reply(ex, 404, b"")
                 return
             self.stats.no_route.value += 1
-            conn.send_local_reply(ex, 404, b"", flags="NR")
+            local_reply(ex, 404, b"", flags="NR")
             return
         if route.direct_status is not None:
             self.stats.rq_direct_response.value += 1
-            conn.send_local_reply(ex, route.direct_status, route.direct_body)
+            local_reply(ex, route.direct_status, route.direct_body)
             return
         assert route.cluster is not None
         cluster = self.clusters.get(route.cluster)
         if cluster is None:
             self.stats.no_cluster.value += 1
-            conn.send_local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
+            local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
             return
         host = cluster.choose_host()
         if host is None:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
-            conn.send_local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
+            local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
             return
         ex.idle_timeout = route.idle_timeout
         head_bytes, chunked, expect_continue = self.request_head(ex, route, host)
@@ -333,7 +344,8 @@ class Forwarder:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
             # it before this callback returns to the loop.
             upstream.write(head_bytes)
-        ureq = UpstreamRequest(self, ex, route, cluster, host, pool, head_bytes, chunked)
+        cls = UpstreamRequest if ex.filters is None else FilteredUpstreamRequest
+        ureq = cls(self, ex, route, cluster, host, pool, head_bytes, chunked)
         ex.state = ureq
         ureq.start(upstream)
         # The request is on its way upstream: what is left is off the critical path.
@@ -849,7 +861,7 @@ class UpstreamRequest:
         ex = self.ex
         self._flush_held_head()
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
-        ex.conn.send_local_reply(ex, err.status, body, flags=err.flag)
+        local_reply(ex, err.status, body, flags=err.flag)
 
     def _flush_held_head(self) -> None:
         """Before a response is cut short: its head is the client's already (Envoy would
@@ -869,7 +881,7 @@ class UpstreamRequest:
         self._let_go()
         ex = self.ex
         self._flush_held_head()
-        ex.conn.send_local_reply(ex, 504, UPSTREAM_TIMEOUT, flags="UT")
+        local_reply(ex, 504, UPSTREAM_TIMEOUT, flags="UT")
 
     def reset(self) -> None:
         """The client went away: abandon the upstream side."""
@@ -879,3 +891,53 @@ class UpstreamRequest:
         self.cluster.info.stats.upstream_rq_tx_reset.value += 1
         self.cluster.info.stats.upstream_rq_cancelled.value += 1
         self._let_go()
+
+
+class FilteredUpstreamRequest(UpstreamRequest):
+    """An `UpstreamRequest` whose response goes through the stream's encoder filters (the HCM
+    has filters besides the router): the upstream connection's calls go to the filter
+    manager, and what the filters let through comes back to `UpstreamRequest`'s writers
+    (`encode_head` / `encode_body`, the filter manager's sink). Unfiltered streams never
+    pay for this."""
+
+    __slots__ = ("ended_in_head",)
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        if self.done:
+            return
+        self.response_head = head
+        status = head.status
+        # A response without a body ends with its head (as Envoy's codec tells the filters).
+        end = (
+            head.content_length == 0
+            or status == 204
+            or status == 304
+            or self.ex.head.method == b"HEAD"
+        )
+        self.ended_in_head = end
+        self.ex.filters.encode_headers(head, end, self)
+
+    def on_response_body(self, data: bytes) -> None:
+        if not self.done:
+            self.ex.filters.encode_data(data, False)
+
+    def on_response_end(self) -> None:
+        if self.done:
+            return
+        # The upstream connection is back in its pool: whatever the filters still hold is
+        # this stream's alone.
+        self.conn = None
+        if not self.ended_in_head:
+            self.ex.filters.encode_data(b"", True)
+
+    # the filter manager's sink ---------------------------------------------------------
+    def encode_head(self, head: ResponseHead, end_stream: bool) -> None:
+        UpstreamRequest.on_response_head(self, head)
+        if end_stream:
+            UpstreamRequest.on_response_end(self)
+
+    def encode_body(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            UpstreamRequest.on_response_body(self, data)
+        if end_stream:
+            UpstreamRequest.on_response_end(self)

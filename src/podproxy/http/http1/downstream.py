@@ -20,7 +20,7 @@ from collections import deque
 from typing import cast
 
 from podproxy.errors import ProtocolError
-from podproxy.http.conn_manager import ConnectionManagerConfig
+from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
 from podproxy.http.http1 import codec
 from podproxy.http.stream import Exchange, Headers, RequestHead, StreamHandler
@@ -103,17 +103,6 @@ class ConnectionTracker:
     @property
     def active_requests(self) -> int:
         return sum(1 for c in self.connections if c.active is not None)
-
-
-def _expects_body(head: RequestHead) -> bool:
-    """Whether a request has a body to read (RFC 9112 §6.3: only with these two fields).
-
-    Off the hot path: asked only when a response ended before its request did.
-    """
-    for k, v in head.headers:
-        if k == b"transfer-encoding" or (k == b"content-length" and v.strip(b" \t0")):
-            return True
-    return False
 
 
 def _earliest(
@@ -378,7 +367,7 @@ class DownstreamConnection(asyncio.Protocol):
         # Draining, the connection stays until its drain deadline although the response said
         # `connection: close` (as Envoy's): a request that comes meanwhile is still served.
         if not ex.request_complete:
-            if _expects_body(ex.head):
+            if expects_body(ex.head):
                 # The response ended before the request body did (e.g. a local reply to an
                 # upload): the rest of the body cannot be skipped safely, so close (as Envoy).
                 self.close(linger=True)
@@ -410,8 +399,10 @@ class DownstreamConnection(asyncio.Protocol):
         flags: str = "-",
         close: bool = False,
         extra: Headers | None = None,
+        content_type: bytes = b"text/plain",
     ) -> None:
-        """An Envoy local reply (text/plain body) that ends the exchange."""
+        """An Envoy local reply (a text/plain body unless said otherwise) that ends the
+        exchange."""
         if ex.response_started:
             # Too late for a reply: the response is cut short by closing the connection, after
             # the delayed close (as Envoy resets an HTTP/1 stream).
@@ -420,12 +411,18 @@ class DownstreamConnection(asyncio.Protocol):
             self.stats.downstream_rq_active.value -= 1
             self.close(linger=True)
             return
-        ex.flags = flags
+        if flags != "-":
+            ex.add_flag(flags)
         close = close or not ex.head.keep_alive
-        if not ex.request_complete and _expects_body(ex.head):
+        if not ex.request_complete and expects_body(ex.head):
             close = True
         data = codec.simple_response(
-            status, body, extra=extra, server=self.config.server_name, close=close or self.draining
+            status,
+            body,
+            content_type=content_type,
+            extra=extra,
+            server=self.config.server_name,
+            close=close or self.draining,
         )
         ex.bytes_sent += len(body)
         self.response_head_sent(ex, status)
