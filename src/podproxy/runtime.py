@@ -11,6 +11,8 @@ integer, FractionalPercent), so `get_*` and `feature_enabled` behave as Envoy's
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -233,6 +235,12 @@ def snapshot_from_wire(data: list[list[Any]]) -> Snapshot:
             for name, values in data
         )
     )
+
+
+def snapshot_digest(snapshot: Snapshot) -> str:
+    """A short fingerprint of a snapshot's layers and values (workers acknowledge with it)."""
+    wire = json.dumps(snapshot_to_wire(snapshot), separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(wire.encode()).hexdigest()[:16]
 
 
 def runtime_json(snapshot: Snapshot) -> dict[str, Any]:
