@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from podproxy.admin import Admin, AdminRequest, AdminResponse, ServerState, text
+from podproxy.admin import Admin, AdminRequest, AdminResponse, ServerState, parse_params, text
+from podproxy.config.schema import LayeredRuntime
+from podproxy.runtime import Runtime
 from podproxy.stats import Store
 from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.host import HealthFlag, Host
@@ -25,6 +27,7 @@ class FakeServer:
     current_state: ServerState = ServerState.LIVE
     cluster_list: list[Cluster] = field(default_factory=list)
     shutdowns: int = 0
+    runtime: Runtime = field(default_factory=Runtime)
 
     def clusters(self) -> Iterable[Cluster]:
         return self.cluster_list
@@ -348,3 +351,87 @@ def test_add_handler(admin: Admin) -> None:
     assert "  /custom (POST): a custom thing\n      x: an x\n" in admin.help_text()
     with pytest.raises(ValueError):
         admin.add_handler("/custom", "again", handler)
+
+
+def runtime_admin(layers: list[dict[str, Any]] | None) -> tuple[Admin, Runtime]:
+    cfg = None if layers is None else LayeredRuntime.model_validate({"layers": layers})
+    server = make_server()
+    server.runtime = Runtime(cfg)
+    return Admin(server), server.runtime
+
+
+LAYERS: list[dict[str, Any]] = [
+    {"name": "base", "static_layer": {"a": 5, "nest": {"b": "x"}}},
+    {"name": "adm", "admin_layer": {}},
+]
+
+
+def test_runtime_prints_layers_and_entries_as_envoy() -> None:
+    admin, _ = runtime_admin(LAYERS)
+    resp = admin.handle("GET", "/runtime")
+    assert (resp.status, resp.content_type) == (200, "application/json")
+    assert json.loads(resp.body) == {
+        "entries": {
+            "a": {"final_value": "5", "layer_values": ["5", ""]},
+            "nest.b": {"final_value": "x", "layer_values": ["x", ""]},
+        },
+        "layers": ["base", "adm"],
+    }
+
+
+def test_runtime_modify_writes_the_admin_layer_from_the_query() -> None:
+    admin, rt = runtime_admin(LAYERS)
+    resp = admin.handle("POST", "/runtime_modify?a=7&new=a+b%20c&new=ignored&bare")
+    assert (resp.status, body(resp)) == (200, "OK\n")
+    assert rt.snapshot.get("a") == "7"
+    assert rt.snapshot.get("new") == "a+b c"  # percent-decoded only; the first value wins
+    assert rt.snapshot.get("bare") is None
+    doc = json.loads(admin.handle("GET", "/runtime").body)
+    assert doc["entries"]["a"] == {"final_value": "7", "layer_values": ["5", "7"]}
+    assert body(admin.handle("POST", "/runtime_modify?a=")) == "OK\n"
+    assert rt.snapshot.get("a") == "5"  # removing the override shows the lower layer again
+
+
+def test_runtime_modify_reads_a_form_body_only_without_query_params() -> None:
+    admin, rt = runtime_admin(LAYERS)
+    form = "application/x-www-form-urlencoded"
+    assert admin.handle("POST", "/runtime_modify", b"f=1", form).status == 200
+    assert rt.snapshot.get("f") == "1"
+    # With a query, the body is not read; with another content-type neither.
+    assert admin.handle("POST", "/runtime_modify?q=1", b"g=1", form).status == 200
+    assert rt.snapshot.get("g") is None
+    resp = admin.handle("POST", "/runtime_modify", b"h=1", "text/plain")
+    assert resp.status == 400 and rt.snapshot.get("h") is None
+
+
+def test_runtime_modify_usage_method_and_missing_admin_layer() -> None:
+    admin, _ = runtime_admin(LAYERS)
+    resp = admin.handle("POST", "/runtime_modify")
+    assert (resp.status, body(resp)) == (
+        400,
+        "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+        "       or send the parameters as form values\n"
+        "use an empty value to remove a previously added override",
+    )
+    resp = admin.handle("GET", "/runtime_modify?a=1")
+    assert (resp.status, body(resp)) == (405, "Method GET not allowed, POST required.")
+    for layers in (None, LAYERS[:1]):
+        admin, _ = runtime_admin(layers)
+        resp = admin.handle("POST", "/runtime_modify?a=1")
+        assert (resp.status, body(resp)) == (503, "No admin layer specified")
+    assert "  /runtime_modify (POST): Adds or modifies runtime values" in admin.help_text()
+
+
+@pytest.mark.parametrize(
+    ("data", "want"),
+    [
+        ("", {}),
+        ("a=1&b=2", {"a": "1", "b": "2"}),
+        ("a=1&", {"a": "1"}),
+        ("a&&b=", {"a": "", "": "", "b": ""}),
+        ("k%3D=v%26w", {"k=": "v&w"}),
+        ("x=1=2", {"x": "1=2"}),
+    ],
+)
+def test_params_parse_as_envoys_parse_parameters(data: str, want: dict[str, str]) -> None:
+    assert parse_params(data) == want

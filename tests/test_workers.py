@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from podproxy.config.loader import load
+from podproxy.config.schema import LayeredRuntime
+from podproxy.runtime import Runtime, snapshot_digest, snapshot_from_wire
 from podproxy.stats import Counter, Gauge, Histogram, Store, render_text, reset_counters
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.cluster_manager import ClusterManager, PushedDiscovery
@@ -181,6 +183,8 @@ def test_logical_dns_host_moves_instead_of_being_replaced() -> None:
         ("cluster.httpd.membership_total", True),
         ("cluster.my.dotted.name.update_success", True),
         ("cluster.httpd.max_host_weight", True),
+        ("runtime.load_success", True),
+        ("runtime.num_keys", True),
         ("cluster.httpd.upstream_rq_total", False),
         ("http.ingress_http.downstream_rq_total", False),
         ("listener.127.0.0.1_10000.downstream_cx_total", False),
@@ -335,3 +339,34 @@ def test_restart_delay_is_bounded() -> None:
     delays = [sup._restart_delay(0) for _ in range(8)]
     assert delays[:3] == [0.0, 0.0, 0.0]
     assert delays[3:] == [1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def test_supervisor_pushes_runtime_snapshots_before_start_and_on_every_load() -> None:
+    rt = Runtime(
+        LayeredRuntime.model_validate(
+            {"layers": [{"name": "s", "static_layer": {"k": 1}}, {"name": "a", "admin_layer": {}}]}
+        )
+    )
+    sup = Supervisor(1, [], {}, Store(), runtime=rt)
+    sent: list[dict] = []
+
+    class FakeChannel:
+        def send(self, msg: dict) -> None:
+            sent.append(msg)
+
+    class FakeWorker:
+        channel = FakeChannel()
+
+    sup.workers = {0: FakeWorker()}  # type: ignore[dict-item]
+    rt.merge_values({"k": "2"})
+    assert sent == []  # not serving yet: serve() sends the current snapshot
+    sup.serve([10000])
+    assert [m["t"] for m in sent] == ["hosts", "runtime", "start"]
+    assert snapshot_from_wire(sent[1]["layers"]).get("k") == "2"
+    sent.clear()
+    rt.merge_values({"k": "3", "n": "x"})
+    (msg,) = sent
+    assert msg["t"] == "runtime" and msg["version"] == sup.runtime_version
+    pushed = snapshot_from_wire(msg["layers"])
+    assert pushed.values == rt.snapshot.values
+    assert snapshot_digest(pushed) == snapshot_digest(rt.snapshot)

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from podproxy import stats as _stats
+from podproxy.runtime import NoAdminLayer, Runtime, runtime_json
 from podproxy.stats import Store
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.host import HealthFlag, Host, health_flags_str
@@ -61,6 +62,7 @@ class AdminContext(Protocol):
     healthcheck_failed: bool
     start_time: float
     version: str
+    runtime: Runtime
 
     def clusters(self) -> Iterable[Cluster]: ...
     def state(self) -> ServerState: ...
@@ -78,6 +80,10 @@ class AdminRequest:
     path: str
     query: dict[str, str]
     body: bytes = b""
+    # The query string as sent (after `?`), and the request's content-type, for handlers that
+    # parse parameters as Envoy does (/runtime_modify).
+    raw_query: str = ""
+    content_type: str = ""
 
 
 Handler = Callable[[AdminRequest], AdminResponse]
@@ -173,6 +179,15 @@ class Admin:
         )
         self.add_handler("/runtime", "print runtime values", self._runtime)
         self.add_handler(
+            "/runtime_modify",
+            "Adds or modifies runtime values as passed in query parameters. To delete a "
+            "previously added key, use an empty string as the value. Note that deletion only "
+            "applies to overrides added via this endpoint; values loaded from disk can be "
+            "modified via override but not deleted. E.g. ?key1=value1&key2=value2...",
+            self._runtime_modify,
+            mutates=True,
+        )
+        self.add_handler(
             "/server_info", "print server version/status information", self._server_info
         )
         self.add_handler(
@@ -205,7 +220,9 @@ class Admin:
             raise ValueError(f"admin handler for {prefix} already registered")
         self._handlers[prefix] = _Entry(prefix, help_text, handler, mutates, params)
 
-    def handle(self, method: str, path: str, body: bytes = b"") -> AdminResponse:
+    def handle(
+        self, method: str, path: str, body: bytes = b"", content_type: str = ""
+    ) -> AdminResponse:
         parts = urlsplit(path)
         entry = self._handlers.get(parts.path)
         if entry is None:
@@ -214,7 +231,8 @@ class Admin:
             resp = text(f"Method {method} not allowed, POST required.", 405)
         else:
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            resp = entry.handler(AdminRequest(method, parts.path, query, body))
+            req = AdminRequest(method, parts.path, query, body, parts.query, content_type)
+            resp = entry.handler(req)
         resp.headers = COMMON_HEADERS + resp.headers
         return resp
 
@@ -363,7 +381,27 @@ class Admin:
         )
 
     def _runtime(self, req: AdminRequest) -> AdminResponse:
-        return json_response({"entries": {}, "layers": []})
+        return json_response(runtime_json(self.ctx.runtime.snapshot))
+
+    def _runtime_modify(self, req: AdminRequest) -> AdminResponse:
+        # Envoy (runtime_handler.cc, AdminFilter::queryParams): the query's parameters, or,
+        # when it has none, a form body (only with exactly this content-type); the first
+        # value of a repeated key wins.
+        params = parse_params(req.raw_query)
+        if not params and req.content_type == FORM:
+            params = parse_params(req.body.decode("utf-8", "replace"))
+        if not params:
+            return text(
+                "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+                "       or send the parameters as form values\n"
+                "use an empty value to remove a previously added override",
+                400,
+            )
+        try:
+            self.ctx.runtime.merge_values(params)
+        except NoAdminLayer as exc:
+            return text(str(exc), 503)
+        return text("OK\n")
 
     def _stats(self, req: AdminRequest) -> AdminResponse:
         fmt = req.query.get("format", "text")
@@ -388,6 +426,25 @@ class Admin:
         if fmt == "prometheus":
             return text(_stats.render_prometheus(store, pattern, used_only))
         return text(_stats.render_text(store, pattern, used_only))
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def parse_params(data: str) -> dict[str, str]:
+    """Envoy's QueryParamsMulti::parseParameters with decoding, keeping each key's first
+    value: `&`-separated, `key=value` or a bare `key` (empty value), percent-decoded only
+    (`+` stays a plus, unlike HTML forms)."""
+    params: dict[str, str] = {}
+    start = 0
+    while start < len(data):
+        end = data.find("&", start)
+        if end == -1:
+            end = len(data)
+        key, _, value = data[start:end].partition("=")
+        params.setdefault(unquote(key, errors="replace"), unquote(value, errors="replace"))
+        start = end + 1
+    return params
 
 
 def _memory_usage() -> tuple[int, int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.filters.http import HTTP_FILTERS
-from podproxy.filters.http.common import FilterContext
+from podproxy.filters.http.common import FilterContext, LiveRuntime
 from podproxy.filters.http.router import Forwarder, ForwarderConfig
 from podproxy.http.conn_manager import (
     ConnectionManagerConfig,
@@ -27,6 +27,7 @@ from podproxy.http.conn_manager import (
 from podproxy.http.http1.downstream import ConnectionTracker
 from podproxy.http.stream import StreamHandler
 from podproxy.router.routes import build_route_table
+from podproxy.runtime import Runtime
 from podproxy.stats import Store
 from podproxy.upstream.cluster import Cluster
 
@@ -135,11 +136,14 @@ def build_http_listener(
     store: Store,
     access_logger: Any = None,
     local_info: LocalInfo | None = None,
+    runtime: Runtime | None = None,
 ) -> BoundListener:
     """A listener from its typed config: route table, forwarder and connection manager.
 
     `local_info` carries the server's service cluster and node for `add_user_agent`;
-    without it they are empty, as in an Envoy started without them."""
+    without it they are empty, as in an Envoy started without them. `runtime` is the
+    server's; the connection manager config holds it (`ConnectionManagerConfig.runtime`) for
+    filters and route matching to read `runtime.snapshot` per request."""
     sa = cfg.address.socket_address
     hcm = cfg.filter_chains[0].filters[0].typed_config
     http_stats = store.scope(f"http.{hcm.stat_prefix}.").make(HttpConnManagerStats)
@@ -178,6 +182,8 @@ def build_http_listener(
         # Filters besides the router: each stream walks them (with the router alone the
         # connection calls the router directly, and pays nothing for the chain).
         ctx = FilterContext(stats=store.scope(f"http.{hcm.stat_prefix}."))
+        if runtime is not None:
+            ctx.runtime = LiveRuntime(runtime)
         factories = [(f.name, HTTP_FILTERS[f.name](f.typed_config, ctx), f.disabled) for f in chain]
         handler = FilterChainHandler(
             factories,
@@ -208,6 +214,7 @@ def build_http_listener(
         accept_http_10=bool(getattr(h1, "accept_http_10", False)),
         default_host_for_http_10=default_host.encode() if default_host else None,
         access_logger=access_logger,
+        runtime=runtime,
     )
     tracker = ConnectionTracker(ccfg, handler)
     direction = _name(cfg.traffic_direction)

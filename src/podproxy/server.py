@@ -30,6 +30,7 @@ from podproxy.http.http1 import codec
 from podproxy.http.http1.downstream import ConnectionTracker
 from podproxy.http.stream import Exchange
 from podproxy.listener import BoundListener, LocalInfo, build_http_listener
+from podproxy.runtime import Runtime, RuntimeStats
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.cluster_manager import ClusterManager
@@ -148,8 +149,12 @@ class AdminStreamHandler:
 
     def _respond(self, ex: Exchange, body: bytearray) -> None:
         try:
+            content_type = ex.head.get(b"content-type") or b""
             resp = self.admin.handle(
-                ex.head.method.decode("latin-1"), ex.head.target.decode("latin-1"), bytes(body)
+                ex.head.method.decode("latin-1"),
+                ex.head.target.decode("latin-1"),
+                bytes(body),
+                content_type.decode("latin-1"),
             )
         except Exception:  # an admin bug must not take the server down
             log.exception("admin handler failed")
@@ -239,6 +244,14 @@ class Server:
         self._access_log_paths: list[str] = []
         self._workers_live: asyncio.Event | None = None
         self._reserved: list[Any] = []
+        # The one runtime of this process, handed to whatever reads it (listeners, admin,
+        # the supervisor that pushes its snapshots to workers); a worker's is replaced by the
+        # main's snapshots as they arrive.
+        self.runtime = Runtime(
+            loaded.bootstrap.layered_runtime,
+            service_cluster=self.local_info().cluster,
+            stats=self.store.scope("runtime.").make(RuntimeStats),
+        )
 
     def _resolver(self, cluster_cfg: Any) -> Resolver:
         """A DNS cluster's resolver: its own settings over the process' (built, not started)."""
@@ -330,7 +343,13 @@ class Server:
         local = self.local_info()
         for lc in b.static_resources.listeners:
             self.http_listeners.append(
-                build_http_listener(lc, self.cluster_manager.clusters, self.store, local_info=local)
+                build_http_listener(
+                    lc,
+                    self.cluster_manager.clusters,
+                    self.store,
+                    local_info=local,
+                    runtime=self.runtime,
+                )
             )
         if self.options.concurrency > 1 and self.options.worker is None:
             self.supervisor = Supervisor(
@@ -339,6 +358,7 @@ class Server:
                 self.cluster_manager.clusters,
                 self.store,
                 on_change=self._on_workers_changed,
+                runtime=self.runtime,
             )
         if b.admin is not None and self.options.worker is None:
             self.admin_listener = self._build_admin(b.admin)
@@ -381,6 +401,9 @@ class Server:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.stats.concurrency.set(self.options.concurrency)
         self._update_live()
+        # Envoy loads the runtime snapshot when its loader is built and once more as the
+        # server initialises: a fresh Envoy 1.40 shows runtime.load_success 2.
+        self.runtime.load()
         uptime_task = loop.create_task(self._tick())
         try:
             self._open_access_logs()

@@ -11,9 +11,12 @@ SO_REUSEPORT, so the kernel spreads new connections over the workers.
 
 The channel carries length-prefixed JSON (`encode`/`Channel`) of plain lists and dicts:
 - main → worker: `hosts` (per cluster, rows of address, port, hostname, weight, priority, health
-  flags; sent on every member update of the main's `PrioritySet`), `start` (all clusters are
-  initialized: bind the listeners on these ports), `snap` (send stats now), `drain`.
-- worker → main: `listening`, `stats` (a snapshot), `error` (could not start).
+  flags; sent on every member update of the main's `PrioritySet`), `runtime` (the main's
+  runtime snapshot as layers of raw values, numbered; sent before `start` and after every
+  load, e.g. a `/runtime_modify`), `start` (all clusters are initialized: bind the listeners
+  on these ports), `snap` (send stats now), `drain`.
+- worker → main: `listening`, `stats` (a snapshot), `error` (could not start),
+  `runtime_applied` (the number and digest of the runtime snapshot now in use).
 Workers apply host rows with `priority_set.update_hosts()`, so round robin, draining of removed
 hosts and pools work in each worker as in one process. `/ready` is LIVE once every worker is
 listening.
@@ -24,7 +27,7 @@ writes sums into its own store and hosts, which admin renders as it always has:
 - summed over workers: every counter and gauge and every histogram's bins, count and sum, and
   the per-host `/clusters` stats, except the main-owned ones below;
 - the main's own (never sent by workers): `server.*`, `cluster_manager.*`, `dns.*`,
-  `http.admin.*`, `listener.admin.*`, and per cluster `membership_*`, `update_*` and
+  `http.admin.*`, `listener.admin.*`, `runtime.*`, and per cluster `membership_*`, `update_*` and
   `max_host_weight`, which discovery in the main maintains;
 - added, as Envoy names them: `listener.<address>.worker_<id>.downstream_cx_total|active`.
 A dead worker's counters and histograms are kept (it served those requests) and its gauges
@@ -60,6 +63,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from podproxy import runtime
+from podproxy.runtime import (
+    Runtime,
+    snapshot_digest,
+    snapshot_from_wire,
+    snapshot_to_wire,
+)
 from podproxy.stats import Store
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.host import HealthFlag, Host, HostSet, HostStats, MemberUpdateCb
@@ -223,7 +233,7 @@ def apply_host_rows(cluster: Cluster, rows: Sequence[Sequence[Any]]) -> None:
 # --- stats ---------------------------------------------------------------------------------
 
 _MAIN_OWNED = re.compile(
-    r"^(?:server\.|cluster_manager\.|dns\.|http\.admin\.|listener\.admin\."
+    r"^(?:server\.|cluster_manager\.|dns\.|http\.admin\.|listener\.admin\.|runtime\."
     r"|cluster\..+\.(?:membership_\w+|update_\w+|max_host_weight)$)"
 )
 _LISTENER_STAT = re.compile(r"^listener\.(.+)\.(downstream_cx_total|downstream_cx_active)$")
@@ -456,6 +466,10 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
                 except OSError as exc:
                     channel.send({"t": "error", "msg": f"cannot bind listener: {exc}"})
                     raise
+            elif t == "runtime":
+                server.runtime.set_snapshot(snapshot_from_wire(msg["layers"]))
+                digest = snapshot_digest(server.runtime.snapshot)
+                channel.send({"t": "runtime_applied", "version": msg["version"], "digest": digest})
             elif t == "snap":
                 channel.send(snapshot(msg.get("seq")))
             elif t == "drain":
@@ -504,6 +518,8 @@ class WorkerHandle:
         self.channel = channel
         self.listening = False
         self.task: asyncio.Task[None] | None = None
+        # (version, digest) of the runtime snapshot the worker says it now uses.
+        self.runtime_applied: tuple[int, str] | None = None
 
     @property
     def pid(self) -> int:
@@ -524,6 +540,7 @@ class Supervisor:
         store: Store,
         *,
         on_change: Callable[[], None] = lambda: None,
+        runtime: Runtime | None = None,
     ) -> None:
         self.count = count
         self.argv = list(argv)
@@ -543,6 +560,11 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         for name, cluster in clusters.items():
             cluster.priority_set.add_member_update_cb(self._member_update_cb(name))
+        self.runtime = runtime
+        # Numbers the runtime snapshots pushed, so a worker's acknowledgement names one.
+        self.runtime_version = 0
+        if runtime is not None:
+            runtime.add_update_cb(self.push_runtime)
 
     def _member_update_cb(self, name: str) -> MemberUpdateCb:
         def cb(host_set: HostSet, added: Sequence[Host], removed: Sequence[Host]) -> None:
@@ -583,7 +605,26 @@ class Supervisor:
     def _feed(self, w: WorkerHandle) -> None:
         rows = {name: host_rows(c.hosts) for name, c in self.clusters.items()}
         w.channel.send({"t": "hosts", "clusters": rows})
+        if self.runtime is not None:
+            w.channel.send(self._runtime_message(self.runtime.snapshot))
         w.channel.send({"t": "start", "ports": self.ports})
+
+    def _runtime_message(self, snapshot: runtime.Snapshot) -> dict[str, Any]:
+        return {
+            "t": "runtime",
+            "version": self.runtime_version,
+            "layers": snapshot_to_wire(snapshot),
+        }
+
+    def push_runtime(self, snapshot: runtime.Snapshot) -> None:
+        """A new runtime snapshot in the main (a load, a `/runtime_modify`): every worker
+        gets it whole and swaps it in, as Envoy sets each worker's thread-local snapshot."""
+        self.runtime_version += 1
+        if self.ports is None:
+            return  # serve() sends the current one to every worker
+        msg = self._runtime_message(snapshot)
+        for w in self.workers.values():
+            w.channel.send(msg)
 
     def serve(self, ports: list[int]) -> None:
         """Clusters are warm: give every worker all host sets and let it open its listeners."""
@@ -645,6 +686,8 @@ class Supervisor:
                     w.listening = True
                     log.info("worker %d (pid %d) is listening", w.worker_id, w.pid)
                     self.on_change()
+                elif t == "runtime_applied":
+                    w.runtime_applied = (int(msg["version"]), str(msg["digest"]))
                 elif t == "error":
                     error = str(msg.get("msg"))
         except ChannelError as exc:

@@ -279,3 +279,21 @@ async def test_buffer_off_per_route(pair: StartPair) -> None:  # noqa: F811
         envoy, pod = await p.both([chunked(path, b"q" * 500)])
         assert pod.summary() == envoy.summary(), path
         assert pod.upstream[0].body == b"q" * 500
+
+
+@pytest.mark.parametrize("percent", [0, 100])
+async def test_fault_reads_the_runtime(pair: StartPair, percent: int) -> None:  # noqa: F811
+    """The runtime's `fault.http.abort.abort_percent` overrides the configured percentage."""
+    layers = {
+        "layered_runtime": {
+            "layers": [
+                {"name": "static", "static_layer": {"fault.http.abort.abort_percent": percent}}
+            ]
+        }
+    }
+    cfg = fault(abort={"http_status": 503, "percentage": {"numerator": 50}})
+    p = await pair(echo, hcm=filters(cfg), bootstrap=layers)
+    for _ in range(3):
+        envoy, pod = await p.both([request("/f")])
+        assert pod.summary() == envoy.summary()
+        assert pod.responses[0].status == (503 if percent else 200)

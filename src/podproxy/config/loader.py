@@ -147,7 +147,7 @@ def _non_string_keys(value: object, path: str) -> Iterator[str]:
 # Error types raised by `config.schema` whose message is complete as it is.
 _OWN_TYPES = frozenset(
     {"duration", "enum", "uint", "string", "unsupported", "type_url", "regex", "file", "base64"}
-    | {"percent"}
+    | {"percent", "struct"}
 )
 
 
@@ -345,7 +345,21 @@ def cross_check(b: Bootstrap) -> list[tuple[str, str]]:
                     )
     for i, cluster in enumerate(clusters):
         out += _check_cluster(cluster, f"static_resources.clusters[{i}]")
+    if b.layered_runtime is not None:
+        out += _check_runtime_layers(b.layered_runtime.layers)
     return out
+
+
+def _check_runtime_layers(layers: Sequence[Any]) -> Iterator[tuple[str, str]]:
+    # Envoy's LoaderImpl constructor checks these, with these words (runtime_impl.cc).
+    for i in _duplicates([layer.name for layer in layers]):
+        yield f"layered_runtime.layers[{i}].name", f"Duplicate layer name: {layers[i].name}"
+    admins = [i for i, layer in enumerate(layers) if layer.admin_layer is not None]
+    for i in admins[1:]:
+        yield (
+            f"layered_runtime.layers[{i}].admin_layer",
+            "Too many admin layers specified in LayeredRuntime, at most one may be specified",
+        )
 
 
 def _check_cluster(cluster: Cluster, path: str) -> Iterator[tuple[str, str]]:

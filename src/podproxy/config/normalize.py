@@ -31,6 +31,7 @@ from podproxy.config.schema import (
     enum_name,
     is_repeated,
     message_in,
+    show,
 )
 from podproxy.errors import ConfigError
 
@@ -65,6 +66,9 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.BufferPerRoute": BUFFER_PER_ROUTE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
 }
+
+# The v2 bootstrap `runtime` message's fields (envoy.config.bootstrap.v2.Runtime).
+V2_RUNTIME_FIELDS = frozenset({"symlink_root", "subdirectory", "override_subdirectory", "base"})
 
 # Renamed fields: message kind → {v2 name: v3 name}.
 RENAMED_FIELDS: dict[str, dict[str, str]] = {
@@ -212,6 +216,50 @@ class _Walker:
         if admin is not None:
             for i, log in _items(admin, "access_log"):
                 self.extension(log, f"admin.access_log[{i}]")
+        if "runtime" in b:
+            self.v2_runtime(b)
+
+    def v2_runtime(self, b: dict[str, Any]) -> None:
+        """v2 `runtime` → v3 `layered_runtime`, layer for layer as Envoy's translateRuntime
+        (source/common/config/runtime_utility.cc) did before v3 dropped the field: static
+        "base", disk "root" and "override" (with the service cluster appended) when a
+        symlink_root is set, then admin "admin"."""
+        runtime = b.pop("runtime")
+        if "layered_runtime" in b:
+            self.error("runtime", "cannot be combined with layered_runtime")
+            return
+        if not isinstance(runtime, dict):
+            self.error("runtime", f"expected a mapping, got {show(runtime)}")
+            return
+        unknown = sorted(set(runtime) - V2_RUNTIME_FIELDS)
+        for key in unknown:
+            self.error(f"runtime.{key}", "unknown field")
+        if unknown:
+            return
+        base = runtime.get("base")
+        layers: list[dict[str, Any]] = [{"name": "base", "static_layer": base or {}}]
+        self.alias("layered_runtime.layers[0].static_layer", "runtime.base")
+        root = runtime.get("symlink_root", "")
+        if root:
+            disk = {"symlink_root": root, "subdirectory": runtime.get("subdirectory", "")}
+            layers.append({"name": "root", "disk_layer": disk})
+            self.alias("layered_runtime.layers[1].disk_layer", "runtime")
+            override = runtime.get("override_subdirectory", "")
+            if override:
+                disk = {"symlink_root": root, "subdirectory": override}
+                layers.append(
+                    {"name": "override", "disk_layer": {**disk, "append_service_cluster": True}}
+                )
+                self.alias(
+                    "layered_runtime.layers[2].disk_layer.symlink_root", "runtime.symlink_root"
+                )
+                self.alias(
+                    "layered_runtime.layers[2].disk_layer.subdirectory",
+                    "runtime.override_subdirectory",
+                )
+        layers.append({"name": "admin", "admin_layer": {}})
+        b["layered_runtime"] = {"layers": layers}
+        self.alias("layered_runtime", "runtime")
 
     def listener(self, listener: dict[str, Any], path: str) -> None:
         for i, chain in _items(listener, "filter_chains"):

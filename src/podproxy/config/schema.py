@@ -833,10 +833,10 @@ class HttpFilter(Message):
         if not isinstance(data, dict):
             return data
         name = data.get("name")
-        if data.get("is_optional") is True:
-            if isinstance(name, str) and name not in HTTP_FILTER_CONFIGS:
-                # Envoy skips an optional filter it does not know, config and all.
-                return {"name": name, "is_optional": True}
+        optional = data.get("is_optional") is True
+        if optional and isinstance(name, str) and name not in HTTP_FILTER_CONFIGS:
+            # Envoy skips an optional filter it does not know, config and all.
+            return {"name": name, "is_optional": True}
         typed = data.get("typed_config")
         if isinstance(typed, dict) and "@type" not in typed and isinstance(name, str):
             # The filter's name says which config this is (normalize.py does the same).
@@ -1244,13 +1244,90 @@ class Node(Message):
     locality: Locality | None = None
 
 
+class RuntimeDiskLayer(Message):
+    """RuntimeLayer.DiskLayer: files under `symlink_root/subdirectory[/service cluster]`, read
+    when a snapshot is loaded (podproxy.runtime)."""
+
+    symlink_root: Str = ""
+    subdirectory: Str = ""
+    append_service_cluster: StrictBool = False
+
+
+class RuntimeAdminLayer(Message):
+    """RuntimeLayer.AdminLayer: the values `/runtime_modify` writes (an empty message)."""
+
+
+def _runtime_struct(value: object) -> object:
+    # static_layer is a google.protobuf.Struct; Envoy's ProtoLayer rejects list and null
+    # values while it walks it (runtime_impl.cc walkProtoValue, "Invalid runtime entry value
+    # for <key>"), so podproxy rejects them at load time, naming the key.
+    if not isinstance(value, dict):
+        raise PydanticCustomError("struct", "expected a mapping, got {got}", {"got": show(value)})
+    bad = _bad_runtime_value(value, "")
+    if bad is not None:
+        key, got = bad
+        raise PydanticCustomError(
+            "struct",
+            "Invalid runtime entry value for {key}: expected a string, number, boolean or "
+            "mapping, got {got}",
+            {"key": key, "got": show(got)},
+        )
+    return value
+
+
+def _bad_runtime_value(obj: dict[str, object], prefix: str) -> tuple[str, object] | None:
+    for k, v in obj.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if v is None or isinstance(v, list):
+            return key, v
+        if isinstance(v, dict):
+            found = _bad_runtime_value(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+RuntimeStruct = Annotated[dict[str, typing.Any], BeforeValidator(_runtime_struct)]
+
+
+class RuntimeLayer(Message):
+    """One layer of bootstrap `layered_runtime`; later layers override earlier ones."""
+
+    name: Str = Field(min_length=1)
+    static_layer: RuntimeStruct | None = None
+    disk_layer: RuntimeDiskLayer | None = None
+    admin_layer: RuntimeAdminLayer | None = None
+    # RTDS needs an xDS management server; podproxy has no xDS client.
+    rtds_layer: typing.Any = None
+
+    @field_validator("rtds_layer")
+    @classmethod
+    def _no_rtds(cls, value: object) -> object:
+        if value is not None:
+            raise PydanticCustomError(
+                "unsupported",
+                "rtds_layer needs an xDS management server (RTDS), which podproxy does not "
+                "have; use static_layer, disk_layer or admin_layer",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_layer(self) -> RuntimeLayer:
+        _one_of(self, ("static_layer", "disk_layer", "admin_layer", "rtds_layer"))
+        return self
+
+
+class LayeredRuntime(Message):
+    layers: tuple[RuntimeLayer, ...] = ()
+
+
 class Bootstrap(Message):
     UNSUPPORTED = _names(
         """
         node_context_params dynamic_resources cluster_manager hds_config flags_path
         stats_sinks deferred_stat_options stats_config stats_flush_interval
         stats_flush_on_admin stats_eviction_interval watchdog watchdogs tracing
-        layered_runtime overload_manager enable_dispatcher_stats header_prefix
+        overload_manager enable_dispatcher_stats header_prefix
         stats_server_version_override use_tcp_for_dns_lookups dns_resolution_config
         typed_dns_resolver_config bootstrap_extensions fatal_actions config_sources
         default_config_source default_socket_interface certificate_provider_instances
@@ -1262,6 +1339,8 @@ class Bootstrap(Message):
     static_resources: StaticResources = StaticResources()
     admin: Admin | None = None
     node: Node = Node()
+    # None (absent) and no layers differ in Envoy: see podproxy.runtime.
+    layered_runtime: LayeredRuntime | None = None
 
 
 def is_ip_address(text: str) -> bool:

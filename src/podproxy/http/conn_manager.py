@@ -30,6 +30,7 @@ from podproxy.http.stream import (
     ResponseHead,
     StreamHandler,
 )
+from podproxy.runtime import Runtime
 from podproxy.stats import Counter, Gauge, Histogram
 
 
@@ -115,8 +116,13 @@ class ConnectionManagerConfig:
         request_headers_timeout: float | None = None,
         max_stream_duration: float | None = None,
         drain_timeout: float = 5.0,
+        runtime: Runtime | None = None,
     ) -> None:
         self.stats = stats
+        # The server's runtime (podproxy.runtime): per request, `runtime.snapshot` is the
+        # current immutable snapshot, e.g. `cfg.runtime.snapshot.feature_enabled(key, n, d, r)`.
+        # Without one (tests, the admin listener) an empty runtime answers every default.
+        self.runtime = runtime if runtime is not None else Runtime()
         # An HTTP/2 preface is answered 400 by an HTTP1 codec; AUTO (until podproxy speaks
         # HTTP/2) closes without an HTTP/1 answer.
         self.http2_preface_status: int | None = 400 if codec_type == "HTTP1" else None
