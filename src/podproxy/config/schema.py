@@ -631,16 +631,17 @@ class FaultDelay(Message):
 
 
 class FaultAbort(Message):
-    """envoy.extensions.filters.http.fault.v3.FaultAbort."""
+    """envoy.extensions.filters.http.fault.v3.FaultAbort. (grpc_status waits for the gRPC
+    form of local replies.)"""
 
+    UNSUPPORTED = _names("grpc_status")
     http_status: Annotated[UInt, Field(ge=200, lt=600)] | None = None
-    grpc_status: UInt | None = None
     header_abort: dict[str, Any] | None = None
     percentage: FractionalPercent = FractionalPercent()
 
     @model_validator(mode="after")
     def _one(self) -> FaultAbort:
-        _one_of(self, ("http_status", "grpc_status", "header_abort"))
+        _one_of(self, ("http_status", "header_abort"))
         if self.header_abort:
             raise ValueError("header_abort: takes no fields")
         return self

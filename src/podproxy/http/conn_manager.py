@@ -514,7 +514,6 @@ class FilterManager:
         headers: Headers | None = None,
         details: str = "",
         flags: str = "-",
-        grpc_status: int | None = None,
     ) -> None:
         """End the stream with a reply of our own; the encoder filters see it as a response."""
         ex = self.ex

@@ -49,7 +49,6 @@ class FilterCallbacks(Protocol):
         headers: Headers | None = None,
         details: str = "",
         flags: str = "-",
-        grpc_status: int | None = None,
     ) -> None: ...
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
 

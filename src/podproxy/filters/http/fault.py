@@ -26,7 +26,6 @@ ABORT_BODY = b"fault filter abort"
 DELAY_HEADER = b"x-envoy-fault-delay-request"
 DELAY_PERCENT_HEADER = b"x-envoy-fault-delay-request-percentage"
 ABORT_HEADER = b"x-envoy-fault-abort-request"
-ABORT_GRPC_HEADER = b"x-envoy-fault-abort-grpc-request"
 ABORT_PERCENT_HEADER = b"x-envoy-fault-abort-request-percentage"
 
 
@@ -46,7 +45,6 @@ class FaultSettings:
 
     __slots__ = (
         "abort",
-        "abort_grpc",
         "abort_header",
         "abort_percent",
         "cfg",
@@ -77,13 +75,11 @@ class FaultSettings:
                 self.delay_ms = round(d.fixed_delay * 1000)
         a = cfg.abort
         self.abort: int | None = None
-        self.abort_grpc: int | None = None
         self.abort_header = False
         self.abort_percent: tuple[int, int] | None = None
         if a is not None:
             self.abort_percent = (a.percentage.numerator, a.percentage.denominator.value)
             self.abort = a.http_status
-            self.abort_grpc = a.grpc_status
             self.abort_header = a.header_abort is not None
 
 
@@ -203,10 +199,11 @@ class FaultFilter(HttpFilter):
         if s.abort_percent is None:
             return False
         http_status = s.abort
-        grpc_status = s.abort_grpc
         percent = s.abort_percent
         if s.abort_header:
-            http_status = grpc_status = None
+            # The status a client asks for; without a valid one there is no abort. (The gRPC
+            # header, x-envoy-fault-abort-grpc-request, waits for gRPC local replies.)
+            http_status = None
             value = head.get(ABORT_HEADER)
             if value is not None:
                 try:
@@ -215,31 +212,18 @@ class FaultFilter(HttpFilter):
                     http_status = None
                 if http_status is not None and not 200 <= http_status < 600:
                     http_status = None
-            gvalue = head.get(ABORT_GRPC_HEADER)
-            if http_status is None and gvalue is not None:
-                try:
-                    grpc_status = int(gvalue)
-                except ValueError:
-                    grpc_status = None
-            if http_status is None and grpc_status is None:
+            if http_status is None:
                 return False
             percent = _header_percent(head, ABORT_PERCENT_HEADER, percent)
-        if not self.config.enabled(s.cfg.abort_percent_runtime, percent):
+        if http_status is None or not self.config.enabled(s.cfg.abort_percent_runtime, percent):
             return False
-        runtime = self.config.runtime
-        if http_status is not None:
-            http_status = runtime.get_integer(s.cfg.abort_http_status_runtime, http_status)
+        status = self.config.runtime.get_integer(s.cfg.abort_http_status_runtime, http_status)
         self._activate()
         self.config.count(self.downstream_cluster, "aborts_injected")
         self.callbacks.exchange.add_flag("FI")
-        if grpc_status is not None and http_status is None:
-            # A gRPC abort answers 200 with the status in grpc-status (trailers-only).
-            self.callbacks.send_local_reply(
-                200, ABORT_BODY, details="fault_filter_abort", grpc_status=grpc_status
-            )
-        else:
-            assert http_status is not None
-            self.callbacks.send_local_reply(http_status, ABORT_BODY, details="fault_filter_abort")
+        self.callbacks.send_local_reply(
+            status or http_status, ABORT_BODY, details="fault_filter_abort"
+        )
         return True
 
     def _activate(self) -> None:
