@@ -244,6 +244,9 @@ class Route:
     # Header mutations of every level, in Envoy's order; None when no level has any.
     request_mutation: HeaderMutations | None = None
     response_mutation: HeaderMutations | None = None
+    # False for a weighted cluster's own host_rewrite_literal: Envoy sets Host there without
+    # keeping the client's in x-envoy-original-host (checked side by side with Envoy 1.40).
+    original_host_header: bool = True
 
     def choose_cluster(self, headers: Headers) -> tuple[Route, str | None]:
         """For a route without a fixed cluster: the route entry that serves this request
@@ -678,6 +681,7 @@ def compile_route(
                     if cw.host_rewrite_literal
                     else route.host_rewrite
                 ),
+                original_host_header=not cw.host_rewrite_literal,
                 request_mutation=_prepend(req, request_mutation),
                 response_mutation=_prepend(resp, response_mutation),
             )

@@ -416,7 +416,11 @@ class Forwarder:
         if name == b"x-envoy-original-path":
             return route.prefix_rewrite is not None and route.prefix is not None
         rewritten = route.host_rewrite is not None or (route.auto_host_rewrite and host.hostname)
-        return bool(rewritten) and not self.config.suppress_envoy_headers
+        return (
+            bool(rewritten)
+            and route.original_host_header
+            and not self.config.suppress_envoy_headers
+        )
 
     def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool, bool]:
         """The upstream request head bytes, whether the body goes chunked, and whether the
@@ -520,7 +524,7 @@ class Forwarder:
         if rewritten is not None:
             # Envoy keeps the Host the client sent in x-envoy-original-host (checked against
             # Envoy 1.40 side by side).
-            if not cfg.suppress_envoy_headers:
+            if not cfg.suppress_envoy_headers and route.original_host_header:
                 out += (b"x-envoy-original-host: ", authority, b"\r\n")
             authority = rewritten
         out[4] = authority
