@@ -175,15 +175,17 @@ def build_http_listener(
         user_agent=info.cluster.encode() if hcm.add_user_agent else None,
         service_node=info.node.encode(),
     )
-    router = Forwarder(build_route_table(hcm.route_config), clusters, fcfg, http_stats)
+    live = LiveRuntime(runtime) if runtime is not None else None
+    routes = build_route_table(hcm.route_config, runtime=live)
+    router = Forwarder(routes, clusters, fcfg, http_stats)
     handler: StreamHandler = router
     chain = [f for f in hcm.http_filters[:-1] if not f.skipped]
     if chain:
         # Filters besides the router: each stream walks them (with the router alone the
         # connection calls the router directly, and pays nothing for the chain).
         ctx = FilterContext(stats=store.scope(f"http.{hcm.stat_prefix}."))
-        if runtime is not None:
-            ctx.runtime = LiveRuntime(runtime)
+        if live is not None:
+            ctx.runtime = live
         factories = [(f.name, HTTP_FILTERS[f.name](f.typed_config, ctx), f.disabled) for f in chain]
         handler = FilterChainHandler(
             factories,

@@ -413,7 +413,7 @@ def test_route_action_defaults() -> None:
     a = RouteAction.model_validate({"cluster": "c"})
     assert (a.timeout, a.idle_timeout, a.auto_host_rewrite) == (15.0, None, False)
     assert RouteAction.model_validate({"cluster": "c", "timeout": "0s"}).timeout is None
-    assert one_error(RouteAction, {"cluster": "c", "weighted_clusters": {}})[1] == (
+    assert one_error(RouteAction, {"cluster": "c", "hash_policy": []})[1] == (
         "Extra inputs are not permitted"
     )
 

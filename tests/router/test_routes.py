@@ -125,4 +125,4 @@ def test_route_with_header_match_falls_through() -> None:
 
 def test_virtual_host_repr_free_lookup() -> None:
     vh = VirtualHost("v", ())
-    assert vh.route(b"/", []) is None
+    assert vh.route(b"/", b"/", []) is None

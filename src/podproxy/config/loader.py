@@ -147,7 +147,7 @@ def _non_string_keys(value: object, path: str) -> Iterator[str]:
 # Error types raised by `config.schema` whose message is complete as it is.
 _OWN_TYPES = frozenset(
     {"duration", "enum", "uint", "string", "unsupported", "type_url", "regex", "file", "base64"}
-    | {"percent", "struct"}
+    | {"percent", "struct", "int64"}
 )
 
 
@@ -336,13 +336,27 @@ def cross_check(b: Bootstrap) -> list[tuple[str, str]]:
                     )
                 seen_domains.add(domain.lower())
             for j, route in enumerate(vh.routes):
-                if route.route is not None and route.route.cluster not in names:
+                action = route.route
+                if action is None:
+                    continue
+                if action.cluster is not None and action.cluster not in names:
                     out.append(
                         (
                             f"{vpath}.routes[{j}].route.cluster",
-                            f"unknown cluster {show(route.route.cluster)}",
+                            f"unknown cluster {show(action.cluster)}",
                         )
                     )
+                wc = action.weighted_clusters
+                for k, cw in enumerate(wc.clusters if wc is not None else ()):
+                    # Envoy: "route: unknown weighted cluster 'x'" (a cluster_header entry
+                    # names its cluster per request, and is not checked).
+                    if cw.name and cw.name not in names:
+                        out.append(
+                            (
+                                f"{vpath}.routes[{j}].route.weighted_clusters.clusters[{k}].name",
+                                f"unknown weighted cluster {show(cw.name)}",
+                            )
+                        )
     for i, cluster in enumerate(clusters):
         out += _check_cluster(cluster, f"static_resources.clusters[{i}]")
     if b.layered_runtime is not None:

@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -146,6 +147,15 @@ def _uint(value: object) -> int:
     )
 
 
+def _int64(value: object) -> int:
+    # proto JSON writes int64 as a decimal string or a number.
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    raise PydanticCustomError("int64", "expected a 64-bit integer, got {got}", {"got": show(value)})
+
+
 def _str(value: object) -> str:
     if isinstance(value, str):
         return value
@@ -156,6 +166,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 OptDuration = Annotated[float | None, BeforeValidator(_duration_or_none)]
 ZeroDisables = Annotated[float | None, BeforeValidator(_duration_zero_none)]
 UInt = Annotated[int, BeforeValidator(_uint)]
+Int64 = Annotated[int, BeforeValidator(_int64)]
 Str = Annotated[str, BeforeValidator(_str)]
 
 E = TypeVar("E", bound=Enum)
@@ -274,6 +285,29 @@ class DenominatorType(Enum):
     MILLION = 1_000_000
 
 
+class HeaderAppendAction(Enum):
+    """core.v3.HeaderValueOption.HeaderAppendAction."""
+
+    APPEND_IF_EXISTS_OR_ADD = 0
+    ADD_IF_ABSENT = 1
+    OVERWRITE_IF_EXISTS_OR_ADD = 2
+    OVERWRITE_IF_EXISTS = 3
+
+
+class RedirectResponseCode(Enum):
+    """route.v3.RedirectAction.RedirectResponseCode, with the status each name stands for."""
+
+    MOVED_PERMANENTLY = 0
+    FOUND = 1
+    SEE_OTHER = 2
+    TEMPORARY_REDIRECT = 3
+    PERMANENT_REDIRECT = 4
+
+    @property
+    def status(self) -> int:
+        return (301, 302, 303, 307, 308)[self.value]
+
+
 CodecTypeField = Annotated[CodecType, BeforeValidator(_enum_parser(CodecType))]
 ServerHeaderTransformationField = Annotated[
     ServerHeaderTransformation, BeforeValidator(_enum_parser(ServerHeaderTransformation))
@@ -288,6 +322,12 @@ ClusterNotFoundResponseCodeField = Annotated[
 TrafficDirectionField = Annotated[TrafficDirection, BeforeValidator(_enum_parser(TrafficDirection))]
 FaultDelayTypeField = Annotated[FaultDelayType, BeforeValidator(_enum_parser(FaultDelayType))]
 DenominatorTypeField = Annotated[DenominatorType, BeforeValidator(_enum_parser(DenominatorType))]
+HeaderAppendActionField = Annotated[
+    HeaderAppendAction, BeforeValidator(_enum_parser(HeaderAppendAction))
+]
+RedirectResponseCodeField = Annotated[
+    RedirectResponseCode, BeforeValidator(_enum_parser(RedirectResponseCode))
+]
 
 
 # --- messages -------------------------------------------------------------------------------
@@ -467,18 +507,39 @@ class StringMatcher(Message):
         return self
 
 
+class Int64Range(Message):
+    """type.v3.Int64Range: [start, end)."""
+
+    start: Int64 = 0
+    end: Int64 = 0
+
+
 class HeaderMatcher(Message):
-    UNSUPPORTED = _names("range_match")
-    name: Str
+    name: Annotated[Str, Field(min_length=1)]
     exact_match: Str | None = None
     prefix_match: Str | None = None
     suffix_match: Str | None = None
     contains_match: Str | None = None
     safe_regex_match: RegexMatcher | None = None
+    range_match: Int64Range | None = None
     present_match: StrictBool | None = None
     string_match: StringMatcher | None = None
     invert_match: StrictBool = False
     treat_missing_header_as_empty: StrictBool = False
+
+    @field_validator("name")
+    @classmethod
+    def _pseudo(cls, value: str) -> str:
+        # Envoy matches `:method`, `:path` and `:scheme` too; podproxy's matchers see the
+        # header fields and the authority (`host` and `:authority` are the same to Envoy).
+        if value.startswith(":") and value.lower() != ":authority":
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: matching a pseudo-header other than :authority is not supported by "
+                "podproxy yet",
+                {"got": show(value)},
+            )
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> HeaderMatcher:
@@ -490,12 +551,41 @@ class HeaderMatcher(Message):
                 "suffix_match",
                 "contains_match",
                 "safe_regex_match",
+                "range_match",
                 "present_match",
                 "string_match",
             ),
             required=False,
         )
         return self
+
+
+class QueryParameterMatcher(Message):
+    """route.v3.QueryParameterMatcher: the first value of `name` in the query string."""
+
+    name: Annotated[Str, Field(min_length=1, max_length=1024)]
+    string_match: StringMatcher | None = None
+    present_match: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> QueryParameterMatcher:
+        _one_of(self, ("string_match", "present_match"), required=False)
+        return self
+
+
+class FractionalPercent(Message):
+    """envoy.type.v3.FractionalPercent: numerator / denominator (a numerator above the
+    denominator means always, as Envoy's ProbabilityUtil reads it)."""
+
+    numerator: UInt = 0
+    denominator: DenominatorTypeField = DenominatorType.HUNDRED
+
+
+class RuntimeFractionalPercent(Message):
+    """core.v3.RuntimeFractionalPercent: `default_value` unless the runtime has `runtime_key`."""
+
+    default_value: FractionalPercent
+    runtime_key: Str = ""
 
 
 class GrpcRouteMatchOptions(Message):
@@ -505,8 +595,8 @@ class GrpcRouteMatchOptions(Message):
 class RouteMatch(Message):
     UNSUPPORTED = _names(
         """
-        connect_matcher path_separated_prefix path_match_policy runtime_fraction
-        query_parameters cookies tls_context dynamic_metadata filter_state
+        connect_matcher path_separated_prefix path_match_policy
+        cookies tls_context dynamic_metadata filter_state
         """
     )
     prefix: Str | None = None
@@ -514,6 +604,8 @@ class RouteMatch(Message):
     safe_regex: RegexMatcher | None = None
     case_sensitive: StrictBool = True
     headers: tuple[HeaderMatcher, ...] = ()
+    query_parameters: tuple[QueryParameterMatcher, ...] = ()
+    runtime_fraction: RuntimeFractionalPercent | None = None
     grpc: GrpcRouteMatchOptions | None = None
 
     @model_validator(mode="after")
@@ -522,19 +614,191 @@ class RouteMatch(Message):
         return self
 
 
+# Envoy's HeaderParser: a value is a substitution format string; `%%` is a literal `%`.
+_FORMAT_OPERATOR = re.compile(r"%%|%")
+
+
+def literal_header_value(value: str) -> str:
+    """A header value with `%%` unescaped; any other `%` is a formatter command operator,
+    which podproxy does not evaluate yet (an error, never sent as literal text)."""
+    out: list[str] = []
+    pos = 0
+    for m in _FORMAT_OPERATOR.finditer(value):
+        if m.group() == "%":
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: %COMMAND% header values are not supported by podproxy yet (formatted "
+                "header values come with the access-log formatter); write %% for a literal %",
+                {"got": show(value)},
+            )
+        out.append(value[pos : m.start()] + "%")
+        pos = m.end()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def _modifiable(name: str, verb: str) -> PydanticCustomError | None:
+    # HeaderUtility::isModifiableHeader: pseudo-headers and Host belong to the proxy.
+    if name.startswith(":") or name.lower() == "host":
+        return PydanticCustomError(
+            "unsupported", ":-prefixed or host headers may not be {verb}", {"verb": verb}
+        )
+    return None
+
+
+def _removable_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if not name:
+            raise ValueError("a header name must not be empty")
+        err = _modifiable(name, "removed")
+        if err is not None:
+            raise err
+    return value
+
+
+HeaderNames = Annotated[tuple[Str, ...], AfterValidator(_removable_names)]
+
+
+class HeaderValue(Message):
+    key: Annotated[Str, Field(min_length=1, max_length=16384)]
+    value: Annotated[Str, Field(max_length=16384)] | None = None
+    raw_value: Str | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        err = _modifiable(value, "modified")
+        if err is not None:
+            raise err
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _literal(cls, value: str | None) -> str | None:
+        if value is not None:
+            literal_header_value(value)
+        return value
+
+    @field_validator("raw_value")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise PydanticCustomError(
+                    "base64", "expected base64 bytes, got {got}", {"got": show(value)}
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderValue:
+        _one_of(self, ("value", "raw_value"), required=False)
+        return self
+
+    def value_bytes(self) -> bytes:
+        """The value to send: `value` with `%%` unescaped, or `raw_value` decoded."""
+        if self.raw_value is not None:
+            # Envoy runs raw_value through the formatter too; literal bytes only here.
+            return literal_header_value(base64.b64decode(self.raw_value).decode("latin-1")).encode(
+                "latin-1"
+            )
+        return literal_header_value(self.value or "").encode()
+
+
+class HeaderValueOption(Message):
+    header: HeaderValue
+    # v2's `append` (deprecated in v3): true (the default) appends, false overwrites.
+    append: StrictBool | None = None
+    append_action: HeaderAppendActionField | None = None
+    keep_empty_value: StrictBool = False
+
+    @model_validator(mode="after")
+    def _append(self) -> HeaderValueOption:
+        if self.append is not None and self.append_action is not None:
+            raise ValueError("Both append and append_action are set and it's not allowed")
+        return self
+
+    def action(self) -> HeaderAppendAction:
+        if self.append_action is not None:
+            return self.append_action
+        if self.append is False:
+            return HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+        return HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+
+
+class HeaderMutations(Message):
+    """The four header-mutation fields Envoy has at each level (route configuration, virtual
+    host, route, weighted cluster); not an Envoy message of its own."""
+
+    request_headers_to_add: Annotated[tuple[HeaderValueOption, ...], Field(max_length=1000)] = ()
+    request_headers_to_remove: HeaderNames = ()
+    response_headers_to_add: Annotated[tuple[HeaderValueOption, ...], Field(max_length=1000)] = ()
+    response_headers_to_remove: HeaderNames = ()
+
+
+class ClusterWeight(HeaderMutations):
+    UNSUPPORTED = _names("metadata_match typed_per_filter_config")
+    name: Str = ""
+    cluster_header: Str = ""
+    weight: UInt
+    host_rewrite_literal: Str | None = None
+
+    @model_validator(mode="after")
+    def _specifier(self) -> ClusterWeight:
+        if self.name and self.cluster_header:
+            raise ValueError("Only one of name or cluster_header can be specified")
+        if not self.name and not self.cluster_header:
+            raise ValueError("At least one of name or cluster_header need to be specified")
+        return self
+
+
+class WeightedCluster(Message):
+    UNSUPPORTED = _names("header_name use_hash_policy")
+    clusters: Annotated[tuple[ClusterWeight, ...], Field(min_length=1)]
+    # Deprecated in v3: Envoy 1.40 accepts any value and uses the sum of the weights (checked
+    # by running it), so podproxy does the same.
+    total_weight: UInt | None = None
+    runtime_key_prefix: Str = ""
+
+    @field_validator("runtime_key_prefix")
+    @classmethod
+    def _no_runtime(cls, value: str) -> str:
+        if value:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: weights from the runtime are not supported by podproxy yet",
+                {"got": show(value)},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _total(self) -> WeightedCluster:
+        total = sum(c.weight for c in self.clusters)
+        if total == 0:
+            raise ValueError("Sum of weights in the weighted_cluster must be greater than 0")
+        if total > 4294967295:
+            raise ValueError(
+                "The sum of weights of all weighted clusters of route exceeds 4294967295"
+            )
+        return self
+
+
 class RouteAction(Message):
     UNSUPPORTED = _names(
         """
-        cluster_header weighted_clusters cluster_specifier_plugin
-        inline_cluster_specifier_plugin metadata_match regex_rewrite path_rewrite_policy
-        path_rewrite host_rewrite_header host_rewrite_path_regex append_x_forwarded_host
+        cluster_specifier_plugin inline_cluster_specifier_plugin metadata_match regex_rewrite
+        path_rewrite_policy path_rewrite host_rewrite_header host_rewrite_path_regex
+        append_x_forwarded_host
         flush_timeout early_data_policy retry_policy retry_policy_typed_config
         request_mirror_policies priority rate_limits include_vh_rate_limits hash_policy cors
         max_grpc_timeout grpc_timeout_offset upgrade_configs internal_redirect_policy
         internal_redirect_action max_internal_redirects hedge_policy max_stream_duration
         """
     )
-    cluster: Annotated[Str, Field(min_length=1)]
+    cluster: Annotated[Str, Field(min_length=1)] | None = None
+    cluster_header: Annotated[Str, Field(min_length=1)] | None = None
+    weighted_clusters: WeightedCluster | None = None
     host_rewrite_literal: Str | None = None
     auto_host_rewrite: StrictBool = False
     prefix_rewrite: Str | None = None
@@ -546,6 +810,7 @@ class RouteAction(Message):
 
     @model_validator(mode="after")
     def _host_rewrite(self) -> RouteAction:
+        _one_of(self, ("cluster", "cluster_header", "weighted_clusters"))
         if self.host_rewrite_literal is not None and self.auto_host_rewrite:
             raise ValueError("at most one of host_rewrite_literal, auto_host_rewrite may be set")
         return self
@@ -604,14 +869,6 @@ class DirectResponseAction(Message):
 
     def body_bytes(self) -> bytes:
         return b"" if self.body is None else self.body.data()
-
-
-class FractionalPercent(Message):
-    """envoy.type.v3.FractionalPercent: numerator / denominator (a numerator above the
-    denominator means always, as Envoy's ProbabilityUtil reads it)."""
-
-    numerator: UInt = 0
-    denominator: DenominatorTypeField = DenominatorType.HUNDRED
 
 
 class FaultDelay(Message):
@@ -691,6 +948,30 @@ class BufferPerRoute(TypedMessage):
         return self
 
 
+class RegexMatchAndSubstitute(Message):
+    pattern: RegexMatcher
+    substitution: Str
+
+
+class RedirectAction(Message):
+    https_redirect: StrictBool = False
+    scheme_redirect: Str | None = None
+    host_redirect: Str | None = None
+    port_redirect: Annotated[UInt, Field(le=4294967295)] = 0
+    path_redirect: Str | None = None
+    prefix_rewrite: Str | None = None
+    regex_rewrite: RegexMatchAndSubstitute | None = None
+    response_code: RedirectResponseCodeField = RedirectResponseCode.MOVED_PERMANENTLY
+    strip_query: StrictBool = False
+
+    @model_validator(mode="after")
+    def _oneofs(self) -> RedirectAction:
+        if self.https_redirect and self.scheme_redirect is not None:
+            raise ValueError("at most one of https_redirect, scheme_redirect may be set")
+        _one_of(self, ("path_redirect", "prefix_rewrite", "regex_rewrite"), required=False)
+        return self
+
+
 class Router(TypedMessage):
     TYPE_URL = ROUTER_TYPE
     UNSUPPORTED = _names(
@@ -765,33 +1046,30 @@ TYPED_CONFIGS[ROUTE_FILTER_CONFIG_TYPE] = RouteFilterConfig
 PerFilterConfig = _typed_union(PER_ROUTE_CONFIGS)
 
 
-class Route(Message):
+class Route(HeaderMutations):
     UNSUPPORTED = _names(
         """
-        redirect filter_action non_forwarding_action metadata decorator
-        request_headers_to_add request_headers_to_remove
-        response_headers_to_add response_headers_to_remove tracing
+        filter_action non_forwarding_action metadata decorator tracing
         per_request_buffer_limit_bytes stat_prefix request_body_buffer_limit
         """
     )
     name: Str | None = None
     match: RouteMatch
     route: RouteAction | None = None
+    redirect: RedirectAction | None = None
     direct_response: DirectResponseAction | None = None
     typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _action(self) -> Route:
-        _one_of(self, ("route", "direct_response"))
+        _one_of(self, ("route", "redirect", "direct_response"))
         return self
 
 
-class VirtualHost(Message):
+class VirtualHost(HeaderMutations):
     UNSUPPORTED = _names(
         """
-        matcher require_tls virtual_clusters rate_limits request_headers_to_add
-        request_headers_to_remove response_headers_to_add response_headers_to_remove cors
-        include_request_attempt_count
+        matcher require_tls virtual_clusters rate_limits cors include_request_attempt_count
         include_attempt_count_in_response retry_policy retry_policy_typed_config
         hedge_policy include_is_timeout_retry_header per_request_buffer_limit_bytes
         request_body_buffer_limit request_mirror_policies metadata
@@ -803,18 +1081,19 @@ class VirtualHost(Message):
     typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
 
 
-class RouteConfiguration(Message):
+class RouteConfiguration(HeaderMutations):
     UNSUPPORTED = _names(
         """
-        vhds internal_only_headers response_headers_to_add response_headers_to_remove
-        request_headers_to_add request_headers_to_remove most_specific_header_mutations_wins
-        validate_clusters max_direct_response_body_size_bytes cluster_specifier_plugins
-        request_mirror_policies ignore_port_in_host_matching vhost_header
-        ignore_path_parameters_in_path_matching typed_per_filter_config metadata
+        vhds internal_only_headers validate_clusters max_direct_response_body_size_bytes
+        cluster_specifier_plugins request_mirror_policies ignore_port_in_host_matching
+        vhost_header ignore_path_parameters_in_path_matching typed_per_filter_config metadata
         """
     )
     name: Str = ""
     virtual_hosts: tuple[VirtualHost, ...] = ()
+    # Envoy applies each level's header mutations from the route out to the route
+    # configuration (so the least specific wins); true reverses that.
+    most_specific_header_mutations_wins: StrictBool = False
 
 
 class HttpFilter(Message):

@@ -78,6 +78,7 @@ class HttpConnManagerStats:
     no_route: Counter
     no_cluster: Counter
     rq_direct_response: Counter
+    rq_redirect: Counter
     rq_total: Counter
     rq_reset_after_downstream_response_started: Counter
 

@@ -8,11 +8,14 @@ they came off the wire; the path for matching excludes the query string.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 Headers = Sequence[tuple[bytes, bytes]]
 HeaderPredicate = Callable[[Headers], bool]
@@ -25,12 +28,201 @@ _FILTER_NAMES = {
 }
 
 
+class Runtime(Protocol):
+    """The runtime seam a route asks whether `runtime_fraction` lets a request match."""
+
+    def feature_enabled(
+        self, key: str, numerator: int, denominator: int, random_value: int
+    ) -> bool: ...
+
+
+class DefaultFractionRuntime:
+    """A runtime with no layers: every key takes its configured default fraction, as Envoy's
+    ProtobufPercentHelper::evaluateFractionalPercent does (`random_value % denominator <
+    numerator`). The real runtime replaces it through the same method."""
+
+    __slots__ = ()
+
+    def feature_enabled(
+        self, key: str, numerator: int, denominator: int, random_value: int
+    ) -> bool:
+        return random_value % denominator < numerator
+
+
+def _random_u64() -> int:
+    # Envoy draws one uint64 per stream (ActiveStream::stream_id_, from the connection
+    # manager's random generator) for runtime_fraction and weighted clusters alike; the
+    # x-request-id plays no part (checked against Envoy 1.40: one id, both clusters).
+    return _getrandbits(64)
+
+
+_getrandbits = random.getrandbits
+
+# HeaderValueOption.HeaderAppendAction values, as plain ints on the mutation path.
+APPEND_IF_EXISTS_OR_ADD = 0
+ADD_IF_ABSENT = 1
+OVERWRITE_IF_EXISTS_OR_ADD = 2
+OVERWRITE_IF_EXISTS = 3
+
+# A header value to add: literal bytes today; a callable (the substitution formatter, given
+# the request's context) once formatted values arrive with the access-log formatter.
+HeaderValueSource = bytes | Callable[[Any], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderToAdd:
+    name: bytes
+    value: HeaderValueSource
+    action: int
+    keep_empty: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutation:
+    """One level's `*_headers_to_remove` and `*_headers_to_add`, applied as Envoy's
+    HeaderParser::evaluateHeaders does: removals first; then each addition decided against
+    the headers as they were before this level's additions; overwrites (which move the
+    header to the end) before appends."""
+
+    remove: frozenset[bytes]
+    add: tuple[HeaderToAdd, ...]
+
+    def apply(self, headers: list[tuple[bytes, bytes]], context: Any = None) -> None:
+        remove = self.remove
+        if remove:
+            headers[:] = [h for h in headers if h[0] not in remove]
+        present = {k for k, _ in headers}
+        overwrite: list[tuple[bytes, bytes]] = []
+        append: list[tuple[bytes, bytes]] = []
+        for h in self.add:
+            value = h.value if isinstance(h.value, bytes) else h.value(context)
+            if not value and not h.keep_empty:
+                continue  # keep_empty_value false: an empty value adds nothing
+            action = h.action
+            if action == APPEND_IF_EXISTS_OR_ADD:
+                append.append((h.name, value))
+            elif action == ADD_IF_ABSENT:
+                if h.name not in present:
+                    append.append((h.name, value))
+            elif action == OVERWRITE_IF_EXISTS_OR_ADD or h.name in present:
+                overwrite.append((h.name, value))
+        for name, value in overwrite:
+            headers[:] = [h for h in headers if h[0] != name]
+            headers.append((name, value))
+        headers.extend(append)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """Every level that applies to one direction of a route, in Envoy's order."""
+
+    levels: tuple[HeaderMutation, ...]
+
+    def apply(self, headers: list[tuple[bytes, bytes]], context: Any = None) -> None:
+        for level in self.levels:
+            level.apply(headers, context)
+
+    def apply_to_lines(self, block: bytes, context: Any = None) -> bytes:
+        """The same on serialized `name: value\r\n` lines (what the forwarder builds)."""
+        headers = []
+        for line in block.split(b"\r\n")[:-1]:
+            k, _, v = line.partition(b": ")
+            headers.append((k, v))
+        self.apply(headers, context)
+        return b"".join(b"%s: %s\r\n" % h for h in headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A RedirectAction, answered locally with `location` (Envoy's RouteEntryImplBase::newUri
+    and processRequestHost, checked side by side with Envoy 1.40)."""
+
+    status: int
+    scheme: bytes | None = None  # https_redirect or scheme_redirect
+    host: bytes | None = None
+    port: bytes | None = None  # ":8443" from port_redirect
+    path: bytes | None = None
+    prefix: bytes | None = None  # the route's matched prefix, for prefix_rewrite
+    prefix_rewrite: bytes | None = None
+    regex: re.Pattern[bytes] | None = None
+    substitution: bytes = b""
+    strip_query: bool = False
+
+    def location(self, authority: bytes, target: bytes, forwarded_proto: bytes) -> bytes:
+        scheme = self.scheme or forwarded_proto
+        host = self.host
+        if host is None:
+            host = _redirect_host(authority, scheme, forwarded_proto, self.port is not None)
+        if self.port is not None:
+            host = _strip_port(host) + self.port
+        q = target.find(b"?")
+        path, query = (target, b"") if q < 0 else (target[:q], target[q:])
+        if self.path is not None:
+            # A path_redirect with its own query replaces the request's query.
+            if b"?" in self.path or self.strip_query:
+                return scheme + b"://" + host + self.path
+            return scheme + b"://" + host + self.path + query
+        if self.prefix_rewrite is not None and self.prefix is not None:
+            path = self.prefix_rewrite + path[len(self.prefix) :]
+        elif self.regex is not None:
+            path = self.regex.sub(self.substitution, path)
+        return scheme + b"://" + host + path + (b"" if self.strip_query else query)
+
+
+def _port_start(host: bytes) -> int:
+    """Where `:port` starts in an authority, or -1 (an IPv6 literal keeps its colons)."""
+    if host[:1] == b"[":
+        end = host.rfind(b"]:")
+        return end + 1 if end >= 0 else -1
+    return host.rfind(b":")
+
+
+def _strip_port(host: bytes) -> bytes:
+    i = _port_start(host)
+    return host if i < 0 else host[:i]
+
+
+def _redirect_host(
+    authority: bytes, scheme: bytes, forwarded_proto: bytes, new_port: bool
+) -> bytes:
+    # processRequestHost: a port goes when a new one is set, or when the scheme changes and
+    # it is the old scheme's default (so http://h:80 becomes https://h).
+    i = _port_start(authority)
+    if i < 0:
+        return authority
+    port = authority[i:]
+    remove = new_port
+    if scheme != forwarded_proto:
+        remove = remove or (forwarded_proto == b"https" and port == b":443")
+        remove = remove or (forwarded_proto == b"http" and port == b":80")
+    return authority[:i] if remove else authority
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedClusters:
+    """Envoy's pickWeightedCluster: a random value modulo the sum of the weights falls in one
+    cluster's [start, end) span (zero-weight clusters have none)."""
+
+    ends: tuple[int, ...]  # cumulative weights
+    entries: tuple[Route, ...]  # one route per cluster, with its cluster and mutations
+    total: int
+    random: Callable[[], int]
+
+    def pick(self) -> Route:
+        return self.entries[bisect.bisect_right(self.ends, self.random() % self.total)]
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A compiled route: how it matches and what it does."""
+    """A compiled route: how it matches and what it does.
+
+    `cluster` is None only for a route that picks its cluster per request (weighted
+    clusters, `cluster_header`), a redirect or a direct response, so a plain route costs the
+    forwarder nothing more; `direct_status` is set for redirects too (with `redirect`).
+    """
 
     name: str
-    matches: Callable[[bytes, Headers], bool]
+    matches: Callable[[bytes, bytes, Headers], bool]
     cluster: str | None = None
     host_rewrite: bytes | None = None
     auto_host_rewrite: bool = False
@@ -46,6 +238,35 @@ class Route:
     # typed_per_filter_config of the virtual host and the route (the route's wins), by v3
     # filter name: a filter's own per-route config, or a route FilterConfig wrapping one.
     per_filter_config: Mapping[str, Any] = field(default_factory=lambda: _NO_CONFIG)
+    redirect: Redirect | None = None
+    weighted: WeightedClusters | None = None
+    cluster_header: bytes | None = None
+    # Header mutations of every level, in Envoy's order; None when no level has any.
+    request_mutation: HeaderMutations | None = None
+    response_mutation: HeaderMutations | None = None
+    # False for a weighted cluster's own host_rewrite_literal: Envoy sets Host there without
+    # keeping the client's in x-envoy-original-host (checked side by side with Envoy 1.40).
+    original_host_header: bool = True
+
+    def choose_cluster(self, headers: Headers) -> tuple[Route, str | None]:
+        """For a route without a fixed cluster: the route entry that serves this request
+        (a weighted cluster's own) and its cluster name, None when `cluster_header` names
+        none (the header's first value, as Envoy reads it)."""
+        route = self.weighted.pick() if self.weighted is not None else self
+        if route.cluster is not None:
+            return route, route.cluster
+        assert route.cluster_header is not None
+        value = _header_value(headers, route.cluster_header)
+        return route, (value.decode("latin-1") if value else None)
+
+    def local_reply_headers(self) -> list[tuple[bytes, bytes]] | None:
+        """The response header mutations on a direct response or redirect (Envoy applies
+        them to those too)."""
+        if self.response_mutation is None:
+            return None
+        headers: list[tuple[bytes, bytes]] = []
+        self.response_mutation.apply(headers)
+        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +274,9 @@ class VirtualHost:
     name: str
     routes: tuple[Route, ...]
 
-    def route(self, path: bytes, headers: Headers) -> Route | None:
+    def route(self, path: bytes, target: bytes, headers: Headers) -> Route | None:
         for r in self.routes:
-            if r.matches(path, headers):
+            if r.matches(path, target, headers):
                 return r
         return None
 
@@ -105,7 +326,7 @@ class RouteTable:
             return None
         q = target.find(b"?")
         path = target if q < 0 else target[:q]
-        return vh.route(path, headers)
+        return vh.route(path, target, headers)
 
 
 # Building from typed config ---------------------------------------------------------
@@ -143,24 +364,50 @@ def _string_matcher(m: Any) -> Callable[[bytes], bool]:
     raise ValueError("string matcher without a match")
 
 
+# absl::SimpleAtoi: optional ASCII whitespace around an optional sign and decimal digits.
+_INT64 = re.compile(rb"[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*")
+
+
+def _range_check(start: int, end: int) -> Callable[[bytes], bool]:
+    def check(v: bytes) -> bool:
+        if _INT64.fullmatch(v) is None:
+            return False
+        n = int(v)
+        return -(2**63) <= n < 2**63 and start <= n < end
+
+    return check
+
+
 def header_predicate(hm: Any) -> HeaderPredicate:
-    """A HeaderMatcher as a predicate over the request headers (route_components.proto)."""
+    """A HeaderMatcher as a predicate over the request headers, as Envoy 1.40 matches them
+    (checked side by side): a header sent more than once matches when any one of its values
+    does (so `invert_match` holds when none does); a missing header never matches unless
+    `treat_missing_header_as_empty` (then it is one empty value) or the matcher is
+    `present_match`; `host` and `:authority` both name the request's authority."""
     name = hm.name.lower().encode()
+    if name == b":authority":
+        name = b"host"
     invert = bool(getattr(hm, "invert_match", False))
     missing_as_empty = bool(getattr(hm, "treat_missing_header_as_empty", False))
     check: Callable[[bytes], bool]
-    if getattr(hm, "present_match", None) is not None:
-        want_present = bool(hm.present_match)
+    present_match = getattr(hm, "present_match", None)
+    if present_match is not None or _no_specifier(hm):
+        # No match specifier: the header must be present (Envoy's default).
+        want_present = True if present_match is None else bool(present_match)
 
         def present(headers: Headers) -> bool:
-            return ((_header_value(headers, name) is not None) == want_present) != invert
+            for k, _ in headers:
+                if k == name:
+                    return want_present != invert
+            return (not want_present) != invert
 
         return present
     if getattr(hm, "string_match", None) is not None:
         check = _string_matcher(hm.string_match)
     elif getattr(hm, "exact_match", None) is not None:
         want = hm.exact_match.encode()
-        check = lambda v: v == want  # noqa: E731
+        # HeaderUtility: an empty exact_match matches any value.
+        check = (lambda v: True) if not want else (lambda v: v == want)
     elif getattr(hm, "prefix_match", None) is not None:
         pre = hm.prefix_match.encode()
         check = lambda v: v.startswith(pre)  # noqa: E731
@@ -174,19 +421,85 @@ def header_predicate(hm: Any) -> HeaderPredicate:
         rx = re.compile(hm.safe_regex_match.regex.encode())
         check = lambda v: rx.fullmatch(v) is not None  # noqa: E731
     else:
-        # No match specifier: the header must be present (Envoy's default).
-        def present_only(headers: Headers) -> bool:
-            return (_header_value(headers, name) is not None) != invert
-
-        return present_only
+        check = _range_check(hm.range_match.start, hm.range_match.end)
 
     def pred(headers: Headers) -> bool:
-        v = _header_value(headers, name)
-        if v is None:
+        seen = False
+        for k, v in headers:
+            if k == name:
+                if check(v):
+                    return not invert
+                seen = True
+        if not seen:
             if not missing_as_empty:
                 return False  # a missing header never matches, even inverted (Envoy)
-            v = b""
-        return check(v) != invert
+            return check(b"") != invert
+        return invert
+
+    return pred
+
+
+_SPECIFIERS = (
+    "exact_match",
+    "prefix_match",
+    "suffix_match",
+    "contains_match",
+    "safe_regex_match",
+    "range_match",
+    "present_match",
+    "string_match",
+)
+
+
+def _no_specifier(hm: Any) -> bool:
+    return all(getattr(hm, n, None) is None for n in _SPECIFIERS)
+
+
+def _first_query_value(target: bytes, name: bytes) -> bytes | None:
+    """Http::Utility::QueryParamsMulti::parseQueryString then getFirstValue: `&`-separated,
+    `name` or `name=value`, compared and returned as sent (no percent-decoding)."""
+    q = target.find(b"?")
+    if q < 0:
+        return None
+    for part in target[q + 1 :].split(b"&"):
+        k, _, v = part.partition(b"=")
+        if k == name:
+            return v
+    return None
+
+
+def query_predicate(qm: Any) -> Callable[[bytes], bool]:
+    """A QueryParameterMatcher as a predicate over the request target."""
+    name = qm.name.encode()
+    if qm.string_match is not None:
+        check = _string_matcher(qm.string_match)
+
+        def matches(target: bytes) -> bool:
+            v = _first_query_value(target, name)
+            return v is not None and check(v)
+
+        return matches
+
+    # present_match (true or false) or no specifier: the parameter is there (Envoy
+    # ConfigUtility::QueryParameterMatcher::matches returns true for any present one).
+    def present(target: bytes) -> bool:
+        return _first_query_value(target, name) is not None
+
+    return present
+
+
+def runtime_predicate(
+    fraction: Any, runtime: Runtime, random_value: Callable[[], int]
+) -> HeaderPredicate:
+    """`match.runtime_fraction`: the route matches when the runtime says the key is enabled
+    for a random value (Envoy's RouteEntryImplBase::evaluateRuntimeMatch)."""
+    key = fraction.runtime_key
+    numerator = fraction.default_value.numerator
+    denominator = fraction.default_value.denominator.value
+    enabled = runtime.feature_enabled
+
+    def pred(headers: Headers) -> bool:
+        return enabled(key, numerator, denominator, random_value())
 
     return pred
 
@@ -233,15 +546,40 @@ def per_filter_configs(*levels: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(merged) if merged else _NO_CONFIG
 
 
-def compile_route(r: Any, index: int, vhost_filter_config: Mapping[str, Any] = _NO_CONFIG) -> Route:
+def compile_route(
+    r: Any,
+    index: int,
+    *,
+    runtime: Runtime | None = None,
+    random_value: Callable[[], int] = _random_u64,
+    outer_levels: Sequence[Any] = (),
+    most_specific_wins: bool = False,
+    vhost_filter_config: Mapping[str, Any] = _NO_CONFIG,
+) -> Route:
+    """Compile one config Route. `outer_levels` are the virtual host and the route
+    configuration (their header mutations), most specific first."""
     path_ok, prefix = _path_matcher(r.match)
     preds = tuple(header_predicate(h) for h in (r.match.headers or ()))
     if getattr(r.match, "grpc", None) is not None:
         preds += (is_grpc_request,)
-    matches: Callable[[bytes, Headers], bool]
-    if preds:
+    fraction = getattr(r.match, "runtime_fraction", None)
+    if fraction is not None:
+        preds = (
+            runtime_predicate(fraction, runtime or DefaultFractionRuntime(), random_value),
+            *preds,
+        )
+    query = tuple(query_predicate(q) for q in (getattr(r.match, "query_parameters", None) or ()))
+    matches: Callable[[bytes, bytes, Headers], bool]
+    if query:
 
-        def matches(path: bytes, headers: Headers) -> bool:
+        def matches(path: bytes, target: bytes, headers: Headers) -> bool:
+            return (
+                path_ok(path) and all(p(headers) for p in preds) and all(q(target) for q in query)
+            )
+
+    elif preds:
+
+        def matches(path: bytes, target: bytes, headers: Headers) -> bool:
             return path_ok(path) and all(p(headers) for p in preds)
 
     elif prefix is not None and r.match.prefix is not None and r.match.case_sensitive is not False:
@@ -249,15 +587,27 @@ def compile_route(r: Any, index: int, vhost_filter_config: Mapping[str, Any] = _
         startswith = bytes.startswith
         pre = prefix
 
-        def matches(path: bytes, headers: Headers) -> bool:
+        def matches(path: bytes, target: bytes, headers: Headers) -> bool:
             return startswith(path, pre)
 
     else:
 
-        def matches(path: bytes, headers: Headers) -> bool:
+        def matches(path: bytes, target: bytes, headers: Headers) -> bool:
             return path_ok(path)
 
-    name = r.name or f"route_{index}"
+    # Envoy's ROUTE_NAME is the route's `name`, empty when it has none.
+    name = r.name or ""
+    # Envoy's order of header mutations: route, virtual host, route configuration (the least
+    # specific applied last, so it wins an overwrite), or the reverse with
+    # most_specific_header_mutations_wins; a weighted cluster's own always come first
+    # (checked side by side with Envoy 1.40).
+    levels = [r, *outer_levels]
+    if most_specific_wins:
+        levels.reverse()
+    request_levels = [m for m in (_mutation(x, "request") for x in levels) if m is not None]
+    response_levels = [m for m in (_mutation(x, "response") for x in levels) if m is not None]
+    request_mutation = HeaderMutations(tuple(request_levels)) if request_levels else None
+    response_mutation = HeaderMutations(tuple(response_levels)) if response_levels else None
     pfc = per_filter_configs(vhost_filter_config, getattr(r, "typed_per_filter_config", {}))
     if r.direct_response is not None:
         dr = r.direct_response
@@ -268,6 +618,18 @@ def compile_route(r: Any, index: int, vhost_filter_config: Mapping[str, Any] = _
             direct_body=dr.body_bytes(),
             prefix=prefix,
             per_filter_config=pfc,
+            response_mutation=response_mutation,
+        )
+    if getattr(r, "redirect", None) is not None:
+        rd = _redirect(r.redirect, prefix)
+        return Route(
+            name,
+            matches,
+            direct_status=rd.status,
+            redirect=rd,
+            prefix=prefix,
+            response_mutation=response_mutation,
+            per_filter_config=pfc,
         )
     a = r.route
     status = 503
@@ -276,7 +638,8 @@ def compile_route(r: Any, index: int, vhost_filter_config: Mapping[str, Any] = _
         status = 404
     elif code is not None and getattr(code, "name", str(code)) == "INTERNAL_SERVER_ERROR":
         status = 500
-    return Route(
+    cluster_header = getattr(a, "cluster_header", None)
+    route = Route(
         name,
         matches,
         cluster=a.cluster,
@@ -293,14 +656,122 @@ def compile_route(r: Any, index: int, vhost_filter_config: Mapping[str, Any] = _
             else b""
         ),
         per_filter_config=pfc,
+        cluster_header=_header_name(cluster_header) if cluster_header else None,
+        request_mutation=request_mutation,
+        response_mutation=response_mutation,
+    )
+    wc = getattr(a, "weighted_clusters", None)
+    if wc is None:
+        return route
+    entries = []
+    ends = []
+    total = 0
+    for cw in wc.clusters:
+        total += cw.weight
+        ends.append(total)
+        req = _mutation(cw, "request")
+        resp = _mutation(cw, "response")
+        entries.append(
+            dataclasses.replace(
+                route,
+                cluster=cw.name or None,
+                cluster_header=_header_name(cw.cluster_header) if cw.cluster_header else None,
+                host_rewrite=(
+                    cw.host_rewrite_literal.encode()
+                    if cw.host_rewrite_literal
+                    else route.host_rewrite
+                ),
+                original_host_header=not cw.host_rewrite_literal,
+                request_mutation=_prepend(req, request_mutation),
+                response_mutation=_prepend(resp, response_mutation),
+            )
+        )
+    weighted = WeightedClusters(tuple(ends), tuple(entries), total, random_value)
+    return dataclasses.replace(route, weighted=weighted)
+
+
+def _header_name(name: str) -> bytes:
+    n = name.lower().encode()
+    return b"host" if n == b":authority" else n
+
+
+def _prepend(first: HeaderMutation | None, rest: HeaderMutations | None) -> HeaderMutations | None:
+    if first is None:
+        return rest
+    return HeaderMutations((first, *(rest.levels if rest is not None else ())))
+
+
+_ACTIONS = {
+    "APPEND_IF_EXISTS_OR_ADD": APPEND_IF_EXISTS_OR_ADD,
+    "ADD_IF_ABSENT": ADD_IF_ABSENT,
+    "OVERWRITE_IF_EXISTS_OR_ADD": OVERWRITE_IF_EXISTS_OR_ADD,
+    "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS,
+}
+
+
+def _mutation(level: Any, direction: str) -> HeaderMutation | None:
+    """One level's `<direction>_headers_to_add/remove`, or None when it has neither."""
+    adds = getattr(level, f"{direction}_headers_to_add", None) or ()
+    removes = getattr(level, f"{direction}_headers_to_remove", None) or ()
+    if not adds and not removes:
+        return None
+    return HeaderMutation(
+        frozenset(n.lower().encode() for n in removes),
+        tuple(
+            HeaderToAdd(
+                o.header.key.lower().encode(),
+                o.header.value_bytes(),
+                _ACTIONS[o.action().name],
+                o.keep_empty_value,
+            )
+            for o in adds
+        ),
     )
 
 
-def build_route_table(route_config: Any) -> RouteTable:
-    """Compile a typed `RouteConfiguration` into a `RouteTable`."""
+def _redirect(rd: Any, prefix: bytes | None) -> Redirect:
+    scheme = b"https" if rd.https_redirect else None
+    if rd.scheme_redirect is not None:
+        scheme = rd.scheme_redirect.lower().encode()
+    rx = rd.regex_rewrite
+    return Redirect(
+        status=rd.response_code.status,
+        scheme=scheme,
+        host=rd.host_redirect.encode() if rd.host_redirect else None,
+        port=b":%d" % rd.port_redirect if rd.port_redirect else None,
+        path=rd.path_redirect.encode() if rd.path_redirect is not None else None,
+        prefix=prefix,
+        prefix_rewrite=rd.prefix_rewrite.encode() if rd.prefix_rewrite is not None else None,
+        regex=re.compile(rx.pattern.regex.encode()) if rx is not None else None,
+        substitution=rx.substitution.encode() if rx is not None else b"",
+        strip_query=rd.strip_query,
+    )
+
+
+def build_route_table(
+    route_config: Any,
+    *,
+    runtime: Runtime | None = None,
+    random_value: Callable[[], int] = _random_u64,
+) -> RouteTable:
+    """Compile a typed `RouteConfiguration` into a `RouteTable`. `runtime` answers
+    `runtime_fraction` (default: `DefaultFractionRuntime`, every key at its default);
+    `random_value` gives the per-request uint64 (seed it in tests)."""
+    msw = bool(getattr(route_config, "most_specific_header_mutations_wins", False))
     vhosts = []
     for vh in route_config.virtual_hosts:
         vh_pfc = getattr(vh, "typed_per_filter_config", {})
-        routes = tuple(compile_route(r, i, vh_pfc) for i, r in enumerate(vh.routes))
+        routes = tuple(
+            compile_route(
+                r,
+                i,
+                runtime=runtime,
+                random_value=random_value,
+                outer_levels=(vh, route_config),
+                most_specific_wins=msw,
+                vhost_filter_config=vh_pfc,
+            )
+            for i, r in enumerate(vh.routes)
+        )
         vhosts.append((tuple(vh.domains), VirtualHost(vh.name, routes)))
     return RouteTable(vhosts)

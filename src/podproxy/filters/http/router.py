@@ -319,11 +319,13 @@ class Forwarder:
             local_reply(ex, 404, b"", flags="NR")
             return
         if route.direct_status is not None:
-            self.stats.rq_direct_response.value += 1
-            local_reply(ex, route.direct_status, route.direct_body)
+            self._local_route_reply(ex, route)
             return
-        assert route.cluster is not None
-        cluster = self.clusters.get(route.cluster)
+        cluster_name = route.cluster
+        if cluster_name is None:
+            # Weighted clusters or cluster_header: the entry chosen serves the request.
+            route, cluster_name = route.choose_cluster(head.headers)
+        cluster = self.clusters.get(cluster_name) if cluster_name is not None else None
         if cluster is None:
             self.stats.no_cluster.value += 1
             local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
@@ -351,6 +353,35 @@ class Forwarder:
         # The request is on its way upstream: what is left is off the critical path.
         if self._spare_id is None and self.config.generate_request_id:
             self._spare_id = new_request_id()
+
+    def _local_route_reply(self, ex: Exchange, route: Route) -> None:
+        """A direct response or a redirect, with the route's response header mutations."""
+        headers = route.local_reply_headers()
+        redirect = route.redirect
+        status = route.direct_status or 200
+        body = route.direct_body
+        if redirect is None:
+            self.stats.rq_direct_response.value += 1
+        else:
+            self.stats.rq_redirect.value += 1
+            head = ex.head
+            location = redirect.location(head.host or b"", head.target, self._forwarded_proto(ex))
+            headers = [(b"location", location), *(headers or ())]
+            status, body = redirect.status, b""
+        fm = ex.filters
+        if fm is None:
+            ex.conn.send_local_reply(ex, status, body, extra=headers)
+        else:
+            # Through the encoder filters, as conn_manager.local_reply sends the router's.
+            fm.send_local_reply(status, body, headers=headers)
+
+    def _forwarded_proto(self, ex: Exchange) -> bytes:
+        """The x-forwarded-proto the upstream would get (the redirect's default scheme)."""
+        if not self._drop_xfp:
+            for k, v in ex.head.headers:
+                if k == b"x-forwarded-proto":
+                    return v
+        return self.config.scheme_to_overwrite or self.config.scheme
 
     def on_request_body(self, ex: Exchange, data: bytes) -> None:
         ureq = ex.state
@@ -385,7 +416,11 @@ class Forwarder:
         if name == b"x-envoy-original-path":
             return route.prefix_rewrite is not None and route.prefix is not None
         rewritten = route.host_rewrite is not None or (route.auto_host_rewrite and host.hostname)
-        return bool(rewritten) and not self.config.suppress_envoy_headers
+        return (
+            bool(rewritten)
+            and route.original_host_header
+            and not self.config.suppress_envoy_headers
+        )
 
     def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool, bool]:
         """The upstream request head bytes, whether the body goes chunked, and whether the
@@ -489,10 +524,15 @@ class Forwarder:
         if rewritten is not None:
             # Envoy keeps the Host the client sent in x-envoy-original-host (checked against
             # Envoy 1.40 side by side).
-            if not cfg.suppress_envoy_headers:
+            if not cfg.suppress_envoy_headers and route.original_host_header:
                 out += (b"x-envoy-original-host: ", authority, b"\r\n")
             authority = rewritten
         out[4] = authority
+        mutation = route.request_mutation
+        if mutation is not None:
+            # The route's header mutations see what the connection manager and router added
+            # (as Envoy's finalizeRequestHeaders runs after them); host is not theirs to touch.
+            out[6:] = [mutation.apply_to_lines(b"".join(out[6:]))]
         if chunked:
             extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
         extra.append(b"\r\n")
@@ -733,6 +773,9 @@ class UpstreamRequest:
                 out.append(b"x-envoy-upstream-service-time: %d\r\n" % ms)
         if cfg.always_set_request_id_in_response and ex.request_id:
             out += (b"x-request-id: ", ex.request_id, b"\r\n")
+        mutation = self.route.response_mutation
+        if mutation is not None:
+            out[1:] = [mutation.apply_to_lines(b"".join(out[1:]))]
         conn = ex.conn
         if not keep_alive or not ex.head.keep_alive or conn.draining:
             out.append(b"connection: close\r\n")
