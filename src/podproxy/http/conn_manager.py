@@ -182,6 +182,7 @@ class FilterManager:
     __slots__ = (
         "d_at",
         "d_buf",
+        "d_buf_end",
         "d_buffered",
         "d_held",
         "d_limit",
@@ -219,6 +220,7 @@ class FilterManager:
         self.d_pending_end = False
         self.head_only = False
         self.d_buf: list[bytes] = []
+        self.d_buf_end = False  # the buffered body includes the request's end
         self.d_buffered = 0
         self.d_limit = handler.buffer_limit
         self.d_held = -1
@@ -311,6 +313,7 @@ class FilterManager:
                 # This filter is buffering: it sees each piece, the buffer grows until it
                 # lets the whole of it go on.
                 self.d_buf.append(data)
+                self.d_buf_end = end_stream
                 self.d_buffered += len(data)
                 if self.d_buffered > self.d_limit:
                     self._buffer_overflow()
@@ -334,6 +337,7 @@ class FilterManager:
                 if status == STOP_ITERATION_AND_BUFFER:
                     self.d_held = i
                     self.d_buf.append(data)
+                    self.d_buf_end = end_stream
                     self.d_buffered = len(data)
                     if self.d_buffered > self.d_limit:
                         self._buffer_overflow()
@@ -393,7 +397,7 @@ class FilterManager:
             self.d_buf = []
             self.d_buffered = 0
             self.d_held = -1
-            self._data_from(held + 1, data, self.d_pending_end and not self.d_pending)
+            self._data_from(held + 1, data, self.d_buf_end)
             return
         i = self.d_at
         if i >= len(self.filters):
@@ -404,7 +408,7 @@ class FilterManager:
             self.d_buf = []
             self.d_buffered = 0
             self.d_held = -1
-            self._hold(i + 1, data, False)
+            self._hold(i + 1, data, self.d_buf_end)
         if self.d_stop_all:
             # The body it held back reaches it after the headers went on.
             self.d_stop_all = False
