@@ -15,7 +15,7 @@ import yaml
 from integration.backends import parse_responses
 from integration.sidebyside import ENVOY, exchange, start_envoy
 from integration.test_proxy_http import StartProxy, bootstrap, cluster, proxy
-from podproxy.router.routes import is_grpc_request
+from podproxy.http.stream import is_grpc_request
 
 __all__ = ["proxy"]  # the fixture, re-exported so pytest finds it here
 

@@ -11,6 +11,7 @@ Header lists are the codec's own, never copied: a filter that changes headers ed
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,6 +91,41 @@ class ResponseHead:
 
     def __repr__(self) -> str:
         return f"<ResponseHead {self.status}>"
+
+
+_GRPC = b"application/grpc"
+
+
+def is_grpc_request(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Envoy's Grpc::Common::hasGrpcContentType: content-type exactly `application/grpc` or
+    `application/grpc+...` (case-sensitive; `application/grpc-web` is not gRPC)."""
+    for k, ct in headers:
+        if k == b"content-type":
+            return ct.startswith(_GRPC) and (len(ct) == 16 or ct[16] == 43)  # "+"
+    return False
+
+
+# Grpc::Utility::httpToGrpcStatus: the gRPC status a local reply's HTTP status stands for.
+_GRPC_STATUS_OF_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+_GRPC_UNKNOWN = 2
+# What grpc-message leaves as it is (the gRPC spec's percent-encoding: printable ASCII but %).
+_GRPC_MESSAGE_PLAIN = frozenset(range(0x20, 0x7F)) - {0x25}
+
+
+def grpc_local_reply(status: int, body: bytes) -> Headers:
+    """The fields of Envoy's local reply to a gRPC request (trailers-only, answered 200 with
+    no body): the gRPC status that `status` maps to, and the body as grpc-message."""
+    grpc_status = _GRPC_STATUS_OF_HTTP.get(status, _GRPC_UNKNOWN)
+    fields: Headers = [(b"grpc-status", b"%d" % grpc_status)]
+    if body:
+        if all(b in _GRPC_MESSAGE_PLAIN for b in body):
+            message = body
+        else:
+            message = b"".join(
+                bytes((b,)) if b in _GRPC_MESSAGE_PLAIN else b"%%%02X" % b for b in body
+            )
+        fields.append((b"grpc-message", message))
+    return fields
 
 
 class StreamConnection(Protocol):

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from podproxy.http.stream import is_grpc_request
+
 Headers = Sequence[tuple[bytes, bytes]]
 HeaderPredicate = Callable[[Headers], bool]
 
@@ -524,16 +526,6 @@ def _path_matcher(match: Any) -> tuple[Callable[[bytes], bool], bytes | None]:
         rx = re.compile(match.safe_regex.regex.encode())
         return (lambda p: rx.fullmatch(p) is not None), None
     raise ValueError("route match without prefix, path or safe_regex")
-
-
-_GRPC = b"application/grpc"
-
-
-def is_grpc_request(headers: Headers) -> bool:
-    """Envoy's Grpc::Common::hasGrpcContentType: content-type exactly `application/grpc` or
-    `application/grpc+...` (case-sensitive; `application/grpc-web` is not gRPC)."""
-    ct = _header_value(headers, b"content-type")
-    return ct is not None and ct.startswith(_GRPC) and (len(ct) == 16 or ct[16] == 43)  # "+"
 
 
 def per_filter_configs(*levels: Mapping[str, Any]) -> Mapping[str, Any]:

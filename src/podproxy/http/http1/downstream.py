@@ -23,7 +23,14 @@ from podproxy.errors import ProtocolError
 from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
 from podproxy.http.http1 import codec
-from podproxy.http.stream import Exchange, Headers, RequestHead, StreamHandler
+from podproxy.http.stream import (
+    Exchange,
+    Headers,
+    RequestHead,
+    StreamHandler,
+    grpc_local_reply,
+    is_grpc_request,
+)
 
 log = logging.getLogger("podproxy.http")
 
@@ -413,6 +420,12 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if flags != "-":
             ex.add_flag(flags)
+        if status != 200 and is_grpc_request(ex.head.headers):
+            # A gRPC client gets a gRPC status, not an error page (Envoy's sendLocalReply to a
+            # gRPC request: 200, trailers-only, so here a head with no body).
+            grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body)]
+            extra = grpc + [(k, v) for k, v in extra or () if k != b"content-type"]
+            status, body = 200, b""
         close = close or not ex.head.keep_alive
         if not ex.request_complete and expects_body(ex.head):
             close = True
