@@ -94,7 +94,7 @@ def lb_pick_ops(policy: str, n: int, seconds: float) -> float:
 
 
 def _prefix_route(prefix: bytes, cluster: str) -> Route:
-    def matches(path: bytes, headers: Any) -> bool:
+    def matches(path: bytes, target: bytes, headers: Any) -> bool:
         return path.startswith(prefix)
 
     return Route(f"route_{cluster}", matches, cluster=cluster, prefix=prefix)

@@ -346,8 +346,12 @@ class Forwarder:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
             # it before this callback returns to the loop.
             upstream.write(head_bytes)
-        cls = UpstreamRequest if ex.filters is None else FilteredUpstreamRequest
-        ureq = cls(self, ex, route, cluster, host, pool, head_bytes, chunked)
+        if ex.filters is None:
+            ureq = UpstreamRequest(self, ex, route, cluster, host, pool, head_bytes, chunked)
+        else:
+            ureq = FilteredUpstreamRequest(
+                self, ex, route, cluster, host, pool, head_bytes, chunked
+            )
         ex.state = ureq
         ureq.start(upstream)
         # The request is on its way upstream: what is left is off the critical path.
