@@ -45,6 +45,9 @@ ROUTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.router.v3.Router"
 FAULT_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 BUFFER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.Buffer"
 BUFFER_PER_ROUTE_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+LOCAL_RATELIMIT_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+)
 ROUTE_FILTER_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.route.v3.FilterConfig"
 FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 DNS_CLUSTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.clusters.dns.v3.DnsCluster"
@@ -948,6 +951,151 @@ class BufferPerRoute(TypedMessage):
         return self
 
 
+# envoy.type.v3.StatusCode: the HTTP statuses an HttpStatus may name (by number or name).
+HTTP_STATUS_CODES: dict[str, int] = {
+    name: int(code)
+    for name, code in (
+        pair.split("=")
+        for pair in _names(
+            """
+        Continue=100 OK=200 Created=201 Accepted=202 NonAuthoritativeInformation=203
+        NoContent=204 ResetContent=205 PartialContent=206 MultiStatus=207 AlreadyReported=208
+        IMUsed=226 MultipleChoices=300 MovedPermanently=301 Found=302 SeeOther=303
+        NotModified=304 UseProxy=305 TemporaryRedirect=307 PermanentRedirect=308
+        BadRequest=400 Unauthorized=401 PaymentRequired=402 Forbidden=403 NotFound=404
+        MethodNotAllowed=405 NotAcceptable=406 ProxyAuthenticationRequired=407
+        RequestTimeout=408 Conflict=409 Gone=410 LengthRequired=411 PreconditionFailed=412
+        PayloadTooLarge=413 URITooLong=414 UnsupportedMediaType=415 RangeNotSatisfiable=416
+        ExpectationFailed=417 MisdirectedRequest=421 UnprocessableEntity=422 Locked=423
+        FailedDependency=424 UpgradeRequired=426 PreconditionRequired=428 TooManyRequests=429
+        RequestHeaderFieldsTooLarge=431 InternalServerError=500 NotImplemented=501
+        BadGateway=502 ServiceUnavailable=503 GatewayTimeout=504 HTTPVersionNotSupported=505
+        VariantAlsoNegotiates=506 InsufficientStorage=507 LoopDetected=508 NotExtended=510
+        NetworkAuthenticationRequired=511
+        """
+        )
+    )
+}
+_STATUS_BY_UPPER = {name.upper(): code for name, code in HTTP_STATUS_CODES.items()}
+_STATUS_VALUES = frozenset(HTTP_STATUS_CODES.values())
+
+
+def _status_code(value: object) -> int:
+    # A defined StatusCode, by name (any ASCII case, as Envoy parses enums) or number; not
+    # Empty (0), which HttpStatus.code excludes.
+    name = enum_name(value)
+    if isinstance(name, str) and name in _STATUS_BY_UPPER:
+        return _STATUS_BY_UPPER[name]
+    if isinstance(value, int) and not isinstance(value, bool) and value in _STATUS_VALUES:
+        return value
+    raise PydanticCustomError(
+        "enum",
+        "expected an HTTP status Envoy's StatusCode defines (e.g. 429 or TooManyRequests), "
+        "got {got}",
+        {"got": show(value)},
+    )
+
+
+class HttpStatus(Message):
+    """envoy.type.v3.HttpStatus."""
+
+    code: Annotated[int, BeforeValidator(_status_code)]
+
+
+class TokenBucket(Message):
+    """envoy.type.v3.TokenBucket: `max_tokens`, refilled by `tokens_per_fill` every
+    `fill_interval` (Envoy 1.40 adds the tokens continuously at that rate)."""
+
+    # Envoy 1.40 accepts 0 (checked with --mode validate): a bucket that never lets through.
+    max_tokens: Annotated[UInt, Field(le=4294967295)]
+    tokens_per_fill: Annotated[UInt, Field(ge=1, le=4294967295)] = 1
+    fill_interval: Duration
+
+    @field_validator("fill_interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value <= 0:
+            raise PydanticCustomError("duration", "value must be greater than 0s", {})
+        return value
+
+
+class XRateLimitHeadersRFCVersion(Enum):
+    """common.ratelimit.v3.XRateLimitHeadersRFCVersion."""
+
+    OFF = 0
+    DRAFT_VERSION_03 = 1
+
+
+XRateLimitHeadersField = Annotated[
+    XRateLimitHeadersRFCVersion, BeforeValidator(_enum_parser(XRateLimitHeadersRFCVersion))
+]
+
+
+class LocalRateLimit(TypedMessage):
+    """The local rate limit filter (envoy.filters.http.local_ratelimit), also as its
+    per-route config. Descriptors need the routes' `rate_limits` actions, which podproxy does
+    not have yet; so do `stage` and `vh_rate_limits`, which only choose among those."""
+
+    TYPE_URL = LOCAL_RATELIMIT_TYPE
+    UNSUPPORTED = _names(
+        """
+        descriptors stage vh_rate_limits rate_limits local_cluster_rate_limit
+        max_dynamic_descriptors
+        """
+    )
+    stat_prefix: Str
+    status: HttpStatus | None = None
+    token_bucket: TokenBucket | None = None
+    filter_enabled: RuntimeFractionalPercent | None = None
+    filter_enforced: RuntimeFractionalPercent | None = None
+    request_headers_to_add_when_not_enforced: Annotated[
+        tuple[HeaderValueOption, ...], Field(max_length=10)
+    ] = ()
+    response_headers_to_add: Annotated[tuple[HeaderValueOption, ...], Field(max_length=10)] = ()
+    local_rate_limit_per_downstream_connection: StrictBool = False
+    enable_x_ratelimit_headers: XRateLimitHeadersField = XRateLimitHeadersRFCVersion.OFF
+    # Only decides anything when a descriptor matched: without descriptors the default bucket
+    # is always the one consumed, whatever this says.
+    always_consume_default_token_bucket: StrictBool = True
+    rate_limited_as_resource_exhausted: StrictBool = False
+
+    @field_validator("stat_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("token_bucket")
+    @classmethod
+    def _fill_timer(cls, value: TokenBucket | None) -> TokenBucket | None:
+        # Envoy reads the interval in whole milliseconds and refuses less than 50.
+        if value is not None and int(value.fill_interval * 1000 + 1e-9) < 50:
+            raise ValueError("local rate limit token bucket fill timer must be >= 50ms")
+        return value
+
+    @field_validator("rate_limited_as_resource_exhausted")
+    @classmethod
+    def _grpc(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(
+                "unsupported",
+                "gRPC local replies (RESOURCE_EXHAUSTED) not supported by podproxy yet",
+                {},
+            )
+        return value
+
+
+class LocalRateLimitPerRoute(LocalRateLimit):
+    """A LocalRateLimit in typed_per_filter_config: it must have its own bucket."""
+
+    @model_validator(mode="after")
+    def _bucket(self) -> LocalRateLimitPerRoute:
+        if self.token_bucket is None:
+            raise ValueError("local rate limit token bucket must be set for per filter configs")
+        return self
+
+
 class RegexMatchAndSubstitute(Message):
     pattern: RegexMatcher
     substitution: Str
@@ -993,11 +1141,13 @@ HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
     "envoy.filters.http.router": Router,
     "envoy.filters.http.fault": HTTPFault,
     "envoy.filters.http.buffer": Buffer,
+    "envoy.filters.http.local_ratelimit": LocalRateLimit,
 }
 # What each takes in typed_per_filter_config (v3 type URL → model).
 PER_ROUTE_CONFIGS: dict[str, type[TypedMessage]] = {
     FAULT_TYPE: HTTPFault,
     BUFFER_PER_ROUTE_TYPE: BufferPerRoute,
+    LOCAL_RATELIMIT_TYPE: LocalRateLimitPerRoute,
 }
 # Every typed config a filter or route may hold, by type URL: the union's tags.
 TYPED_CONFIGS: dict[str, type[TypedMessage]] = {
