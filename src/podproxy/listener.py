@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.filters.http import HTTP_FILTERS
-from podproxy.filters.http.common import FilterContext, LiveRuntime
+from podproxy.filters.http.common import FilterContext, LiveRuntime, ServerHealth
 from podproxy.filters.http.router import Forwarder, ForwarderConfig
 from podproxy.http.conn_manager import (
     ConnectionManagerConfig,
@@ -137,13 +137,15 @@ def build_http_listener(
     access_logger: Any = None,
     local_info: LocalInfo | None = None,
     runtime: Runtime | None = None,
+    server_health: ServerHealth | None = None,
 ) -> BoundListener:
     """A listener from its typed config: route table, forwarder and connection manager.
 
     `local_info` carries the server's service cluster and node for `add_user_agent`;
     without it they are empty, as in an Envoy started without them. `runtime` is the
     server's; the connection manager config holds it (`ConnectionManagerConfig.runtime`) for
-    filters and route matching to read `runtime.snapshot` per request."""
+    filters and route matching to read `runtime.snapshot` per request. `server_health` is the
+    server's `/healthcheck/fail` state, which filters read (the health check filter)."""
     sa = cfg.address.socket_address
     hcm = cfg.filter_chains[0].filters[0].typed_config
     http_stats = store.scope(f"http.{hcm.stat_prefix}.").make(HttpConnManagerStats)
@@ -183,7 +185,13 @@ def build_http_listener(
     if chain:
         # Filters besides the router: each stream walks them (with the router alone the
         # connection calls the router directly, and pays nothing for the chain).
-        ctx = FilterContext(stats=store.scope(f"http.{hcm.stat_prefix}."))
+        ctx = FilterContext(
+            stats=store.scope(f"http.{hcm.stat_prefix}."),
+            clusters=clusters,
+            service_cluster=info.cluster,
+        )
+        if server_health is not None:
+            ctx.server_health = server_health
         if live is not None:
             ctx.runtime = live
         factories = [(f.name, HTTP_FILTERS[f.name](f.typed_config, ctx), f.disabled) for f in chain]

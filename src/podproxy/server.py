@@ -25,6 +25,7 @@ from podproxy.access_log import AccessLogRecord, FileAccessLog
 from podproxy.admin import Admin, ServerState
 from podproxy.config.loader import LoadedConfig
 from podproxy.errors import ConfigError
+from podproxy.filters.http.common import ServerHealth
 from podproxy.http.conn_manager import ConnectionManagerConfig, HttpConnManagerStats
 from podproxy.http.http1 import codec
 from podproxy.http.http1.downstream import ConnectionTracker
@@ -238,6 +239,8 @@ class Server:
         self.admin_listener: BoundListener | None = None
         self.start_time = time.time()
         self.healthcheck_failed = False
+        # The same state as filters read it (the health check filter); see set_healthcheck_failed.
+        self.health = ServerHealth()
         self._state = ServerState.PRE_INITIALIZING
         self._stop: asyncio.Event | None = None
         self._access_logs: list[FileAccessLog] = []
@@ -270,8 +273,16 @@ class Server:
         return self._state
 
     def set_healthcheck_failed(self, failed: bool) -> None:
-        """`/healthcheck/fail|ok`: Envoy reports DRAINING and `server.live` 0 while failed."""
+        """`/healthcheck/fail|ok`: Envoy reports DRAINING and `server.live` 0 while failed; the
+        health check filter answers 503 and marks every response, and each connection's next
+        response starts its drain (`ConnectionTracker.set_health_check_failed`). With worker
+        processes the main tells them, as it tells them runtime changes."""
         self.healthcheck_failed = failed
+        self.health.failed = failed
+        for lst in self.http_listeners:
+            lst.tracker.set_health_check_failed(failed)
+        if self.supervisor is not None:
+            self.supervisor.push_healthcheck(failed)
         self._update_live()
 
     def config_dump(self) -> dict[str, Any]:
@@ -349,6 +360,7 @@ class Server:
                     self.store,
                     local_info=local,
                     runtime=self.runtime,
+                    server_health=self.health,
                 )
             )
         if self.options.concurrency > 1 and self.options.worker is None:

@@ -13,8 +13,9 @@ The channel carries length-prefixed JSON (`encode`/`Channel`) of plain lists and
 - main → worker: `hosts` (per cluster, rows of address, port, hostname, weight, priority, health
   flags; sent on every member update of the main's `PrioritySet`), `runtime` (the main's
   runtime snapshot as layers of raw values, numbered; sent before `start` and after every
-  load, e.g. a `/runtime_modify`), `start` (all clusters are initialized: bind the listeners
-  on these ports), `snap` (send stats now), `drain`.
+  load, e.g. a `/runtime_modify`), `healthcheck` (the admin's `/healthcheck/fail|ok` state;
+  sent before `start` when failed, and on every change), `start` (all clusters are initialized:
+  bind the listeners on these ports), `snap` (send stats now), `drain`.
 - worker → main: `listening`, `stats` (a snapshot), `error` (could not start),
   `runtime_applied` (the number and digest of the runtime snapshot now in use).
 Workers apply host rows with `priority_set.update_hosts()`, so round robin, draining of removed
@@ -470,6 +471,8 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
                 server.runtime.set_snapshot(snapshot_from_wire(msg["layers"]))
                 digest = snapshot_digest(server.runtime.snapshot)
                 channel.send({"t": "runtime_applied", "version": msg["version"], "digest": digest})
+            elif t == "healthcheck":
+                server.set_healthcheck_failed(bool(msg["failed"]))
             elif t == "snap":
                 channel.send(snapshot(msg.get("seq")))
             elif t == "drain":
@@ -560,6 +563,8 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         for name, cluster in clusters.items():
             cluster.priority_set.add_member_update_cb(self._member_update_cb(name))
+        # The admin's /healthcheck/fail state, which every worker follows.
+        self.healthcheck_failed = False
         self.runtime = runtime
         # Numbers the runtime snapshots pushed, so a worker's acknowledgement names one.
         self.runtime_version = 0
@@ -607,6 +612,8 @@ class Supervisor:
         w.channel.send({"t": "hosts", "clusters": rows})
         if self.runtime is not None:
             w.channel.send(self._runtime_message(self.runtime.snapshot))
+        if self.healthcheck_failed:
+            w.channel.send({"t": "healthcheck", "failed": True})
         w.channel.send({"t": "start", "ports": self.ports})
 
     def _runtime_message(self, snapshot: runtime.Snapshot) -> dict[str, Any]:
@@ -623,6 +630,16 @@ class Supervisor:
         if self.ports is None:
             return  # serve() sends the current one to every worker
         msg = self._runtime_message(snapshot)
+        for w in self.workers.values():
+            w.channel.send(msg)
+
+    def push_healthcheck(self, failed: bool) -> None:
+        """`/healthcheck/fail|ok` in the main: every worker's filters and connections follow
+        (Envoy's workers read the one server's flag)."""
+        self.healthcheck_failed = failed
+        if self.ports is None:
+            return  # serve() sends it to every worker
+        msg = {"t": "healthcheck", "failed": failed}
         for w in self.workers.values():
             w.channel.send(msg)
 

@@ -23,6 +23,7 @@ from podproxy.config.schema import (
     FAULT_TYPE,
     FILE_ACCESS_LOG_TYPE,
     HCM_TYPE,
+    HEALTH_CHECK_TYPE,
     LOCAL_RATELIMIT_TYPE,
     ROUTER_TYPE,
     TYPE_URL_PREFIX,
@@ -43,6 +44,7 @@ LEGACY_NAMES: dict[str, str] = {
     "envoy.file_access_log": "envoy.access_loggers.file",
     "envoy.fault": "envoy.filters.http.fault",
     "envoy.buffer": "envoy.filters.http.buffer",
+    "envoy.health_check": "envoy.filters.http.health_check",
 }
 
 # Extension name → the v3 type URL its typed_config must carry (Envoy ≥ 1.22 looks it up).
@@ -52,6 +54,7 @@ TYPE_URL_BY_NAME: dict[str, str] = {
     "envoy.filters.http.fault": FAULT_TYPE,
     "envoy.filters.http.buffer": BUFFER_TYPE,
     "envoy.filters.http.local_ratelimit": LOCAL_RATELIMIT_TYPE,
+    "envoy.filters.http.health_check": HEALTH_CHECK_TYPE,
     "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
     "envoy.cluster.dns": DNS_CLUSTER_TYPE,
     "envoy.clusters.dns": DNS_CLUSTER_TYPE,
@@ -66,6 +69,7 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX + "envoy.config.filter.http.fault.v2.HTTPFault": FAULT_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.Buffer": BUFFER_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.BufferPerRoute": BUFFER_PER_ROUTE_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.health_check.v2.HealthCheck": HEALTH_CHECK_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
 }
 
@@ -263,6 +267,26 @@ class _Walker:
         b["layered_runtime"] = {"layers": layers}
         self.alias("layered_runtime", "runtime")
 
+    def health_check_endpoint(self, hc: dict[str, Any], path: str) -> None:
+        """The health check filter's `endpoint` (v1/early v2, gone from v3) as Envoy 1.7 read
+        it: an exact `:path` matcher first, and any `:path` matcher of `headers` dropped."""
+        if "endpoint" not in hc:
+            return
+        endpoint = hc.pop("endpoint")
+        if not isinstance(endpoint, str):
+            self.error(f"{path}.endpoint", f"expected a string, got {show(endpoint)}")
+            return
+        if not endpoint:
+            return  # empty: not set
+        headers = hc.get("headers", [])
+        if isinstance(headers, dict):
+            headers = [headers]
+        if not isinstance(headers, list):
+            return  # the schema reports it
+        kept = [h for h in headers if not (isinstance(h, dict) and h.get("name") == ":path")]
+        hc["headers"] = [{"name": ":path", "exact_match": endpoint}, *kept]
+        self.alias(f"{path}.headers[0]", f"{path}.endpoint")
+
     def listener(self, listener: dict[str, Any], path: str) -> None:
         for i, chain in _items(listener, "filter_chains"):
             for j, flt in _items(chain, "filters"):
@@ -273,7 +297,9 @@ class _Walker:
 
     def hcm(self, hcm: dict[str, Any], path: str) -> None:
         for i, flt in _items(hcm, "http_filters"):
-            self.extension(flt, f"{path}.http_filters[{i}]")
+            typed = self.extension(flt, f"{path}.http_filters[{i}]")
+            if typed is not None and typed.get("@type") == HEALTH_CHECK_TYPE:
+                self.health_check_endpoint(typed, f"{path}.http_filters[{i}].typed_config")
         for i, log in _items(hcm, "access_log"):
             self.extension(log, f"{path}.access_log[{i}]")
         rc = _dict(hcm, "route_config")

@@ -45,6 +45,7 @@ ROUTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.router.v3.Router"
 FAULT_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 BUFFER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.Buffer"
 BUFFER_PER_ROUTE_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+HEALTH_CHECK_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.health_check.v3.HealthCheck"
 LOCAL_RATELIMIT_TYPE = TYPE_URL_PREFIX + (
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 )
@@ -1096,6 +1097,60 @@ class LocalRateLimitPerRoute(LocalRateLimit):
         return self
 
 
+class HealthCheckHeaderMatcher(HeaderMatcher):
+    """A HeaderMatcher of the health check filter: it may name `:path` and `:method` too, the
+    pseudo-headers a health check is usually told by (`{name: ":path", exact_match: /healthz}`)."""
+
+    @field_validator("name")
+    @classmethod
+    def _pseudo(cls, value: str) -> str:
+        if value.startswith(":") and value.lower() not in (":authority", ":path", ":method"):
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: a health check may match :path, :method and :authority; other "
+                "pseudo-headers are not supported by podproxy yet",
+                {"got": show(value)},
+            )
+        return value
+
+
+class HealthCheck(TypedMessage):
+    """The health check filter (envoy.filters.http.health_check): answers health checks from
+    the server's state (and its clusters' health), or passes them on and caches the answer."""
+
+    TYPE_URL = HEALTH_CHECK_TYPE
+    # A BoolValue Envoy requires (HealthCheckValidationError without it).
+    pass_through_mode: StrictBool
+    cache_time: OptDuration = None
+    headers: tuple[HealthCheckHeaderMatcher, ...] = ()
+    # Cluster name -> envoy.type.v3.Percent of its hosts that must be healthy (or degraded).
+    cluster_min_healthy_percentages: dict[Str, float] = {}
+
+    @field_validator("cluster_min_healthy_percentages", mode="before")
+    @classmethod
+    def _percents(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        out: dict[object, float] = {}
+        for name, pct in value.items():
+            v = pct.get("value", 0.0) if isinstance(pct, dict) and set(pct) <= {"value"} else None
+            if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= 100:
+                raise PydanticCustomError(
+                    "percent",
+                    "{name}: expected a percent like {{value: 50}}, got {got}",
+                    {"name": show(name), "got": show(pct)},
+                )
+            out[name] = float(v)
+        return out
+
+    @model_validator(mode="after")
+    def _cache(self) -> HealthCheck:
+        if not self.pass_through_mode and self.cache_time:
+            # Envoy: "cache_time_ms must not be set when path_through_mode is disabled".
+            raise ValueError("cache_time: must not be set when pass_through_mode is false")
+        return self
+
+
 class RegexMatchAndSubstitute(Message):
     pattern: RegexMatcher
     substitution: Str
@@ -1141,6 +1196,7 @@ HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
     "envoy.filters.http.router": Router,
     "envoy.filters.http.fault": HTTPFault,
     "envoy.filters.http.buffer": Buffer,
+    "envoy.filters.http.health_check": HealthCheck,
     "envoy.filters.http.local_ratelimit": LocalRateLimit,
 }
 # What each takes in typed_per_filter_config (v3 type URL → model).

@@ -201,6 +201,7 @@ class FilterManager:
         "filters",
         "handler",
         "head_only",
+        "health_check",
         "replied",
     )
 
@@ -233,6 +234,8 @@ class FilterManager:
         self.e_sink: EncodeSink | None = None
         self.replied = False
         self.done = False
+        # `health_check` (Exchange.health_check) is set only by the health check filter;
+        # unset, it reads as False.
 
     # FilterCallbacks ---------------------------------------------------------------------
     @property

@@ -137,6 +137,7 @@ class StreamConnection(Protocol):
     draining: bool
 
     def write(self, data: bytes) -> None: ...
+    def drain_on_response(self) -> None: ...
     def response_head_sent(self, ex: Exchange, status: int) -> None: ...
     def finish(self, ex: Exchange, keep_alive: bool) -> None: ...
     def send_local_reply(
@@ -178,6 +179,18 @@ class Exchange:
     route: Any = None
     # The stream's filter manager when the HCM has filters besides the router (else None).
     filters: Any = None
+
+    @property
+    def health_check(self) -> bool:
+        """Whether the health check filter took this request for a health check (Envoy's
+        StreamInfo::healthCheck()): the access log's `not_health_check` filter skips these.
+        Kept on the stream's filter manager, which only that filter sets, so a stream without
+        it pays nothing."""
+        return bool(getattr(self.filters, "health_check", False))
+
+    @health_check.setter
+    def health_check(self, value: bool) -> None:
+        self.filters.health_check = value
 
     def add_flag(self, flag: str) -> None:
         """Note a response flag (`UH`, `DI` ...); a stream may collect several."""

@@ -27,6 +27,7 @@ _NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
 _FILTER_NAMES = {
     "envoy.fault": "envoy.filters.http.fault",
     "envoy.buffer": "envoy.filters.http.buffer",
+    "envoy.health_check": "envoy.filters.http.health_check",
 }
 
 

@@ -1,4 +1,6 @@
-"""What every HTTP filter's factory is built with: the HCM's stats scope, runtime and random.
+"""What every HTTP filter's factory is built with: the HCM's stats scope, runtime and random,
+and the server-wide things some filters read (Envoy's FactoryContext): the cluster manager's
+clusters, the local service cluster and whether the server fails health checks.
 
 `Runtime` is the seam to the layered runtime: a filter asks it whether a fraction is on
 (`feature_enabled`) or for an integer override, with the configured value as the default.
@@ -8,12 +10,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import podproxy.runtime
 from podproxy.stats import Scope
+from podproxy.upstream.cluster import Cluster
 
 
 class Runtime(Protocol):
@@ -59,9 +63,26 @@ def _random64() -> int:
 
 
 @dataclass(slots=True)
+class ServerHealth:
+    """Whether the server fails health checks (admin `/healthcheck/fail`, undone by `/ok`):
+    Envoy's Server::Instance::healthCheckFailed(). One per process, owned by the server (a
+    worker's follows the main's); filters read `failed` when a request asks."""
+
+    failed: bool = False
+
+
+_NO_CLUSTERS: Mapping[str, Cluster] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class FilterContext:
-    """Built once per HCM; `stats` is its `http.<stat_prefix>.` scope."""
+    """Built once per HCM; `stats` is its `http.<stat_prefix>.` scope. `clusters` is the
+    cluster manager's live map of clusters by name, `service_cluster` the
+    server's local cluster name (`--service-cluster`, else the bootstrap node's)."""
 
     stats: Scope
     runtime: Runtime = field(default_factory=StaticRuntime)
     random: Callable[[], int] = _random64
+    clusters: Mapping[str, Cluster] = field(default_factory=lambda: _NO_CLUSTERS)
+    service_cluster: str = ""
+    server_health: ServerHealth = field(default_factory=ServerHealth)

@@ -783,6 +783,8 @@ class UpstreamRequest:
         conn = ex.conn
         if not keep_alive or not ex.head.keep_alive or conn.draining:
             out.append(b"connection: close\r\n")
+            if conn.draining:
+                conn.drain_on_response()
         elif ex.head.version != "1.1":
             out.append(b"connection: keep-alive\r\n")
         out.append(b"\r\n")

@@ -8,7 +8,8 @@ the connection decides keep-alive, starts the next queued exchange, and counts s
 Connection-manager timeouts are checked by a once-a-second sweep, not a timer per request.
 A connection that must go drains as Envoy's HTTP/1 connection manager drains one: each response
 from then on says `connection: close`, and the connection closes `drain_timeout` later (or
-after the response in flight then).
+after the response in flight then). While the server fails health checks a connection's next
+response starts that sequence (a drain-close pending: `draining` with no deadline yet).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class ConnectionTracker:
         self.handler = handler
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
+        # The server fails health checks (admin /healthcheck/fail); `drain_new`: a connection
+        # made now starts draining (the listener drains) or with a drain-close pending.
+        self.health_check_failed = False
+        self.drain_new = False
         self._sweeper: asyncio.TimerHandle | None = None
         # Captured once: on Python 3.11 every asyncio.get_running_loop() is a getpid() syscall.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -90,13 +95,25 @@ class ConnectionTracker:
     def drain(self) -> None:
         """The listener drains: every connection starts Envoy's HTTP/1 drain sequence now
         (see `DownstreamConnection.start_drain`); new ones start it when they are made."""
-        self.draining = True
+        self.draining = self.drain_new = True
         loop = self.loop
         now = loop.time() if loop is not None else 0.0
         for conn in list(self.connections):
-            if not conn.draining:
+            if conn.drain_deadline is None:
                 self.config.stats.downstream_cx_drain_close.value += 1
                 conn.start_drain(now)
+
+    def set_health_check_failed(self, failed: bool) -> None:
+        """Admin /healthcheck/fail (True) and /ok (False). Envoy's DrainManagerImpl::drainClose
+        holds while the server fails health checks (for a listener of the DEFAULT drain type),
+        and its connection manager then starts a connection's drain sequence as it encodes a
+        response; so every connection gets a drain-close pending, which /ok takes back from
+        those that sent no response meanwhile."""
+        self.health_check_failed = failed
+        self.drain_new = self.draining or failed
+        for conn in self.connections:
+            if conn.drain_deadline is None:
+                conn.draining = failed
 
     def stop(self) -> None:
         if self._sweeper is not None:
@@ -181,9 +198,13 @@ class DownstreamConnection(asyncio.Protocol):
             ls.downstream_cx_total.value += 1
             ls.downstream_cx_active.value += 1
         self.tracker.connections.add(self)
-        if self.tracker.draining:
-            st.downstream_cx_drain_close.value += 1
-            self.start_drain(self.idle_since)
+        tracker = self.tracker
+        if tracker.drain_new:
+            if tracker.draining:
+                st.downstream_cx_drain_close.value += 1
+                self.start_drain(self.idle_since)
+            else:
+                self.draining = True  # a drain-close pending (see set_health_check_failed)
 
     def data_received(self, data: bytes) -> None:
         self.io_count += 1
@@ -426,6 +447,8 @@ class DownstreamConnection(asyncio.Protocol):
             grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body)]
             extra = grpc + [(k, v) for k, v in extra or () if k != b"content-type"]
             status, body = 200, b""
+        if self.draining:
+            self.drain_on_response()
         close = close or not ex.head.keep_alive
         if not ex.request_complete and expects_body(ex.head):
             close = True
@@ -500,6 +523,14 @@ class DownstreamConnection(asyncio.Protocol):
         if self.drain_deadline is None:
             self.draining = True
             self.drain_deadline = now + self.config.drain_timeout
+
+    def drain_on_response(self) -> None:
+        """A response goes out while the connection is `draining`: a drain-close pending (the
+        server fails health checks) becomes the drain sequence now, counted as Envoy counts
+        it (`downstream_cx_drain_close`)."""
+        if self.drain_deadline is None:
+            self.stats.downstream_cx_drain_close.value += 1
+            self.start_drain(self.loop.time())
 
     def check_timeouts(self, now: float, cfg: ConnectionManagerConfig) -> None:
         """The sweep's per-connection step (see ConnectionTracker)."""
