@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from podproxy.filters.http import buffer, fault
+from podproxy.filters.http import buffer, cors, fault
 from podproxy.filters.http.common import FilterContext
 from podproxy.http.filter import FilterFactory
 
 HTTP_FILTERS: dict[str, Callable[[Any, FilterContext], FilterFactory]] = {
     fault.NAME: fault.build,
     buffer.NAME: buffer.build,
+    cors.NAME: cors.build,
 }
