@@ -213,6 +213,30 @@ def test_star_methods_and_headers_echo_the_preflight() -> None:
     assert cb.replies[0][2][2] == (b"access-control-allow-headers", b"")
 
 
+def test_repeated_request_fields_are_one_value() -> None:
+    """Envoy reads origin and the access-control-request-* fields as inline headers: several
+    fields are one value, joined by commas."""
+    h = Harness()
+    anyone = policy(allow_origin_string_match=[{"exact": "*"}], allow_methods="*")
+    f, cb = h.stream(route_of(vh={"typed_per_filter_config": anyone}))
+    head = req(
+        "OPTIONS",
+        ("origin", ORIGIN),
+        ("access-control-request-method", "PUT"),
+        ("origin", "http://127.0.0.2"),
+        ("access-control-request-method", "GET"),
+    )
+    f.decode_headers(head, True)
+    assert cb.replies[0][2] == [
+        (b"access-control-allow-origin", ORIGIN.encode() + b",http://127.0.0.2"),
+        (b"access-control-allow-methods", b"PUT,GET"),
+    ]
+    only = policy(allow_origin_string_match=allow(ORIGIN))
+    f, cb = h.stream(route_of(vh={"typed_per_filter_config": only}))
+    f.decode_headers(req("GET", ("origin", ORIGIN), ("origin", ORIGIN)), True)
+    assert h.counts() == (1, 1)
+
+
 def test_private_network_access_only_when_asked_for() -> None:
     h = Harness()
     pna = policy(allow_origin_string_match=allow(ORIGIN), allow_private_network_access=True)

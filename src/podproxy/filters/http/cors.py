@@ -148,6 +148,16 @@ class CorsConfig:
         return self.runtime.feature_enabled(key, numerator, denominator, self.random())
 
 
+def _inline(head: Any, name: bytes) -> bytes | None:
+    """A request header as Envoy reads the CORS ones (inline headers): several fields of that
+    name are one value, joined by commas (HeaderMapImpl::appendToHeader)."""
+    found = None
+    for k, v in head.headers:
+        if k == name:
+            found = v if found is None else found + b"," + v
+    return found
+
+
 def _set(headers: Headers, name: bytes, value: bytes) -> None:
     """Set a response header to one value (Envoy's setInline): in place if present."""
     at = -1
@@ -184,7 +194,7 @@ class CorsFilter(HttpFilter):
         # Envoy asks enabled() then shadowEnabled(), each drawing its own random value.
         if not cfg.on(policy.filter_enabled, True) and not cfg.on(policy.shadow_enabled, False):
             return CONTINUE
-        origin = head.get(ORIGIN)
+        origin = _inline(head, ORIGIN)
         if not origin:
             return CONTINUE
         allowed = policy.origin_allowed(origin)
@@ -199,7 +209,7 @@ class CorsFilter(HttpFilter):
             self.origin = origin
         if head.method != b"OPTIONS":
             return CONTINUE
-        request_method = head.get(REQUEST_METHOD)
+        request_method = _inline(head, REQUEST_METHOD)
         if not request_method:
             return CONTINUE
         # A preflight (OPTIONS with an Origin and Access-Control-Request-Method).
@@ -223,11 +233,11 @@ class CorsFilter(HttpFilter):
             methods = request_method if p.allow_methods == b"*" else p.allow_methods
             headers.append((ALLOW_METHODS, methods))
         if p.allow_headers:
-            wanted = head.get(REQUEST_HEADERS) or b""
+            wanted = _inline(head, REQUEST_HEADERS) or b""
             headers.append((ALLOW_HEADERS, wanted if p.allow_headers == b"*" else p.allow_headers))
         if p.max_age:
             headers.append((MAX_AGE, p.max_age))
-        if p.allow_private_network_access and head.get(REQUEST_PRIVATE_NETWORK) == b"true":
+        if p.allow_private_network_access and _inline(head, REQUEST_PRIVATE_NETWORK) == b"true":
             headers.append((ALLOW_PRIVATE_NETWORK, b"true"))
         return headers
 
