@@ -315,3 +315,19 @@ async def test_v2_names_and_fields(pair: StartPair) -> None:  # noqa: F811
     for origin in (ORIGIN, OTHER, "http://127.0.1.1"):
         await same(p, preflight("/p", origin))
     await same_stats(p)
+
+
+async def test_disabled_filter_on_where_a_route_has_a_policy(pair: StartPair) -> None:  # noqa: F811
+    """`disabled: true` in the chain: only routes whose typed_per_filter_config holds a policy
+    run it (the virtual host's deprecated `cors` does not turn it on)."""
+    off = {**CORS, "disabled": True}
+    vh = {"cors": {"allow_origin_string_match": allow(ORIGIN), "allow_methods": "GET"}}
+    routes = [
+        to_app("/on", typed_per_filter_config=policy(allow_origin_string_match=allow(ORIGIN))),
+        to_app("/"),
+    ]
+    p = await pair(echo, hcm=hcm(vh, routes, (off,)))
+    for path in ("/on", "/off"):
+        await same(p, preflight(path))
+        await same(p, simple(path))
+    assert await same_stats(p) == (2, 0)
