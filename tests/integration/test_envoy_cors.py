@@ -134,9 +134,13 @@ async def test_preflight_and_simple_requests(pair: StartPair) -> None:  # noqa: 
     await same(
         p, request("GET", "/g", ("origin", ORIGIN), ("access-control-request-method", "PUT"))
     )
+    # A preflight answered here leaves the connection open for the request it was for.
+    kept = preflight().replace(b"connection: close\r\n", b"")
+    both = await same(p, kept + simple("/after"))
+    assert [r.status for r in both.responses] == [200, 200] and len(both.upstream) == 1
     # Two Origin fields (Envoy reads them as one, joined by a comma).
     await same(p, request("GET", "/two", ("origin", ORIGIN), ("origin", OTHER)))
-    assert await same_stats(p) == (4, 3)
+    assert await same_stats(p) == (6, 3)
 
 
 async def answer_with_cors_headers(req: ScriptedRequest) -> None:
