@@ -188,12 +188,14 @@ async def test_preflight_variants(pair: StartPair, fields: dict[str, Any]) -> No
     "matcher",
     [
         {"exact": "*"},
+        {"prefix": "*"},
+        {"safe_regex": {"regex": r"\*"}},
         {"safe_regex": {"regex": ".*"}},
         {"prefix": "http://127.0.0."},
         {"suffix": ":8080", "ignore_case": True},
         {"contains": "0.0.9"},
     ],
-    ids=["exact-star", "regex-all", "prefix", "suffix", "contains"],
+    ids=["exact-star", "prefix-star", "regex-star", "regex-all", "prefix", "suffix", "contains"],
 )
 async def test_origin_matchers(pair: StartPair, matcher: dict[str, Any]) -> None:  # noqa: F811
     cfg = policy(allow_origin_string_match=[matcher], allow_methods="GET")

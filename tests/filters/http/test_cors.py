@@ -287,6 +287,9 @@ def test_no_origin_no_cors() -> None:
     "matcher, origin, allowed",
     [
         ({"exact": "*"}, "http://127.0.0.42", True),
+        # What configs in the wild write for "any origin": matchers that match "*" itself.
+        ({"prefix": "*"}, "http://127.0.0.42", True),
+        ({"safe_regex": {"regex": r"\*"}}, "http://127.0.0.42", True),
         ({"safe_regex": {"regex": ".*"}}, "http://127.0.0.42", True),
         ({"prefix": "http://127.0.0."}, "http://127.0.0.42", True),
         ({"exact": ORIGIN.upper(), "ignore_case": True}, ORIGIN, True),
@@ -294,7 +297,17 @@ def test_no_origin_no_cors() -> None:
         ({"suffix": ":8080"}, "http://127.0.0.42", False),
         ({"safe_regex": {"regex": r"http://127\.0\.0\.\d+"}}, "http://127.0.0.42:1", False),
     ],
-    ids=["exact-star", "regex-matching-star", "prefix", "ignore-case", "case", "suffix", "regex"],
+    ids=[
+        "exact-star",
+        "prefix-star",
+        "regex-star",
+        "regex-matching-star",
+        "prefix",
+        "ignore-case",
+        "case",
+        "suffix",
+        "regex",
+    ],
 )
 def test_origin_matchers(matcher: dict[str, Any], origin: str, allowed: bool) -> None:
     h = Harness()
