@@ -361,7 +361,7 @@ def test_hcm_rejects_http2_and_other_filters() -> None:
     )
     data = {
         **HCM_MIN,
-        "http_filters": [{"name": "envoy.filters.http.cors"}, *HCM_MIN["http_filters"]],
+        "http_filters": [{"name": "envoy.filters.http.lua"}, *HCM_MIN["http_filters"]],
     }
     loc, msg = one_error(HttpConnectionManager, data)
     assert loc == ("http_filters", 0, "name")

@@ -19,6 +19,7 @@ from podproxy.config.schema import (
     BUFFER_PER_ROUTE_TYPE,
     BUFFER_TYPE,
     CARES_TYPE,
+    CORS_TYPE,
     DNS_CLUSTER_TYPE,
     FAULT_TYPE,
     FILE_ACCESS_LOG_TYPE,
@@ -45,6 +46,7 @@ LEGACY_NAMES: dict[str, str] = {
     "envoy.fault": "envoy.filters.http.fault",
     "envoy.buffer": "envoy.filters.http.buffer",
     "envoy.health_check": "envoy.filters.http.health_check",
+    "envoy.cors": "envoy.filters.http.cors",
 }
 
 # Extension name → the v3 type URL its typed_config must carry (Envoy ≥ 1.22 looks it up).
@@ -55,6 +57,7 @@ TYPE_URL_BY_NAME: dict[str, str] = {
     "envoy.filters.http.buffer": BUFFER_TYPE,
     "envoy.filters.http.local_ratelimit": LOCAL_RATELIMIT_TYPE,
     "envoy.filters.http.health_check": HEALTH_CHECK_TYPE,
+    "envoy.filters.http.cors": CORS_TYPE,
     "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
     "envoy.cluster.dns": DNS_CLUSTER_TYPE,
     "envoy.clusters.dns": DNS_CLUSTER_TYPE,
@@ -70,6 +73,7 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.Buffer": BUFFER_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.BufferPerRoute": BUFFER_PER_ROUTE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.health_check.v2.HealthCheck": HEALTH_CHECK_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.cors.v2.Cors": CORS_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
 }
 
@@ -306,11 +310,56 @@ class _Walker:
         if rc is None:
             return
         for i, vh in _items(rc, "virtual_hosts"):
+            vpath = f"{path}.route_config.virtual_hosts[{i}]"
+            self.v2_cors(vh, vpath)
             for j, route in _items(vh, "routes"):
-                rpath = f"{path}.route_config.virtual_hosts[{i}].routes[{j}]"
+                rpath = f"{vpath}.routes[{j}]"
                 action = _dict(route, "route")
                 if action is not None:
                     self.rename("RouteAction", action, f"{rpath}.route")
+                    self.v2_cors(action, f"{rpath}.route")
+
+    def v2_cors(self, parent: dict[str, Any], path: str) -> None:
+        """v2's CorsPolicy fields in `parent.cors` → v3's, as Envoy's CorsPolicyImpl read them
+        before v3 dropped them: each `allow_origin` an exact matcher (`*` then allows every
+        origin, as a matcher of "*" does), each `allow_origin_regex` a regex matcher (matching
+        the whole origin), both after any allow_origin_string_match; `enabled` (a oneof with
+        filter_enabled) a filter_enabled of 100% or 0%."""
+        cors = _dict(parent, "cors")
+        if cors is None:
+            return
+        path = f"{path}.cors"
+        matchers = cors.get("allow_origin_string_match", [])
+        if isinstance(matchers, dict):
+            matchers = [matchers]
+        for key, inner in (("allow_origin", "exact"), ("allow_origin_regex", "safe_regex")):
+            if key not in cors:
+                continue
+            if not isinstance(matchers, list):
+                self.error(f"{path}.{key}", "cannot be combined with allow_origin_string_match")
+                return
+            values = cors.pop(key)
+            for i, value in enumerate(values if isinstance(values, list) else [values]):
+                at = f"{path}.allow_origin_string_match[{len(matchers)}]"
+                self.alias(at, f"{path}.{key}[{i}]")
+                self.alias(f"{at}.{inner}", f"{path}.{key}[{i}]")
+                if inner == "exact":
+                    matchers.append({"exact": value})
+                else:
+                    self.alias(f"{at}.{inner}.regex", f"{path}.{key}[{i}]")
+                    matchers.append({"safe_regex": {"regex": value}})
+        if matchers:
+            cors["allow_origin_string_match"] = matchers
+        if "enabled" in cors:
+            enabled = cors.pop("enabled")
+            if "filter_enabled" in cors:
+                self.error(f"{path}.enabled", "cannot be combined with filter_enabled")
+            elif not isinstance(enabled, bool):
+                self.error(f"{path}.enabled", f"expected true or false, got {show(enabled)}")
+            else:
+                percent = {"numerator": 100 if enabled else 0, "denominator": "HUNDRED"}
+                cors["filter_enabled"] = {"default_value": percent}
+                self.alias(f"{path}.filter_enabled", f"{path}.enabled")
 
     def cluster(self, cluster: dict[str, Any], path: str) -> None:
         self.rename("Cluster", cluster, path)

@@ -45,6 +45,8 @@ ROUTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.router.v3.Router"
 FAULT_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.fault.v3.HTTPFault"
 BUFFER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.Buffer"
 BUFFER_PER_ROUTE_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute"
+CORS_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 HEALTH_CHECK_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.health_check.v3.HealthCheck"
 LOCAL_RATELIMIT_TYPE = TYPE_URL_PREFIX + (
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -592,6 +594,51 @@ class RuntimeFractionalPercent(Message):
     runtime_key: Str = ""
 
 
+def _cors_header_value(value: object) -> str:
+    # The text goes out as a response header value: no CR, LF or NUL. (Envoy 1.40's config
+    # check lets them through; podproxy refuses them rather than split a response.)
+    text = _str(value)
+    if any(c in text for c in "\r\n\0"):
+        raise PydanticCustomError(
+            "header_value",
+            "expected a header value (no CR, LF or NUL), got {got}",
+            {"got": show(value)},
+        )
+    return text
+
+
+CorsHeaderValue = Annotated[str, BeforeValidator(_cors_header_value)]
+
+
+class RouteCorsPolicy(Message):
+    """route.v3.CorsPolicy: the deprecated `cors` of a virtual host or route action. Envoy 1.40
+    still reads it (with a deprecation warning), but only when no typed_per_filter_config of
+    the route holds a policy; v2's allow_origin, allow_origin_regex and enabled are rewritten
+    into these fields by normalize.py."""
+
+    # Any matcher that matches the origin allows it; one that matches "*" allows every origin.
+    allow_origin_string_match: tuple[StringMatcher, ...] = ()
+    # Empty strings are unset: a less specific policy's value is used then.
+    allow_methods: CorsHeaderValue = ""
+    allow_headers: CorsHeaderValue = ""
+    expose_headers: CorsHeaderValue = ""
+    max_age: CorsHeaderValue = ""
+    allow_credentials: StrictBool | None = None
+    # Unset: enabled for every request; shadow_enabled unset: off.
+    filter_enabled: RuntimeFractionalPercent | None = None
+    shadow_enabled: RuntimeFractionalPercent | None = None
+    allow_private_network_access: StrictBool | None = None
+    # Unset: true (a preflight from an origin not allowed goes upstream).
+    forward_not_matching_preflights: StrictBool | None = None
+
+
+class CorsPolicy(TypedMessage, RouteCorsPolicy):
+    """envoy.extensions.filters.http.cors.v3.CorsPolicy: the CORS filter's per-route config
+    (typed_per_filter_config of a virtual host or route), the same fields as the route's."""
+
+    TYPE_URL = CORS_POLICY_TYPE
+
+
 class GrpcRouteMatchOptions(Message):
     """`match.grpc: {}`: the route matches gRPC requests only (an empty message in v3)."""
 
@@ -795,7 +842,7 @@ class RouteAction(Message):
         path_rewrite_policy path_rewrite host_rewrite_header host_rewrite_path_regex
         append_x_forwarded_host
         flush_timeout early_data_policy retry_policy retry_policy_typed_config
-        request_mirror_policies priority rate_limits include_vh_rate_limits hash_policy cors
+        request_mirror_policies priority rate_limits include_vh_rate_limits hash_policy
         max_grpc_timeout grpc_timeout_offset upgrade_configs internal_redirect_policy
         internal_redirect_action max_internal_redirects hedge_policy max_stream_duration
         """
@@ -811,6 +858,7 @@ class RouteAction(Message):
     cluster_not_found_response_code: ClusterNotFoundResponseCodeField = (
         ClusterNotFoundResponseCode.SERVICE_UNAVAILABLE
     )
+    cors: RouteCorsPolicy | None = None  # deprecated in v3; see RouteCorsPolicy
 
     @model_validator(mode="after")
     def _host_rewrite(self) -> RouteAction:
@@ -1151,6 +1199,13 @@ class HealthCheck(TypedMessage):
         return self
 
 
+class Cors(TypedMessage):
+    """The CORS filter (envoy.filters.http.cors): no settings of its own; its policies are on
+    the virtual hosts and routes."""
+
+    TYPE_URL = CORS_TYPE
+
+
 class RegexMatchAndSubstitute(Message):
     pattern: RegexMatcher
     substitution: Str
@@ -1196,6 +1251,7 @@ HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
     "envoy.filters.http.router": Router,
     "envoy.filters.http.fault": HTTPFault,
     "envoy.filters.http.buffer": Buffer,
+    "envoy.filters.http.cors": Cors,
     "envoy.filters.http.health_check": HealthCheck,
     "envoy.filters.http.local_ratelimit": LocalRateLimit,
 }
@@ -1204,6 +1260,7 @@ PER_ROUTE_CONFIGS: dict[str, type[TypedMessage]] = {
     FAULT_TYPE: HTTPFault,
     BUFFER_PER_ROUTE_TYPE: BufferPerRoute,
     LOCAL_RATELIMIT_TYPE: LocalRateLimitPerRoute,
+    CORS_POLICY_TYPE: CorsPolicy,
 }
 # Every typed config a filter or route may hold, by type URL: the union's tags.
 TYPED_CONFIGS: dict[str, type[TypedMessage]] = {
@@ -1275,7 +1332,7 @@ class Route(HeaderMutations):
 class VirtualHost(HeaderMutations):
     UNSUPPORTED = _names(
         """
-        matcher require_tls virtual_clusters rate_limits cors include_request_attempt_count
+        matcher require_tls virtual_clusters rate_limits include_request_attempt_count
         include_attempt_count_in_response retry_policy retry_policy_typed_config
         hedge_policy include_is_timeout_retry_header per_request_buffer_limit_bytes
         request_body_buffer_limit request_mirror_policies metadata
@@ -1285,6 +1342,7 @@ class VirtualHost(HeaderMutations):
     domains: Annotated[tuple[Str, ...], Field(min_length=1)]
     routes: tuple[Route, ...] = ()
     typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
+    cors: RouteCorsPolicy | None = None  # deprecated in v3; see RouteCorsPolicy
 
 
 class RouteConfiguration(HeaderMutations):

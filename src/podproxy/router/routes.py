@@ -23,11 +23,13 @@ Headers = Sequence[tuple[bytes, bytes]]
 HeaderPredicate = Callable[[Headers], bool]
 
 _NO_CONFIG: Mapping[str, Any] = MappingProxyType({})
+_NO_LEVELS: Mapping[str, tuple[Any, ...]] = MappingProxyType({})
 # v2 filter names a typed_per_filter_config may be keyed by (normalize.py's LEGACY_NAMES).
 _FILTER_NAMES = {
     "envoy.fault": "envoy.filters.http.fault",
     "envoy.buffer": "envoy.filters.http.buffer",
     "envoy.health_check": "envoy.filters.http.health_check",
+    "envoy.cors": "envoy.filters.http.cors",
 }
 
 
@@ -241,6 +243,11 @@ class Route:
     # typed_per_filter_config of the virtual host and the route (the route's wins), by v3
     # filter name: a filter's own per-route config, or a route FilterConfig wrapping one.
     per_filter_config: Mapping[str, Any] = field(default_factory=lambda: _NO_CONFIG)
+    # Every level's typed_per_filter_config of each filter, most specific first (Envoy's
+    # perFilterConfigs, which the CORS filter reads field by field), and the deprecated `cors`
+    # policies of the route action and the virtual host (RouteEntry / VirtualHost corsPolicy).
+    filter_config_levels: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: _NO_LEVELS)
+    cors_policies: tuple[Any, ...] = ()
     redirect: Redirect | None = None
     weighted: WeightedClusters | None = None
     cluster_header: bytes | None = None
@@ -342,7 +349,7 @@ def _header_value(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def _string_matcher(m: Any) -> Callable[[bytes], bool]:
+def string_matcher(m: Any) -> Callable[[bytes], bool]:
     """A StringMatcher (exact/prefix/suffix/contains/safe_regex, ignore_case) on bytes."""
     ignore_case = bool(getattr(m, "ignore_case", False))
 
@@ -406,7 +413,7 @@ def header_predicate(hm: Any) -> HeaderPredicate:
 
         return present
     if getattr(hm, "string_match", None) is not None:
-        check = _string_matcher(hm.string_match)
+        check = string_matcher(hm.string_match)
     elif getattr(hm, "exact_match", None) is not None:
         want = hm.exact_match.encode()
         # HeaderUtility: an empty exact_match matches any value.
@@ -475,7 +482,7 @@ def query_predicate(qm: Any) -> Callable[[bytes], bool]:
     """A QueryParameterMatcher as a predicate over the request target."""
     name = qm.name.encode()
     if qm.string_match is not None:
-        check = _string_matcher(qm.string_match)
+        check = string_matcher(qm.string_match)
 
         def matches(target: bytes) -> bool:
             v = _first_query_value(target, name)
@@ -537,6 +544,17 @@ def per_filter_configs(*levels: Mapping[str, Any]) -> Mapping[str, Any]:
         for name, cfg in level.items():
             merged[_FILTER_NAMES.get(name, name)] = cfg
     return MappingProxyType(merged) if merged else _NO_CONFIG
+
+
+def filter_config_levels(*levels: Mapping[str, Any]) -> Mapping[str, tuple[Any, ...]]:
+    """Each filter's typed_per_filter_config at every level that has one, given least
+    specific first, returned most specific first."""
+    merged: dict[str, tuple[Any, ...]] = {}
+    for level in levels:
+        for name, cfg in level.items():
+            name = _FILTER_NAMES.get(name, name)
+            merged[name] = (cfg, *merged.get(name, ()))
+    return MappingProxyType(merged) if merged else _NO_LEVELS
 
 
 def compile_route(
@@ -601,7 +619,9 @@ def compile_route(
     response_levels = [m for m in (_mutation(x, "response") for x in levels) if m is not None]
     request_mutation = HeaderMutations(tuple(request_levels)) if request_levels else None
     response_mutation = HeaderMutations(tuple(response_levels)) if response_levels else None
-    pfc = per_filter_configs(vhost_filter_config, getattr(r, "typed_per_filter_config", {}))
+    route_filter_config = getattr(r, "typed_per_filter_config", {})
+    pfc = per_filter_configs(vhost_filter_config, route_filter_config)
+    levels_pfc = filter_config_levels(vhost_filter_config, route_filter_config)
     if r.direct_response is not None:
         dr = r.direct_response
         return Route(
@@ -611,6 +631,7 @@ def compile_route(
             direct_body=dr.body_bytes(),
             prefix=prefix,
             per_filter_config=pfc,
+            filter_config_levels=levels_pfc,
             response_mutation=response_mutation,
         )
     if getattr(r, "redirect", None) is not None:
@@ -623,6 +644,7 @@ def compile_route(
             prefix=prefix,
             response_mutation=response_mutation,
             per_filter_config=pfc,
+            filter_config_levels=levels_pfc,
         )
     a = r.route
     status = 503
@@ -632,6 +654,10 @@ def compile_route(
     elif code is not None and getattr(code, "name", str(code)) == "INTERNAL_SERVER_ERROR":
         status = 500
     cluster_header = getattr(a, "cluster_header", None)
+    vhost = outer_levels[0] if outer_levels else None
+    cors = tuple(
+        p for p in (getattr(a, "cors", None), getattr(vhost, "cors", None)) if p is not None
+    )
     route = Route(
         name,
         matches,
@@ -649,6 +675,8 @@ def compile_route(
             else b""
         ),
         per_filter_config=pfc,
+        filter_config_levels=levels_pfc,
+        cors_policies=cors,
         cluster_header=_header_name(cluster_header) if cluster_header else None,
         request_mutation=request_mutation,
         response_mutation=response_mutation,

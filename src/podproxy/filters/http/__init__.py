@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from podproxy.filters.http import buffer, fault, health_check, local_ratelimit
+from podproxy.filters.http import buffer, cors, fault, health_check, local_ratelimit
 from podproxy.filters.http.common import FilterContext
 from podproxy.http.filter import FilterFactory
 
@@ -16,4 +16,5 @@ HTTP_FILTERS: dict[str, Callable[[Any, FilterContext], FilterFactory]] = {
     buffer.NAME: buffer.build,
     local_ratelimit.NAME: local_ratelimit.build,
     health_check.NAME: health_check.build,
+    cors.NAME: cors.build,
 }
