@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from podproxy.access_log import AccessLogManager, DefaultRuntime, Runtime, build_access_logs
 from podproxy.http.downstream import (
     ConnectionManagerConfig,
     ConnectionTracker,
@@ -22,6 +23,7 @@ from podproxy.http.downstream import (
     ListenerStats,
     StreamHandler,
 )
+from podproxy.http.logged import connection_class
 from podproxy.router.forwarder import Forwarder, ForwarderConfig
 from podproxy.router.routes import build_route_table
 from podproxy.stats import Store
@@ -130,15 +132,26 @@ def build_http_listener(
     cfg: Any,
     clusters: dict[str, Cluster],
     store: Store,
-    access_logger: Any = None,
     local_info: LocalInfo | None = None,
+    access_logs: AccessLogManager | None = None,
+    runtime: Runtime | None = None,
+    path: str = "",
 ) -> BoundListener:
-    """A listener from its typed config: route table, forwarder and connection manager.
+    """A listener from its typed config (at YAML `path`): route table, forwarder and
+    connection manager.
 
     `local_info` carries the server's service cluster and node for `add_user_agent`;
-    without it they are empty, as in an Envoy started without them."""
+    without it they are empty, as in an Envoy started without them. The HCM's access logs
+    get their sinks from `access_logs` (a throwaway manager when None) and their runtime
+    filters read `runtime` (no overrides when None)."""
     sa = cfg.address.socket_address
     hcm = cfg.filter_chains[0].filters[0].typed_config
+    access_logger = build_access_logs(
+        hcm.access_log,
+        f"{path}.filter_chains[0].filters[0].typed_config.access_log".lstrip("."),
+        access_logs if access_logs is not None else AccessLogManager(),
+        runtime if runtime is not None else DefaultRuntime(),
+    )
     http_stats = store.scope(f"http.{hcm.stat_prefix}.").make(HttpConnManagerStats)
     lstats = store.scope(f"listener.{listener_stat_name(sa.address, sa.port_value)}.").make(
         ListenerStats
@@ -167,6 +180,7 @@ def build_http_listener(
         scheme_to_overwrite=overwrite.encode() if overwrite is not None else None,
         user_agent=info.cluster.encode() if hcm.add_user_agent else None,
         service_node=info.node.encode(),
+        access_logged=access_logger is not None,
     )
     handler: StreamHandler = Forwarder(
         build_route_table(hcm.route_config), clusters, fcfg, http_stats
@@ -193,7 +207,14 @@ def build_http_listener(
         accept_http_10=bool(getattr(h1, "accept_http_10", False)),
         default_host_for_http_10=default_host.encode() if default_host else None,
         access_logger=access_logger,
+        # use_remote_address off: the remote address is the XFF's (after the trusted hops);
+        # on: the peer, unless trusted hops pick an XFF entry (as for x-envoy-external-address).
+        remote_from_xff=hcm.xff_num_trusted_hops
+        if not hcm.use_remote_address
+        else (hcm.xff_num_trusted_hops - 1 if hcm.xff_num_trusted_hops else None),
     )
-    tracker = ConnectionTracker(ccfg, handler)
+    tracker = ConnectionTracker(
+        ccfg, handler, connection_class(ccfg.times_heads, access_logger is not None)
+    )
     direction = _name(cfg.traffic_direction)
     return BoundListener(cfg.name, sa.address, sa.port_value, tracker, direction)

@@ -12,7 +12,8 @@ SO_REUSEPORT, so the kernel spreads new connections over the workers.
 The channel carries length-prefixed JSON (`encode`/`Channel`) of plain lists and dicts:
 - main → worker: `hosts` (per cluster, rows of address, port, hostname, weight, priority, health
   flags; sent on every member update of the main's `PrioritySet`), `start` (all clusters are
-  initialized: bind the listeners on these ports), `snap` (send stats now), `drain`.
+  initialized: bind the listeners on these ports), `snap` (send stats now), `reopen` (reopen
+  the access-log files: the workers own the HCM loggers), `drain`.
 - worker → main: `listening`, `stats` (a snapshot), `error` (could not start).
 Workers apply host rows with `priority_set.update_hosts()`, so round robin, draining of removed
 hosts and pools work in each worker as in one process. `/ready` is LIVE once every worker is
@@ -425,6 +426,8 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
     # SIGINT; a SIGTERM sent to one worker drains just that one (and the main restarts it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # SIGUSR1 (logrotate's, if it reaches a worker) reopens its access logs, not kills it.
+    loop.add_signal_handler(signal.SIGUSR1, server.access_log_manager.reopen)
     listening = False
 
     def snapshot(seq: int | None = None) -> dict[str, Any]:
@@ -458,6 +461,8 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
                     raise
             elif t == "snap":
                 channel.send(snapshot(msg.get("seq")))
+            elif t == "reopen":
+                server.access_log_manager.reopen()
             elif t == "drain":
                 stop.set()
 
@@ -486,6 +491,7 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
         for task in (reader, ticker, stop_wait):
             task.cancel()
         loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGUSR1)
         for lst in server.http_listeners:
             lst.close()
         server.cluster_manager.shutdown()
@@ -609,6 +615,11 @@ class Supervisor:
         """Catches changes that publish no member update (a LOGICAL_DNS address move)."""
         for name in self.clusters:
             self.push_hosts(name)
+
+    def reopen_logs(self) -> None:
+        """Every worker reopens its access-log files (SIGUSR1, POST /reopen_logs)."""
+        for w in self.workers.values():
+            w.channel.send({"t": "reopen"})
 
     async def refresh_stats(self, timeout: float = REFRESH_TIMEOUT) -> None:
         """Ask every listening worker for a snapshot; return when all answered or at timeout."""

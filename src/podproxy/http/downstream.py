@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from podproxy.access_log.stream_info import StreamInfo
 from podproxy.errors import ProtocolError
 from podproxy.http import codec
 from podproxy.http.codec import RequestHead
@@ -130,7 +131,9 @@ class StreamHandler(Protocol):
 
 
 class AccessLogger(Protocol):
-    def log_exchange(self, ex: Exchange) -> None: ...
+    """Called by `http.logged.LoggedConnection` for each stream it ends."""
+
+    def log_exchange(self, ex: StreamInfo) -> None: ...
 
 
 class ConnectionManagerConfig:
@@ -157,8 +160,12 @@ class ConnectionManagerConfig:
         request_headers_timeout: float | None = None,
         max_stream_duration: float | None = None,
         drain_timeout: float = 5.0,
+        remote_from_xff: int | None = None,
     ) -> None:
         self.stats = stats
+        # Where Envoy finds a stream's remote address (read by access logs only): this many
+        # entries from the right of the client's x-forwarded-for, or (None) the peer.
+        self.remote_from_xff = remote_from_xff
         # An HTTP/2 preface is answered 400 by an HTTP1 codec; AUTO (until podproxy speaks
         # HTTP/2) closes without an HTTP/1 answer.
         self.http2_preface_status: int | None = 400 if codec_type == "HTTP1" else None
@@ -210,9 +217,18 @@ class ConnectionTracker:
 
     SWEEP_INTERVAL = 1.0
 
-    def __init__(self, config: ConnectionManagerConfig, handler: StreamHandler) -> None:
+    def __init__(
+        self,
+        config: ConnectionManagerConfig,
+        handler: StreamHandler,
+        connection_class: type[DownstreamConnection] | None = None,
+    ) -> None:
         self.config = config
         self.handler = handler
+        # Decided once: access-logged connections (http.logged) only when logs are configured.
+        if connection_class is None:
+            connection_class = HeadTimedConnection if config.times_heads else DownstreamConnection
+        self.connection_class = connection_class
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -220,9 +236,7 @@ class ConnectionTracker:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol_factory(self) -> DownstreamConnection:
-        if self.config.times_heads:
-            return HeadTimedConnection(self)
-        return DownstreamConnection(self)
+        return self.connection_class(self)
 
     def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -289,6 +303,9 @@ def _earliest(
 
 class DownstreamConnection(asyncio.Protocol):
     """One client connection."""
+
+    # The per-request state it makes (http.logged.LoggedConnection makes LoggedExchanges).
+    exchange_type: type[Exchange] = Exchange
 
     def __init__(self, tracker: ConnectionTracker) -> None:
         self.tracker = tracker
@@ -426,7 +443,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     # codec.RequestSink ---------------------------------------------------------------
     def on_request_head(self, head: RequestHead) -> None:
-        ex = Exchange(self, head, self.loop.time())
+        ex = self.exchange_type(self, head, self.loop.time())
         self.decoding = ex
         st = self.stats
         st.downstream_rq_total.value += 1
@@ -528,9 +545,6 @@ class DownstreamConnection(asyncio.Protocol):
         st.downstream_rq_completed.value += 1
         st.downstream_rq_active.value -= 1
         st.downstream_rq_time.record((self.loop.time() - ex.start) * 1000.0)
-        logger = self.config.access_logger
-        if logger is not None:
-            logger.log_exchange(ex)
         ex.state = None  # break the exchange <-> handler cycle so no GC pass is needed
         if not keep_alive or not ex.head.keep_alive or self.closing_after_response:
             # A client still sending its request gets time to read the reply (see `close`).
@@ -638,7 +652,8 @@ class DownstreamConnection(asyncio.Protocol):
     def _headless_exchange(self) -> Exchange:
         """An exchange to answer on when no request head was decoded (a malformed one, or a
         head that timed out): it stands for the request as `GET /`."""
-        ex = Exchange(self, RequestHead(b"GET", b"/", "1.1", [], False), self.loop.time())
+        head = RequestHead(b"GET", b"/", "1.1", [], False)
+        ex = self.exchange_type(self, head, self.loop.time())
         self.stats.downstream_rq_active.value += 1
         return ex
 

@@ -26,6 +26,7 @@ from podproxy.http import codec
 from podproxy.http.codec import HOP_BY_HOP, ResponseHead
 from podproxy.http.downstream import Exchange
 from podproxy.http.flow import HANDLER_HOLD, PEER_WRITE_BLOCKED
+from podproxy.http.logged import LoggedExchange, note_route
 from podproxy.http.pool import HostPool
 from podproxy.http.upstream import UpstreamConnection
 from podproxy.router.routes import Route, RouteTable
@@ -176,6 +177,8 @@ class ForwarderConfig:
     # when add_user_agent is off. `service_node` (`--service-node`) goes with it if not empty.
     user_agent: bytes | None = None
     service_node: bytes = b""
+    # The HCM has access logs: streams note what the log reads (LoggedUpstreamRequest).
+    access_logged: bool = False
 
 
 class TimeoutQueue:
@@ -277,6 +280,11 @@ class Forwarder:
         self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
         self._timeouts: dict[float, TimeoutQueue] = {}
+        # Decided once: only access-logged HCMs pay for noting what the log reads.
+        self._upstream_request: type[UpstreamRequest] = (
+            LoggedUpstreamRequest if config.access_logged else UpstreamRequest
+        )
+        self._logged = config.access_logged
         # The id of the next request that needs one, made after the previous request was
         # sent upstream: generating it costs a microsecond the critical path need not wait.
         self._spare_id: bytes | None = None
@@ -309,17 +317,23 @@ class Forwarder:
             return
         if route.direct_status is not None:
             self.stats.rq_direct_response.value += 1
+            if self._logged:
+                note_route(ex, route.name, None)
             conn.send_local_reply(ex, route.direct_status, route.direct_body)
             return
         assert route.cluster is not None
         cluster = self.clusters.get(route.cluster)
         if cluster is None:
             self.stats.no_cluster.value += 1
+            if self._logged:
+                note_route(ex, route.name, None)
             conn.send_local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
             return
         host = cluster.choose_host()
         if host is None:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
+            if self._logged:
+                note_route(ex, route.name, cluster.info.observability_name)
             conn.send_local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
             return
         ex.idle_timeout = route.idle_timeout
@@ -333,7 +347,7 @@ class Forwarder:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
             # it before this callback returns to the loop.
             upstream.write(head_bytes)
-        ureq = UpstreamRequest(self, ex, route, cluster, host, pool, head_bytes, chunked)
+        ureq = self._upstream_request(self, ex, route, cluster, host, pool, head_bytes, chunked)
         ex.state = ureq
         ureq.start(upstream)
         # The request is on its way upstream: what is left is off the critical path.
@@ -879,3 +893,55 @@ class UpstreamRequest:
         self.cluster.info.stats.upstream_rq_tx_reset.value += 1
         self.cluster.info.stats.upstream_rq_cancelled.value += 1
         self._let_go()
+
+
+class LoggedUpstreamRequest(UpstreamRequest):
+    """An `UpstreamRequest` of an access-logged HCM: notes on its `LoggedExchange` what the
+    log reads, where it happens (the heads as sent, the first response byte's time, the
+    upstream connection's local address, the cluster and route)."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        fwd: Forwarder,
+        ex: Exchange,
+        route: Route,
+        cluster: Cluster,
+        host: Host,
+        pool: HostPool,
+        head_bytes: bytes,
+        body_chunked: bool,
+    ) -> None:
+        super().__init__(fwd, ex, route, cluster, host, pool, head_bytes, body_chunked)
+        if isinstance(ex, LoggedExchange):
+            ex.upstream_head = head_bytes
+            ex.upstream_cluster = cluster.info.observability_name
+            ex.route_name = route.name
+
+    def _note_local_address(self, conn: UpstreamConnection) -> None:
+        ex = self.ex
+        if isinstance(ex, LoggedExchange) and conn.transport is not None:
+            sock = conn.transport.get_extra_info("sockname")
+            if sock:
+                host, port = sock[0], sock[1]
+                ex.upstream_local_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self, sent_on: UpstreamConnection | None) -> None:
+        if sent_on is not None:
+            self._note_local_address(sent_on)
+        super().start(sent_on)
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+        if not self.done:
+            self._note_local_address(conn)
+        super().on_pool_ready(conn)
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        ex = self.ex
+        if isinstance(ex, LoggedExchange) and not self.done:
+            ex.first_upstream_byte = ex.conn.loop.time()
+            super().on_response_head(head)
+            ex.response_head = self.held_head
+            return
+        super().on_response_head(head)
