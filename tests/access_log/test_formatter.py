@@ -144,7 +144,7 @@ JSON = {
 
 
 def test_typed_json_numbers_nulls_and_sorted_keys() -> None:
-    line = JsonFormatter(JSON, typed=True, omit_empty_values=False).format(Info(status=200))
+    line = JsonFormatter(JSON).format(Info(status=200))
     assert line.endswith(b"\n")
     assert line.decode() == (
         '{"code":200,"code_text":"code 200","half":0.5,"missing":null,"n":7,'
@@ -152,16 +152,11 @@ def test_typed_json_numbers_nulls_and_sorted_keys() -> None:
     )
 
 
-def test_string_json_prints_dash() -> None:
-    obj = json.loads(JsonFormatter(JSON, typed=False, omit_empty_values=False).format(Info()))
-    assert obj["code"] == "0" and obj["missing"] == "-" and obj["nested"]["b"] == "-"
-
-
 def test_json_omit_empty_values_drops_nulls() -> None:
-    obj = json.loads(JsonFormatter(JSON, typed=True, omit_empty_values=True).format(Info()))
+    obj = json.loads(JsonFormatter(JSON, omit_empty_values=True).format(Info()))
     assert "missing" not in obj and obj["nested"] == {"a": ["HTTP/1.1"]}
 
 
 def test_json_refuses_bool_values() -> None:
     with pytest.raises(FormatError, match="Only string values"):
-        JsonFormatter({"a": True}, typed=True, omit_empty_values=False)
+        JsonFormatter({"a": True})

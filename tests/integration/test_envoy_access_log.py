@@ -276,3 +276,15 @@ async def test_default_format(run_both: Run) -> None:
                 assert e_fields[name] != "-" and p_fields[name] == "-", name
                 continue
             _compare(name, e_fields[name], p_fields[name])
+
+
+async def test_file_access_log_json_format_is_typed_too(run_both: Run) -> None:
+    # FileAccessLog.json_format (v2's field; strings only in Envoy 1.9-1.12): Envoy 1.40
+    # prints it typed, exactly as log_format.json_format.
+    envoy, pod = await run_both({"json_format": JSON_FORMAT})
+    assert len(envoy) == len(pod) == len(REQUESTS)
+    for e_line, p_line in zip(envoy, pod, strict=True):
+        e_obj, p_obj = json.loads(e_line), json.loads(p_line)
+        assert list(e_obj) == list(p_obj)
+        for name in e_obj:
+            _compare(name, e_obj[name], p_obj[name])

@@ -45,10 +45,10 @@ def build_formatter(tc: Any, path: str) -> Formatter:
             return TextFormatter(tc.format or DEFAULT_FORMAT)
         if tc.json_format is not None:
             where = f"{path}.json_format"
-            return JsonFormatter(tc.json_format, typed=False, omit_empty_values=False)
+            return JsonFormatter(tc.json_format)
         if tc.typed_json_format is not None:
             where = f"{path}.typed_json_format"
-            return JsonFormatter(tc.typed_json_format, typed=True, omit_empty_values=False)
+            return JsonFormatter(tc.typed_json_format)
         lf = tc.log_format
         if lf is None:
             return TextFormatter(DEFAULT_FORMAT)
@@ -60,7 +60,7 @@ def build_formatter(tc: Any, path: str) -> Formatter:
             where = f"{path}.log_format.text_format_source"
             return TextFormatter(lf.text_format_source.data().decode(), omit)
         where = f"{path}.log_format.json_format"
-        return JsonFormatter(lf.json_format, typed=True, omit_empty_values=omit)
+        return JsonFormatter(lf.json_format, omit)
     except (FormatError, UnicodeDecodeError) as exc:
         raise ConfigError(where, str(exc)) from None
 

@@ -398,17 +398,18 @@ class JsonFormatter:
     """A JSON format: one object per line, keys sorted at every level (Envoy 1.40 builds a
     protobuf Struct, a map its JSON printer writes in key order; checked side by side).
 
-    `typed`: operators that are a value's whole string render as JSON numbers and nulls
-    (log_format.json_format, typed_json_format); otherwise every value is a string, `-` when
-    unset (FileAccessLog.json_format). Number values in the format are printed as given.
+    An operator that is a value's whole string renders typed (numbers, null when unset);
+    inside a longer string it prints as text. Envoy 1.40 does this for all three JSON fields
+    (log_format.json_format, FileAccessLog typed_json_format and json_format: checked side by
+    side). Number values in the format are printed as given.
     """
 
     __slots__ = ("_root",)
 
-    def __init__(self, fmt: Mapping[str, Any], typed: bool, omit_empty_values: bool) -> None:
-        self._root = self._node(dict(fmt), typed, omit_empty_values)
+    def __init__(self, fmt: Mapping[str, Any], omit_empty_values: bool = False) -> None:
+        self._root = self._node(dict(fmt), omit_empty_values)
 
-    def _node(self, value: Any, typed: bool, omit: bool) -> JsonNode:
+    def _node(self, value: Any, omit: bool) -> JsonNode:
         if isinstance(value, bool) or value is None:
             raise FormatError(
                 "Only string values, nested structs, list values and number values are "
@@ -418,9 +419,9 @@ class JsonFormatter:
             number: float | int = int(value) if float(value).is_integer() else value
             return lambda i: number
         if isinstance(value, str):
-            return self._string(value, typed, omit)
+            return self._string(value, omit)
         if isinstance(value, dict):
-            items = [(str(k), self._node(v, typed, omit)) for k, v in value.items()]
+            items = [(str(k), self._node(v, omit)) for k, v in value.items()]
 
             def obj(info: StreamInfo) -> Any:
                 out = {}
@@ -432,23 +433,19 @@ class JsonFormatter:
 
             return obj
         if isinstance(value, list):
-            nodes = [self._node(v, typed, omit) for v in value]
+            nodes = [self._node(v, omit) for v in value]
             return lambda i: [v for v in (n(i) for n in nodes) if v is not _DROP]
         raise FormatError(f"unexpected value in a JSON format: {value!r}")
 
     @staticmethod
-    def _string(fmt: str, typed: bool, omit: bool) -> JsonNode:
+    def _string(fmt: str, omit: bool) -> JsonNode:
         segments = parse(fmt)
         if len(segments) == 1 and not isinstance(segments[0], str):
             op = segments[0]
 
             def single(info: StreamInfo) -> Any:
                 v = op(info)
-                if v is None:
-                    return _DROP if omit else (None if typed else "-")
-                if typed or isinstance(v, str):
-                    return v
-                return str(v)
+                return _DROP if v is None and omit else v
 
             return single
         if all(isinstance(s, str) for s in segments):

@@ -387,8 +387,8 @@ class AccessLogConfig(TypedMessage):
 
     TYPE_URL = FILE_ACCESS_LOG_TYPE
     path: Str | None = None
-    # FileAccessLog's format oneof: `format` (v2 string), `json_format` (v2 Struct, values
-    # printed as strings), `typed_json_format`, `log_format`.
+    # FileAccessLog's format oneof: `format` (v2 string), `json_format` (v2 Struct; Envoy
+    # 1.40 prints it typed, as typed_json_format), `typed_json_format`, `log_format`.
     format: Str | None = None
     json_format: Struct | None = None
     typed_json_format: Struct | None = None
