@@ -117,12 +117,21 @@ def _header_op(where: Callable[[StreamInfo], Headers | None], sub: str, length: 
     if any("\n" in n for n in names):
         raise FormatError("Invalid header configuration. Format string contains newline.")
     wanted = [n.lower().encode() for n in names if n]
+    pseudo = [_PSEUDO.get(n) if where is _request_headers else None for n in wanted]
 
     def op(info: StreamInfo) -> Value:
-        headers = where(info)
-        if headers is None:
-            return None
-        for name in wanted:
+        headers = None
+        for name, get in zip(wanted, pseudo, strict=True):
+            if get is not None:
+                b = get(info)
+                if b is None:
+                    continue
+                s = _text(b)
+                return s[:length] if length is not None else s
+            if headers is None:
+                headers = where(info)
+                if headers is None:
+                    return None
             for k, v in headers:
                 if k == name:
                     s = _text(v)
@@ -133,15 +142,18 @@ def _header_op(where: Callable[[StreamInfo], Headers | None], sub: str, length: 
 
 
 def _request_headers(info: StreamInfo) -> Headers:
-    """The request as Envoy's header map holds it: pseudo-headers, then the fields."""
-    pseudo: Headers = [(b":scheme", info.scheme)]
-    for name, value in ((b":method", info.method), (b":path", info.path)):
-        if value is not None:
-            pseudo.append((name, value))
-    if info.authority is not None:
-        # Envoy's HTTP/1 codec turns Host into :authority; REQ(HOST) finds it there too.
-        pseudo += ((b":authority", info.authority), (b"host", info.authority))
-    return pseudo + info.request_headers
+    return info.request_headers
+
+
+# Request pseudo-headers, read from the stream directly. Envoy's HTTP/1 codec turns Host into
+# :authority; REQ(HOST) finds it there too.
+_PSEUDO: dict[bytes, Callable[[StreamInfo], bytes | None]] = {
+    b":method": lambda i: i.method,
+    b":path": lambda i: i.path,
+    b":scheme": lambda i: i.scheme,
+    b":authority": lambda i: i.authority,
+    b"host": lambda i: i.authority,
+}
 
 
 def _ms(later: float | None, earlier: float | None) -> int | None:

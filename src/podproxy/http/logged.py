@@ -10,7 +10,7 @@ ends (`finish`) or the client goes away mid-stream (flag `DC`, as Envoy logs a r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from podproxy.access_log.stream_info import Headers
@@ -59,6 +59,9 @@ class LoggedExchange(Exchange):
     route_name: str | None = None
     # Made up to answer a request whose head could not be read: it has no method or path.
     headless: bool = False
+    # The heads above, parsed once (at log time, by the first operator that reads them).
+    parsed_upstream_head: tuple[bytes, Headers] | None = field(default=None, repr=False)
+    parsed_response_head: Headers | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # A request without a body ends with its head (Envoy: headers with end_stream), even
@@ -67,15 +70,24 @@ class LoggedExchange(Exchange):
             self.request_end = self.start
 
     def _forwarded(self) -> tuple[bytes, Headers] | None:
-        head = self.upstream_head
-        return None if head is None else _parse_head(head)
+        parsed = self.parsed_upstream_head
+        if parsed is None:
+            head = self.upstream_head
+            if head is None:
+                return None
+            line, fields = _parse_head(head)
+            # The header map Envoy logs holds the authority as :authority, not Host.
+            host = next((v for k, v in fields if k == b"host"), None)
+            fields = [(k, v) for k, v in fields if k != b"host"]
+            parsed = self.parsed_upstream_head = (line, [*fields, (b":authority", host or b"")])
+        return parsed
 
     @property
     def request_headers(self) -> Headers:
         fwd = self._forwarded()
         if fwd is None:
             return self.head.headers
-        return [(k, v) for k, v in fwd[1] if k != b"host"]
+        return fwd[1][:-1]
 
     @property
     def method(self) -> bytes | None:
@@ -96,9 +108,7 @@ class LoggedExchange(Exchange):
             return None
         fwd = self._forwarded()
         if fwd is not None:
-            for k, v in fwd[1]:
-                if k == b"host":
-                    return v
+            return fwd[1][-1][1] or None
         return self.head.host
 
     @property
@@ -111,8 +121,10 @@ class LoggedExchange(Exchange):
 
     @property
     def response_headers(self) -> Headers | None:
-        head = self.response_head
-        return None if head is None else _parse_head(head)[1]
+        parsed = self.parsed_response_head
+        if parsed is None and self.response_head is not None:
+            parsed = self.parsed_response_head = _parse_head(self.response_head)[1]
+        return parsed
 
     @property
     def response_trailers(self) -> Headers | None:
