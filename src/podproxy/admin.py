@@ -72,6 +72,7 @@ class AdminContext(Protocol):
     def command_line_options(self) -> dict[str, Any]: ...
     def node_info(self) -> dict[str, Any]: ...
     def request_shutdown(self) -> None: ...
+    def reopen_logs(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ class Admin:
         self.add_handler(
             "/ready", "print server state, return 200 if LIVE, otherwise return 503", self._ready
         )
+        self.add_handler("/reopen_logs", "reopen access logs", self._reopen_logs, mutates=True)
         self.add_handler(
             "/reset_counters", "reset all counters to zero", self._reset_counters, mutates=True
         )
@@ -351,6 +353,10 @@ class Admin:
 
     def _quit(self, req: AdminRequest) -> AdminResponse:
         self.ctx.request_shutdown()
+        return text("OK\n")
+
+    def _reopen_logs(self, req: AdminRequest) -> AdminResponse:
+        self.ctx.reopen_logs()
         return text("OK\n")
 
     def _healthcheck_fail(self, req: AdminRequest) -> AdminResponse:

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from podproxy.access_log import AccessLogManager, DefaultRuntime, build_access_logs
 from podproxy.filters.http import HTTP_FILTERS
 from podproxy.filters.http.common import FilterContext, LiveRuntime, ServerHealth
 from podproxy.filters.http.router import Forwarder, ForwarderConfig
@@ -25,6 +26,7 @@ from podproxy.http.conn_manager import (
     ListenerStats,
 )
 from podproxy.http.http1.downstream import ConnectionTracker
+from podproxy.http.http1.logged import connection_class
 from podproxy.http.stream import StreamHandler
 from podproxy.router.routes import build_route_table
 from podproxy.runtime import Runtime
@@ -134,20 +136,31 @@ def build_http_listener(
     cfg: Any,
     clusters: dict[str, Cluster],
     store: Store,
-    access_logger: Any = None,
     local_info: LocalInfo | None = None,
     runtime: Runtime | None = None,
     server_health: ServerHealth | None = None,
+    access_logs: AccessLogManager | None = None,
+    path: str = "",
 ) -> BoundListener:
-    """A listener from its typed config: route table, forwarder and connection manager.
+    """A listener from its typed config (at YAML `path`): route table, forwarder and
+    connection manager.
 
     `local_info` carries the server's service cluster and node for `add_user_agent`;
     without it they are empty, as in an Envoy started without them. `runtime` is the
     server's; the connection manager config holds it (`ConnectionManagerConfig.runtime`) for
-    filters and route matching to read `runtime.snapshot` per request. `server_health` is the
-    server's `/healthcheck/fail` state, which filters read (the health check filter)."""
+    filters, access-log filters and route matching to read `runtime.snapshot` per request.
+    `server_health` is the server's `/healthcheck/fail` state, which filters read (the health
+    check filter). The HCM's access logs get their sinks from `access_logs` (a throwaway
+    manager when None)."""
     sa = cfg.address.socket_address
     hcm = cfg.filter_chains[0].filters[0].typed_config
+    live = LiveRuntime(runtime) if runtime is not None else None
+    access_logger = build_access_logs(
+        hcm.access_log,
+        f"{path}.filter_chains[0].filters[0].typed_config.access_log".lstrip("."),
+        access_logs if access_logs is not None else AccessLogManager(),
+        live if live is not None else DefaultRuntime(),
+    )
     http_stats = store.scope(f"http.{hcm.stat_prefix}.").make(HttpConnManagerStats)
     lstats = store.scope(f"listener.{listener_stat_name(sa.address, sa.port_value)}.").make(
         ListenerStats
@@ -176,8 +189,8 @@ def build_http_listener(
         scheme_to_overwrite=overwrite.encode() if overwrite is not None else None,
         user_agent=info.cluster.encode() if hcm.add_user_agent else None,
         service_node=info.node.encode(),
+        access_logged=access_logger is not None,
     )
-    live = LiveRuntime(runtime) if runtime is not None else None
     routes = build_route_table(hcm.route_config, runtime=live)
     router = Forwarder(routes, clusters, fcfg, http_stats)
     handler: StreamHandler = router
@@ -225,7 +238,14 @@ def build_http_listener(
         default_host_for_http_10=default_host.encode() if default_host else None,
         access_logger=access_logger,
         runtime=runtime,
+        # use_remote_address off: the remote address is the XFF's (after the trusted hops);
+        # on: the peer, unless trusted hops pick an XFF entry (as for x-envoy-external-address).
+        remote_from_xff=hcm.xff_num_trusted_hops
+        if not hcm.use_remote_address
+        else (hcm.xff_num_trusted_hops - 1 if hcm.xff_num_trusted_hops else None),
     )
-    tracker = ConnectionTracker(ccfg, handler)
+    tracker = ConnectionTracker(
+        ccfg, handler, connection_class(ccfg.times_heads, access_logger is not None)
+    )
     direction = _name(cfg.traffic_direction)
     return BoundListener(cfg.name, sa.address, sa.port_value, tracker, direction)

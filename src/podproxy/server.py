@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podproxy import __version__
-from podproxy.access_log import AccessLogRecord, FileAccessLog
+from podproxy.access_log import AccessLogManager, build_access_logs
 from podproxy.admin import Admin, ServerState
 from podproxy.config.loader import LoadedConfig
 from podproxy.errors import ConfigError
-from podproxy.filters.http.common import ServerHealth
+from podproxy.filters.http.common import LiveRuntime, ServerHealth
 from podproxy.http.conn_manager import ConnectionManagerConfig, HttpConnManagerStats
 from podproxy.http.http1 import codec
 from podproxy.http.http1.downstream import ConnectionTracker
+from podproxy.http.http1.logged import connection_class
 from podproxy.http.stream import Exchange
 from podproxy.listener import BoundListener, LocalInfo, build_http_listener
 from podproxy.runtime import Runtime, RuntimeStats
@@ -185,43 +186,6 @@ class AdminStreamHandler:
         pass
 
 
-class ExchangeAccessLogger:
-    """Writes one Envoy-format access-log line per finished exchange to each file."""
-
-    def __init__(self, logs: list[FileAccessLog]) -> None:
-        self.logs = logs
-
-    def log_exchange(self, ex: Exchange) -> None:
-        loop = ex.conn.loop
-        now = loop.time()
-        head = ex.head
-
-        def header(name: bytes) -> str | None:
-            v = head.get(name)
-            return None if v is None else v.decode("latin-1")
-
-        record = AccessLogRecord(
-            start_time=time.time() - (now - ex.start),
-            method=head.method.decode("latin-1"),
-            path=header(b"x-envoy-original-path") or head.target.decode("latin-1"),
-            protocol=f"HTTP/{head.version}",
-            response_code=ex.status,
-            response_flags="" if ex.flags == "-" else ex.flags,
-            bytes_received=ex.bytes_received,
-            bytes_sent=ex.bytes_sent,
-            duration_ms=int((now - ex.start) * 1000),
-            x_forwarded_for=header(b"x-forwarded-for"),
-            user_agent=header(b"user-agent"),
-            request_id=ex.request_id.decode("latin-1")
-            if ex.request_id
-            else header(b"x-request-id"),
-            authority=header(b"host"),
-            upstream_host=None if ex.upstream_host == "-" else ex.upstream_host,
-        )
-        for log_file in self.logs:
-            log_file.log(record)
-
-
 class Server:
     """One podproxy process."""
 
@@ -243,8 +207,8 @@ class Server:
         self.health = ServerHealth()
         self._state = ServerState.PRE_INITIALIZING
         self._stop: asyncio.Event | None = None
-        self._access_logs: list[FileAccessLog] = []
-        self._access_log_paths: list[str] = []
+        # Every access-log file of this process (HCM and admin), opened by run().
+        self.access_log_manager = AccessLogManager()
         self._workers_live: asyncio.Event | None = None
         self._reserved: list[Any] = []
         # The one runtime of this process, handed to whatever reads it (listeners, admin,
@@ -352,7 +316,7 @@ class Server:
             self.cluster_manager.add_cluster(c, f"static_resources.clusters[{i}]")
         # add_user_agent sends these upstream (as Envoy's LocalInfo).
         local = self.local_info()
-        for lc in b.static_resources.listeners:
+        for i, lc in enumerate(b.static_resources.listeners):
             self.http_listeners.append(
                 build_http_listener(
                     lc,
@@ -361,6 +325,8 @@ class Server:
                     local_info=local,
                     runtime=self.runtime,
                     server_health=self.health,
+                    access_logs=self.access_log_manager,
+                    path=f"static_resources.listeners[{i}]",
                 )
             )
         if self.options.concurrency > 1 and self.options.worker is None:
@@ -378,21 +344,21 @@ class Server:
     def _build_admin(self, admin_cfg: Any) -> BoundListener:
         sa = admin_cfg.address.socket_address
         # Files are opened by run(), not here: `--mode validate` builds but touches nothing.
-        self._access_log_paths = list(admin_cfg.access_log_paths())
+        logger = build_access_logs(
+            admin_cfg.access_log,
+            "admin.access_log",
+            self.access_log_manager,
+            LiveRuntime(self.runtime),
+            admin_path=admin_cfg.access_log_path,
+        )
         stats = self.store.scope("http.admin.").make(HttpConnManagerStats)
         ccfg = ConnectionManagerConfig(
-            stats=stats,
-            server_name=b"envoy",
-            accept_http_10=True,
-            # The logger holds the list that run() fills, so the files open later.
-            access_logger=ExchangeAccessLogger(self._access_logs)
-            if self._access_log_paths
-            else None,
+            stats=stats, server_name=b"envoy", accept_http_10=True, access_logger=logger
         )
         admin = Admin(self)
         refresh = self._refresh_worker_stats if self.supervisor is not None else None
         handler = AdminStreamHandler(admin, refresh)
-        tracker = ConnectionTracker(ccfg, handler)
+        tracker = ConnectionTracker(ccfg, handler, connection_class(False, logger is not None))
         return BoundListener("admin", sa.address, sa.port_value, tracker)
 
     async def _refresh_worker_stats(self) -> None:
@@ -406,11 +372,17 @@ class Server:
 
     async def run(self) -> int:
         if self.options.worker is not None:
-            return await run_worker(self, self.options.worker)
+            self._open_access_logs()
+            try:
+                return await run_worker(self, self.options.worker)
+            finally:
+                self.access_log_manager.close()
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # SIGUSR1 reopens the access logs (logrotate), as Envoy's.
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         self.stats.concurrency.set(self.options.concurrency)
         self._update_live()
         # Envoy loads the runtime snapshot when its loader is built and once more as the
@@ -451,7 +423,7 @@ class Server:
             return 0
         finally:
             # Embedded runs (run_example, tests) get their loop's signals back.
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             uptime_task.cancel()
             if self.supervisor is not None:
@@ -463,19 +435,24 @@ class Server:
             self.cluster_manager.shutdown()
             if self.admin_listener is not None:
                 self.admin_listener.close()
-            for al in self._access_logs:
-                al.close()
+            self.access_log_manager.close()
             log.info("exiting")
 
     def _open_access_logs(self) -> None:
-        for path in self._access_log_paths:
-            try:
-                self._access_logs.append(FileAccessLog(path))
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise ConfigError(
-                    "admin.access_log_path", f"cannot open {path!r}: {reason}"
-                ) from exc
+        try:
+            self.access_log_manager.open()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            sink = self.access_log_manager.sinks.get(str(exc.filename))
+            where = sink.where if sink is not None else "access_log"
+            raise ConfigError(where, f"cannot open {exc.filename!r}: {reason}") from exc
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 and POST /reopen_logs: every access-log file of every process reopens."""
+        log.info("reopening access logs")
+        self.access_log_manager.reopen()
+        if self.supervisor is not None:
+            self.supervisor.reopen_logs()
 
     async def _bind(self, lst: BoundListener) -> None:
         try:

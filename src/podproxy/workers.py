@@ -15,7 +15,8 @@ The channel carries length-prefixed JSON (`encode`/`Channel`) of plain lists and
   runtime snapshot as layers of raw values, numbered; sent before `start` and after every
   load, e.g. a `/runtime_modify`), `healthcheck` (the admin's `/healthcheck/fail|ok` state;
   sent before `start` when failed, and on every change), `start` (all clusters are initialized:
-  bind the listeners on these ports), `snap` (send stats now), `drain`.
+  bind the listeners on these ports), `snap` (send stats now), `reopen` (reopen the access-log
+  files: the workers own the HCM loggers), `drain`.
 - worker → main: `listening`, `stats` (a snapshot), `error` (could not start),
   `runtime_applied` (the number and digest of the runtime snapshot now in use).
 Workers apply host rows with `priority_set.update_hosts()`, so round robin, draining of removed
@@ -436,6 +437,8 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
     # SIGINT; a SIGTERM sent to one worker drains just that one (and the main restarts it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # SIGUSR1 (logrotate's, if it reaches a worker) reopens its access logs, not kills it.
+    loop.add_signal_handler(signal.SIGUSR1, server.access_log_manager.reopen)
     listening = False
 
     def snapshot(seq: int | None = None) -> dict[str, Any]:
@@ -475,6 +478,8 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
                 server.set_healthcheck_failed(bool(msg["failed"]))
             elif t == "snap":
                 channel.send(snapshot(msg.get("seq")))
+            elif t == "reopen":
+                server.access_log_manager.reopen()
             elif t == "drain":
                 stop.set()
 
@@ -503,6 +508,7 @@ async def run_worker(server: Server, spec: WorkerSpec) -> int:
         for task in (reader, ticker, stop_wait):
             task.cancel()
         loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGUSR1)
         for lst in server.http_listeners:
             lst.close()
         server.cluster_manager.shutdown()
@@ -667,6 +673,11 @@ class Supervisor:
         """Catches changes that publish no member update (a LOGICAL_DNS address move)."""
         for name in self.clusters:
             self.push_hosts(name)
+
+    def reopen_logs(self) -> None:
+        """Every worker reopens its access-log files (SIGUSR1, POST /reopen_logs)."""
+        for w in self.workers.values():
+            w.channel.send({"t": "reopen"})
 
     async def refresh_stats(self, timeout: float = REFRESH_TIMEOUT) -> None:
         """Ask every listening worker for a snapshot; return when all answered or at timeout."""

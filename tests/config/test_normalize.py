@@ -111,12 +111,19 @@ def test_wrong_shapes_pass_through() -> None:
 # --- a lone value where a list is expected (Envoy: protobuf's legacy JSON syntax) -------------
 
 
-def _messages(model: type[Message]) -> Iterator[type[Message]]:
+def _messages(
+    model: type[Message], seen: set[type[Message]] | None = None
+) -> Iterator[type[Message]]:
+    # Models may nest themselves (access-log and_filter / or_filter): each is visited once.
+    seen = set() if seen is None else seen
+    if model in seen:
+        return
+    seen.add(model)
     yield model
     for info in model.model_fields.values():
         sub = message_in(info.annotation)
         if sub is not None:
-            yield from _messages(sub)
+            yield from _messages(sub, seen)
 
 
 def test_every_repeated_field_of_every_model_takes_a_lone_value() -> None:

@@ -53,6 +53,12 @@ LOCAL_RATELIMIT_TYPE = TYPE_URL_PREFIX + (
 )
 ROUTE_FILTER_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.route.v3.FilterConfig"
 FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT_ACCESS_LOG_TYPE = (
+    TYPE_URL_PREFIX + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+)
+STDERR_ACCESS_LOG_TYPE = (
+    TYPE_URL_PREFIX + "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+)
 DNS_CLUSTER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.clusters.dns.v3.DnsCluster"
 CARES_TYPE = (
     TYPE_URL_PREFIX + "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
@@ -404,16 +410,216 @@ class Address(Message):
     socket_address: SocketAddress
 
 
-class FileAccessLog(TypedMessage):
+def _struct(value: object) -> dict[str, object]:
+    # google.protobuf.Struct: a mapping with string keys (values are checked by the formatter,
+    # which names the operator or value it refuses).
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return value
+    raise PydanticCustomError("struct", "expected a mapping, got {got}", {"got": show(value)})
+
+
+Struct = Annotated[dict[str, object], BeforeValidator(_struct)]
+
+
+class SubstitutionFormatString(Message):
+    """config/core/v3/substitution_format_string.proto: an access log's `log_format`."""
+
+    UNSUPPORTED = _names("formatters json_format_options")
+    text_format: Str | None = None
+    json_format: Struct | None = None
+    text_format_source: DataSource | None = None
+    omit_empty_values: StrictBool = False
+    # Used by Envoy only where the same message formats a local-reply body; an access log
+    # line has no content type, in Envoy either.
+    content_type: Str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SubstitutionFormatString:
+        _one_of(self, ("text_format", "json_format", "text_format_source"))
+        if self.text_format_source is not None and self.text_format_source.inline_bytes:
+            raise ValueError("text_format_source: inline_bytes is not a text format")
+        return self
+
+
+_ACCESS_LOG_TYPES = {
+    FILE_ACCESS_LOG_TYPE: "FileAccessLog",
+    STDOUT_ACCESS_LOG_TYPE: "StdoutAccessLog",
+    STDERR_ACCESS_LOG_TYPE: "StderrAccessLog",
+}
+_FILE_ONLY = ("path", "format", "json_format", "typed_json_format")
+
+
+class AccessLogConfig(TypedMessage):
+    """An access logger's typed_config: FileAccessLog (extensions/access_loggers/file/v3) or
+    StdoutAccessLog / StderrAccessLog (.../stream/v3), told apart by `@type` (no `@type`:
+    FileAccessLog). One model for the three, so every error keeps its YAML path."""
+
     TYPE_URL = FILE_ACCESS_LOG_TYPE
-    UNSUPPORTED = _names("format json_format typed_json_format log_format")
-    path: Str
+    path: Str | None = None
+    # FileAccessLog's format oneof: `format` (v2 string), `json_format` (v2 Struct; Envoy
+    # 1.40 prints it typed, as typed_json_format), `typed_json_format`, `log_format`.
+    format: Str | None = None
+    json_format: Struct | None = None
+    typed_json_format: Struct | None = None
+    log_format: SubstitutionFormatString | None = None
+
+    @field_validator("type_url")
+    @classmethod
+    def _check_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in _ACCESS_LOG_TYPES:
+            raise PydanticCustomError(
+                "type_url",
+                "{got}: Envoy access logger not supported by podproxy yet (expected one of {want})",
+                {"got": value, "want": ", ".join(_ACCESS_LOG_TYPES)},
+            )
+        return value
+
+    @property
+    def kind(self) -> str:
+        """`FileAccessLog`, `StdoutAccessLog` or `StderrAccessLog`."""
+        return _ACCESS_LOG_TYPES[self.type_url or FILE_ACCESS_LOG_TYPE]
+
+    @model_validator(mode="after")
+    def _fields(self) -> AccessLogConfig:
+        kind = self.kind
+        if kind != "FileAccessLog":
+            for name in _FILE_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: not a field of {kind}")
+            return self
+        if not self.path:
+            raise ValueError("path: missing required field")
+        _one_of(self, ("format", "json_format", "typed_json_format", "log_format"), False)
+        return self
+
+
+class ComparisonOp(Enum):
+    EQ = 0
+    GE = 1
+    LE = 2
+    NE = 3
+
+
+class RuntimeUInt32(Message):
+    default_value: Annotated[UInt, Field(le=4294967295)] = 0
+    # With no runtime overrides (podproxy has none yet) the default_value applies, as in an
+    # Envoy whose runtime does not set the key.
+    runtime_key: Str = ""
+
+
+class ComparisonFilter(Message):
+    op: Annotated[ComparisonOp, BeforeValidator(_enum_parser(ComparisonOp))] = ComparisonOp.EQ
+    value: RuntimeUInt32
+
+
+class StatusCodeFilter(Message):
+    comparison: ComparisonFilter
+
+
+class DurationFilter(Message):
+    comparison: ComparisonFilter
+
+
+class NotHealthCheckFilter(Message):
+    pass
+
+
+class FractionalPercent(Message):
+    """envoy.type.v3.FractionalPercent: numerator / denominator (a numerator above the
+    denominator means always, as Envoy's ProbabilityUtil reads it)."""
+
+    numerator: UInt = 0
+    denominator: DenominatorTypeField = DenominatorType.HUNDRED
+
+
+class RuntimeFilter(Message):
+    runtime_key: Annotated[Str, Field(min_length=1)]
+    percent_sampled: FractionalPercent | None = None
+    use_independent_randomness: StrictBool = False
+
+
+class AndFilter(Message):
+    filters: Annotated[tuple[AccessLogFilter, ...], Field(min_length=2)]
+
+
+class OrFilter(Message):
+    filters: Annotated[tuple[AccessLogFilter, ...], Field(min_length=2)]
+
+
+class HeaderFilter(Message):
+    header: PseudoHeaderMatcher
+
+
+# ResponseFlagFilter.flags: the values Envoy 1.40 accepts (accesslog.proto `in` rule).
+RESPONSE_FLAG_NAMES = _names(
+    """
+    LH UH UT LR UR UF UC UO NR DI FI RL UAEX RLSE DC URX SI IH DPE UMSDR RFCF NFCF DT UPE NC
+    OM DF DO DR UDO
+    """
+)
+
+
+def _response_flag(value: object) -> str:
+    if isinstance(value, str) and value in RESPONSE_FLAG_NAMES:
+        return value
+    raise PydanticCustomError(
+        "enum", "expected a response flag like UH or UF, got {got}", {"got": show(value)}
+    )
+
+
+class ResponseFlagFilter(Message):
+    flags: tuple[Annotated[str, BeforeValidator(_response_flag)], ...] = ()
+
+
+class GrpcStatus(Enum):
+    OK = 0
+    CANCELED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class GrpcStatusFilter(Message):
+    statuses: tuple[Annotated[GrpcStatus, BeforeValidator(_enum_parser(GrpcStatus))], ...] = ()
+    exclude: StrictBool = False
+
+
+class AccessLogFilter(Message):
+    """config/accesslog/v3/accesslog.proto AccessLogFilter: exactly one filter."""
+
+    UNSUPPORTED = _names("traceable_filter metadata_filter log_type_filter extension_filter")
+    status_code_filter: StatusCodeFilter | None = None
+    duration_filter: DurationFilter | None = None
+    not_health_check_filter: NotHealthCheckFilter | None = None
+    runtime_filter: RuntimeFilter | None = None
+    and_filter: AndFilter | None = None
+    or_filter: OrFilter | None = None
+    header_filter: HeaderFilter | None = None
+    response_flag_filter: ResponseFlagFilter | None = None
+    grpc_status_filter: GrpcStatusFilter | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> AccessLogFilter:
+        _one_of(self, tuple(type(self).model_fields))
+        return self
 
 
 class AccessLog(Message):
-    UNSUPPORTED = _names("filter")
     name: Str = "envoy.access_loggers.file"
-    typed_config: FileAccessLog
+    filter: AccessLogFilter | None = None
+    typed_config: AccessLogConfig
 
 
 class Admin(Message):
@@ -425,7 +631,11 @@ class Admin(Message):
     def access_log_paths(self) -> tuple[str, ...]:
         """Every file the admin access log goes to: `access_log_path` then each file logger."""
         head = (self.access_log_path,) if self.access_log_path else ()
-        return head + tuple(log.typed_config.path for log in self.access_log)
+        return head + tuple(
+            log.typed_config.path
+            for log in self.access_log
+            if log.typed_config.kind == "FileAccessLog" and log.typed_config.path
+        )
 
 
 class HttpProtocolOptions(Message):
@@ -579,14 +789,6 @@ class QueryParameterMatcher(Message):
         return self
 
 
-class FractionalPercent(Message):
-    """envoy.type.v3.FractionalPercent: numerator / denominator (a numerator above the
-    denominator means always, as Envoy's ProbabilityUtil reads it)."""
-
-    numerator: UInt = 0
-    denominator: DenominatorTypeField = DenominatorType.HUNDRED
-
-
 class RuntimeFractionalPercent(Message):
     """core.v3.RuntimeFractionalPercent: `default_value` unless the runtime has `runtime_key`."""
 
@@ -637,6 +839,24 @@ class CorsPolicy(TypedMessage, RouteCorsPolicy):
     (typed_per_filter_config of a virtual host or route), the same fields as the route's."""
 
     TYPE_URL = CORS_POLICY_TYPE
+
+
+class PseudoHeaderMatcher(HeaderMatcher):
+    """A HeaderMatcher that may also name `:path` and `:method` (a health check filter's, an
+    access log header_filter's: `{name: ":path", exact_match: /healthz}`); route matching
+    takes only :authority among the pseudo-headers so far."""
+
+    @field_validator("name")
+    @classmethod
+    def _pseudo(cls, value: str) -> str:
+        if value.startswith(":") and value.lower() not in (":authority", ":path", ":method"):
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: matching :path, :method and :authority is supported here; other "
+                "pseudo-headers are not supported by podproxy yet",
+                {"got": show(value)},
+            )
+        return value
 
 
 class GrpcRouteMatchOptions(Message):
@@ -1145,23 +1365,6 @@ class LocalRateLimitPerRoute(LocalRateLimit):
         return self
 
 
-class HealthCheckHeaderMatcher(HeaderMatcher):
-    """A HeaderMatcher of the health check filter: it may name `:path` and `:method` too, the
-    pseudo-headers a health check is usually told by (`{name: ":path", exact_match: /healthz}`)."""
-
-    @field_validator("name")
-    @classmethod
-    def _pseudo(cls, value: str) -> str:
-        if value.startswith(":") and value.lower() not in (":authority", ":path", ":method"):
-            raise PydanticCustomError(
-                "unsupported",
-                "{got}: a health check may match :path, :method and :authority; other "
-                "pseudo-headers are not supported by podproxy yet",
-                {"got": show(value)},
-            )
-        return value
-
-
 class HealthCheck(TypedMessage):
     """The health check filter (envoy.filters.http.health_check): answers health checks from
     the server's state (and its clusters' health), or passes them on and caches the answer."""
@@ -1170,7 +1373,7 @@ class HealthCheck(TypedMessage):
     # A BoolValue Envoy requires (HealthCheckValidationError without it).
     pass_through_mode: StrictBool
     cache_time: OptDuration = None
-    headers: tuple[HealthCheckHeaderMatcher, ...] = ()
+    headers: tuple[PseudoHeaderMatcher, ...] = ()
     # Cluster name -> envoy.type.v3.Percent of its hosts that must be healthy (or degraded).
     cluster_min_healthy_percentages: dict[Str, float] = {}
 
@@ -1419,7 +1622,7 @@ class HttpConnectionManager(TypedMessage):
         """
         rds scoped_routes tracing http1_safe_max_connection_duration
         http2_protocol_options http3_protocol_options
-        stream_flush_timeout access_log access_log_flush_interval
+        stream_flush_timeout access_log_flush_interval
         flush_access_log_on_new_request access_log_options original_ip_detection_extensions
         early_header_mutation_extensions internal_address_config via
         forward_client_cert_details set_current_client_cert_details
@@ -1458,6 +1661,7 @@ class HttpConnectionManager(TypedMessage):
     max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
     common_http_protocol_options: DownstreamHttpProtocolOptions = DownstreamHttpProtocolOptions()
     http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
+    access_log: tuple[AccessLog, ...] = ()
 
     @field_validator("codec_type")
     @classmethod
@@ -1916,3 +2120,12 @@ def is_repeated(annotation: object) -> bool:
     if origin is typing.Annotated:
         return is_repeated(typing.get_args(annotation)[0])
     return origin is tuple
+
+
+# Access-log models name messages defined further down (DataSource, HeaderMatcher) and each
+# other (and_filter / or_filter hold filters): resolve them now that all exist.
+_model: type[Message]
+for _model in (SubstitutionFormatString, AndFilter, OrFilter, HeaderFilter, AccessLogFilter):
+    _model.model_rebuild()
+for _model in (AccessLog, Admin, HttpConnectionManager, Bootstrap):
+    _model.model_rebuild(force=True)

@@ -118,8 +118,12 @@ class ConnectionManagerConfig:
         max_stream_duration: float | None = None,
         drain_timeout: float = 5.0,
         runtime: Runtime | None = None,
+        remote_from_xff: int | None = None,
     ) -> None:
         self.stats = stats
+        # Where Envoy finds a stream's remote address (read by access logs only): this many
+        # entries from the right of the client's x-forwarded-for, or (None) the peer.
+        self.remote_from_xff = remote_from_xff
         # The server's runtime (podproxy.runtime): per request, `runtime.snapshot` is the
         # current immutable snapshot, e.g. `cfg.runtime.snapshot.feature_enabled(key, n, d, r)`.
         # Without one (tests, the admin listener) an empty runtime answers every default.

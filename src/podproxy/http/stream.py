@@ -209,4 +209,7 @@ class StreamHandler(Protocol):
 
 
 class AccessLogger(Protocol):
-    def log_exchange(self, ex: Exchange) -> None: ...
+    """Called by `http1.logged.LoggedConnection` for each stream it ends (the stream is an
+    `access_log.StreamInfo` then)."""
+
+    def log_exchange(self, ex: Any) -> None: ...

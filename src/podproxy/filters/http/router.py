@@ -26,6 +26,7 @@ from podproxy.http.conn_manager import local_reply
 from podproxy.http.flow import HANDLER_HOLD, PEER_WRITE_BLOCKED
 from podproxy.http.http1 import codec
 from podproxy.http.http1.codec import HOP_BY_HOP
+from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
 from podproxy.http.http1.upstream import UpstreamConnection
 from podproxy.http.stream import Exchange, ResponseHead
@@ -177,6 +178,8 @@ class ForwarderConfig:
     # when add_user_agent is off. `service_node` (`--service-node`) goes with it if not empty.
     user_agent: bytes | None = None
     service_node: bytes = b""
+    # The HCM has access logs: streams note what the log reads (LoggedUpstreamRequest).
+    access_logged: bool = False
 
 
 class TimeoutQueue:
@@ -278,6 +281,14 @@ class Forwarder:
         self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
         self._timeouts: dict[float, TimeoutQueue] = {}
+        # Decided once: only access-logged HCMs pay for noting what the log reads.
+        self._upstream_request: type[UpstreamRequest] = (
+            LoggedUpstreamRequest if config.access_logged else UpstreamRequest
+        )
+        self._filtered_upstream_request: type[UpstreamRequest] = (
+            LoggedFilteredUpstreamRequest if config.access_logged else FilteredUpstreamRequest
+        )
+        self._logged = config.access_logged
         # The id of the next request that needs one, made after the previous request was
         # sent upstream: generating it costs a microsecond the critical path need not wait.
         self._spare_id: bytes | None = None
@@ -319,6 +330,8 @@ class Forwarder:
             local_reply(ex, 404, b"", flags="NR")
             return
         if route.direct_status is not None:
+            if self._logged:
+                note_route(ex, route.name, None)
             self._local_route_reply(ex, route)
             return
         cluster_name = route.cluster
@@ -328,11 +341,15 @@ class Forwarder:
         cluster = self.clusters.get(cluster_name) if cluster_name is not None else None
         if cluster is None:
             self.stats.no_cluster.value += 1
+            if self._logged:
+                note_route(ex, route.name, None)
             local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
             return
         host = cluster.choose_host()
         if host is None:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
+            if self._logged:
+                note_route(ex, route.name, cluster.info.observability_name)
             local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
             return
         ex.idle_timeout = route.idle_timeout
@@ -347,9 +364,9 @@ class Forwarder:
             # it before this callback returns to the loop.
             upstream.write(head_bytes)
         if ex.filters is None:
-            ureq = UpstreamRequest(self, ex, route, cluster, host, pool, head_bytes, chunked)
+            ureq = self._upstream_request(self, ex, route, cluster, host, pool, head_bytes, chunked)
         else:
-            ureq = FilteredUpstreamRequest(
+            ureq = self._filtered_upstream_request(
                 self, ex, route, cluster, host, pool, head_bytes, chunked
             )
         ex.state = ureq
@@ -981,12 +998,70 @@ class FilteredUpstreamRequest(UpstreamRequest):
 
     # the filter manager's sink ---------------------------------------------------------
     def encode_head(self, head: ResponseHead, end_stream: bool) -> None:
-        UpstreamRequest.on_response_head(self, head)
+        super().on_response_head(head)
         if end_stream:
-            UpstreamRequest.on_response_end(self)
+            super().on_response_end()
 
     def encode_body(self, data: bytes, end_stream: bool) -> None:
         if data:
-            UpstreamRequest.on_response_body(self, data)
+            super().on_response_body(data)
         if end_stream:
-            UpstreamRequest.on_response_end(self)
+            super().on_response_end()
+
+
+class LoggedUpstreamRequest(UpstreamRequest):
+    """An `UpstreamRequest` of an access-logged HCM: notes on its `LoggedExchange` what the
+    log reads, where it happens (the heads as sent, the first response byte's time, the
+    upstream connection's local address, the cluster and route)."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        fwd: Forwarder,
+        ex: Exchange,
+        route: Route,
+        cluster: Cluster,
+        host: Host,
+        pool: HostPool,
+        head_bytes: bytes,
+        body_chunked: bool,
+    ) -> None:
+        super().__init__(fwd, ex, route, cluster, host, pool, head_bytes, body_chunked)
+        if isinstance(ex, LoggedExchange):
+            ex.upstream_head = head_bytes
+            ex.upstream_cluster = cluster.info.observability_name
+            ex.route_name = route.name
+
+    def _note_local_address(self, conn: UpstreamConnection) -> None:
+        ex = self.ex
+        if isinstance(ex, LoggedExchange) and conn.transport is not None:
+            sock = conn.transport.get_extra_info("sockname")
+            if sock:
+                host, port = sock[0], sock[1]
+                ex.upstream_local_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self, sent_on: UpstreamConnection | None) -> None:
+        if sent_on is not None:
+            self._note_local_address(sent_on)
+        super().start(sent_on)
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+        if not self.done:
+            self._note_local_address(conn)
+        super().on_pool_ready(conn)
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        ex = self.ex
+        if isinstance(ex, LoggedExchange) and not self.done:
+            ex.first_upstream_byte = ex.conn.loop.time()
+            super().on_response_head(head)
+            ex.response_head = self.held_head
+            return
+        super().on_response_head(head)
+
+
+class LoggedFilteredUpstreamRequest(FilteredUpstreamRequest, LoggedUpstreamRequest):
+    """Both: the response goes through the encoder filters, and the access log notes it."""
+
+    __slots__ = ()

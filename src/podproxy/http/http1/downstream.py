@@ -57,7 +57,16 @@ class ConnectionTracker:
 
     SWEEP_INTERVAL = 1.0
 
-    def __init__(self, config: ConnectionManagerConfig, handler: StreamHandler) -> None:
+    def __init__(
+        self,
+        config: ConnectionManagerConfig,
+        handler: StreamHandler,
+        connection_class: type[DownstreamConnection] | None = None,
+    ) -> None:
+        # Decided once: access-logged connections (http.logged) only when logs are configured.
+        if connection_class is None:
+            connection_class = HeadTimedConnection if config.times_heads else DownstreamConnection
+        self.connection_class = connection_class
         self.config = config
         self.handler = handler
         self.connections: set[DownstreamConnection] = set()
@@ -71,9 +80,7 @@ class ConnectionTracker:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol_factory(self) -> DownstreamConnection:
-        if self.config.times_heads:
-            return HeadTimedConnection(self)
-        return DownstreamConnection(self)
+        return self.connection_class(self)
 
     def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
@@ -141,6 +148,9 @@ def _earliest(
 
 class DownstreamConnection(asyncio.Protocol):
     """One client connection."""
+
+    # The per-request state it makes (http.logged.LoggedConnection makes LoggedExchanges).
+    exchange_type: type[Exchange] = Exchange
 
     def __init__(self, tracker: ConnectionTracker) -> None:
         self.tracker = tracker
@@ -282,7 +292,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     # codec.RequestSink ---------------------------------------------------------------
     def on_request_head(self, head: RequestHead) -> None:
-        ex = Exchange(self, head, self.loop.time())
+        ex = self.exchange_type(self, head, self.loop.time())
         self.decoding = ex
         st = self.stats
         st.downstream_rq_total.value += 1
@@ -384,9 +394,6 @@ class DownstreamConnection(asyncio.Protocol):
         st.downstream_rq_completed.value += 1
         st.downstream_rq_active.value -= 1
         st.downstream_rq_time.record((self.loop.time() - ex.start) * 1000.0)
-        logger = self.config.access_logger
-        if logger is not None:
-            logger.log_exchange(ex)
         ex.state = None  # break the exchange <-> handler cycle so no GC pass is needed
         if not keep_alive or not ex.head.keep_alive or self.closing_after_response:
             # A client still sending its request gets time to read the reply (see `close`).
@@ -462,8 +469,12 @@ class DownstreamConnection(asyncio.Protocol):
         )
         ex.bytes_sent += len(body)
         self.response_head_sent(ex, status)
+        self.local_reply_written(ex, data)
         self.write(data)
         self.finish(ex, keep_alive=not close)
+
+    def local_reply_written(self, ex: Exchange, data: bytes) -> None:
+        """A local reply's bytes are about to go (http1.logged keeps its head for the log)."""
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         """Malformed input: answer with the status hint and close, after what came before."""
@@ -510,7 +521,8 @@ class DownstreamConnection(asyncio.Protocol):
     def _headless_exchange(self) -> Exchange:
         """An exchange to answer on when no request head was decoded (a malformed one, or a
         head that timed out): it stands for the request as `GET /`."""
-        ex = Exchange(self, RequestHead(b"GET", b"/", "1.1", [], False), self.loop.time())
+        head = RequestHead(b"GET", b"/", "1.1", [], False)
+        ex = self.exchange_type(self, head, self.loop.time())
         self.stats.downstream_rq_active.value += 1
         return ex
 
