@@ -206,7 +206,9 @@ class FilterManager:
         "handler",
         "head_only",
         "health_check",
+        "matched",
         "replied",
+        "routed",
     )
 
     def __init__(self, handler: FilterChainHandler, ex: Exchange) -> None:
@@ -238,6 +240,8 @@ class FilterManager:
         self.e_sink: EncodeSink | None = None
         self.replied = False
         self.done = False
+        self.routed = False
+        self.matched: Any = None
         # `health_check` (Exchange.health_check) is set only by the health check filter;
         # unset, it reads as False.
 
@@ -247,10 +251,11 @@ class FilterManager:
         return self.ex
 
     def route(self) -> Any:
-        ex = self.ex
-        if ex.route is None:
-            ex.route = self.handler.match_route(ex)
-        return ex.route
+        """The stream's route, matched once (by the first filter that asks, or the router)."""
+        if not self.routed:
+            self.routed = True
+            self.matched = self.handler.match_route(self.ex)
+        return self.matched
 
     def per_filter_config(self, name: str) -> Any:
         """The most specific `typed_per_filter_config` for `name` on the stream's route

@@ -175,8 +175,6 @@ class Exchange:
     buffered: list[bytes] | None = None
     # The handler's own per-request state.
     state: Any = None
-    # The route the request matched (set by the router, or earlier by a filter that asked).
-    route: Any = None
     # The stream's filter manager when the HCM has filters besides the router (else None).
     filters: Any = None
 

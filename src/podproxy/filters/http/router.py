@@ -282,9 +282,6 @@ class Forwarder:
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
         self._timeouts: dict[float, TimeoutQueue] = {}
         # Decided once: only access-logged HCMs pay for noting what the log reads.
-        self._upstream_request: type[UpstreamRequest] = (
-            LoggedUpstreamRequest if config.access_logged else UpstreamRequest
-        )
         self._filtered_upstream_request: type[UpstreamRequest] = (
             LoggedFilteredUpstreamRequest if config.access_logged else FilteredUpstreamRequest
         )
@@ -317,9 +314,11 @@ class Forwarder:
             conn.send_local_reply(ex, 400, b"", flags="DPE", close=True)
             return
         self.stats.rq_total.value += 1
-        route = ex.route
-        if route is None:
-            route = ex.route = self.routes.route(authority, head.target, head.headers)
+        fm = ex.filters
+        if fm is None:
+            route = self.routes.route(authority, head.target, head.headers)
+        else:
+            route = fm.route()  # matched already if a filter asked for it
         if route is None:
             if head.target[:1] != b"/":
                 # `OPTIONS *`, or an absolute URI with no path: Envoy 404s before routing
@@ -363,8 +362,14 @@ class Forwarder:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
             # it before this callback returns to the loop.
             upstream.write(head_bytes)
-        if ex.filters is None:
-            ureq = self._upstream_request(self, ex, route, cluster, host, pool, head_bytes, chunked)
+        ureq: UpstreamRequest
+        if fm is None:
+            if self._logged:
+                ureq = LoggedUpstreamRequest(
+                    self, ex, route, cluster, host, pool, head_bytes, chunked
+                )
+            else:
+                ureq = UpstreamRequest(self, ex, route, cluster, host, pool, head_bytes, chunked)
         else:
             ureq = self._filtered_upstream_request(
                 self, ex, route, cluster, host, pool, head_bytes, chunked

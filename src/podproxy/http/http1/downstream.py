@@ -393,7 +393,8 @@ class DownstreamConnection(asyncio.Protocol):
         st = self.stats
         st.downstream_rq_completed.value += 1
         st.downstream_rq_active.value -= 1
-        st.downstream_rq_time.record((self.loop.time() - ex.start) * 1000.0)
+        now = self.loop.time()
+        st.downstream_rq_time.record((now - ex.start) * 1000.0)
         ex.state = None  # break the exchange <-> handler cycle so no GC pass is needed
         if not keep_alive or not ex.head.keep_alive or self.closing_after_response:
             # A client still sending its request gets time to read the reply (see `close`).
@@ -409,9 +410,11 @@ class DownstreamConnection(asyncio.Protocol):
             # Else a reply sent from the head callback of a bodyless request: its end is in
             # the same read, and on_request_end moves on to the next request.
             return
-        self._next()
+        self._next(now)
 
-    def _next(self) -> None:
+    def _next(self, now: float | None = None) -> None:
+        """The active exchange is done: start the next queued one, or note when the
+        connection went idle (`now`, when the caller has just read the clock)."""
         self.active = None
         if not self.queue and self.pending_error is not None:
             self._error_reply(None, self.pending_error)
@@ -423,7 +426,7 @@ class DownstreamConnection(asyncio.Protocol):
                 self.flow.resume_reading(PIPELINE_QUEUED)
             self._start(ex)
         else:
-            self.idle_since = self.loop.time()
+            self.idle_since = self.loop.time() if now is None else now
 
     def send_local_reply(
         self,
