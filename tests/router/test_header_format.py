@@ -228,11 +228,20 @@ def test_response_side_reads_the_request_as_forwarded() -> None:
 def test_local_reply_response_code_is_zero() -> None:
     ex = exchange(b"/direct")
     ex.add_flag("UH")
-    info = local_reply_info(ex, route())
+    info = local_reply_info(ex, route(), b"http")
     assert render("%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_FLAGS_LONG%", info) == (
         b"0 UH NoHealthyUpstream"
     )
     assert render("%REQ(:path)% [%UPSTREAM_HOST%][%UPSTREAM_CLUSTER%]", info) == b"/direct [][]"
+    # The x-forwarded-proto Envoy's connection manager sets before the router runs.
+    assert render("%REQ(x-forwarded-proto)%", info) == b"http"
+
+
+def test_request_side_sees_the_body_length() -> None:
+    """The router writes content-length after the lines it mutates; Envoy's header map has
+    it all along."""
+    ex = exchange(b"/", (b"content-length", b"5"))
+    assert render("%REQ(content-length)%", request_info(ex, route(), {})) == b"5"
 
 
 def test_mutation_levels_and_empty_values() -> None:

@@ -93,6 +93,7 @@ class HeaderInfo:
         "_forwarded",
         "_live",
         "_response",
+        "_xfp",
         "ex",
         "first_upstream_byte",
         "response_end",
@@ -113,8 +114,10 @@ class HeaderInfo:
         cluster: Callable[[], str | None] | None = None,
         upstream_host: str = "-",
         upstream_local_address: str | None = None,
+        xfp: bytes | None = None,
     ) -> None:
         self.ex = ex
+        self._xfp = xfp
         self.route_name = route_name or None
         self._response = response
         self.status = status
@@ -144,10 +147,22 @@ class HeaderInfo:
 
     @property
     def request_headers(self) -> Headers:
-        if not self._response and self._live is not None:
-            return self._live
+        live = self._live
+        if not self._response and live is not None:
+            # The lines the router mutates lack the body's framing, which it writes after
+            # them; Envoy's header map has content-length all along.
+            length = self.ex.head.get(b"content-length")
+            return live if length is None else [*live, (b"content-length", length)]
         fwd = self._request_head()
-        return self.ex.head.headers if fwd is None else fwd[1][:-1]
+        if fwd is not None:
+            return fwd[1][:-1]
+        xfp = self._xfp
+        headers = self.ex.head.headers
+        if xfp is None:
+            return headers
+        # A local reply's request never reached the router's forwarding step: give it the
+        # x-forwarded-proto Envoy's connection manager sets before any filter runs.
+        return [*(h for h in headers if h[0] != b"x-forwarded-proto"), (b"x-forwarded-proto", xfp)]
 
     @property
     def method(self) -> bytes:
@@ -262,7 +277,8 @@ def response_info(
     )
 
 
-def local_reply_info(ex: Exchange, route: Any) -> HeaderInfo:
-    """For a direct response or redirect: Envoy's RESPONSE_CODE is still 0 when the route's
-    response headers are added to a local reply (checked side by side with Envoy 1.40)."""
-    return HeaderInfo(ex, route.name, response=True)
+def local_reply_info(ex: Exchange, route: Any, forwarded_proto: bytes) -> HeaderInfo:
+    """For a direct response or redirect: the request as the client sent it, with the
+    x-forwarded-proto it would be forwarded with. Envoy's RESPONSE_CODE is still 0 when the
+    route's response headers are added to a local reply (checked side by side with Envoy 1.40)."""
+    return HeaderInfo(ex, route.name, response=True, xfp=forwarded_proto)
