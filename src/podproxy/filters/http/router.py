@@ -379,10 +379,14 @@ class Forwarder:
     def _local_route_reply(self, ex: Exchange, route: Route) -> None:
         """A direct response or a redirect, with the route's response header mutations."""
         mutation = route.response_mutation
-        info = None
-        if mutation is not None and mutation.formatted:
-            info = local_reply_info(ex, route, self._forwarded_proto(ex))
-        headers = route.local_reply_headers(info)
+        headers = None
+        if mutation is not None:
+            info = (
+                local_reply_info(ex, route, self._forwarded_proto(ex))
+                if mutation.formatted
+                else None
+            )
+            headers = route.local_reply_headers(info)
         redirect = route.redirect
         status = route.direct_status or 200
         body = route.direct_body
