@@ -399,9 +399,10 @@ def load_routes(routes: list[dict[str, Any]]) -> None:
             {
                 "match": {"prefix": "/"},
                 "route": {"cluster": "a"},
-                "request_headers_to_add": [h("x", "%REQ(x)%")],
+                "request_headers_to_add": [h("x", "%REQUEST_DURATION%")],
             },
-            "formatted header values come with the access-log formatter",
+            'request_headers_to_add[0].header.value: "%REQUEST_DURATION%": '
+            "%REQUEST_DURATION%: not supported in this field by podproxy yet",
         ),
         (
             {

@@ -16,7 +16,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 from podproxy.access_log.stream_info import LONG_FLAG_NAMES, Headers, StreamInfo
@@ -341,8 +341,10 @@ def _command(name: str, sub: str, length: int | None) -> Op:
     raise FormatError(f"Not supported field in StreamInfo: {name}")
 
 
-def parse(fmt: str) -> list[Segment]:
-    """A format string as literal strings and operators (adjacent literals merged)."""
+def parse(fmt: str, allowed: Container[str] | None = None) -> list[Segment]:
+    """A format string as literal strings and operators (adjacent literals merged).
+    `allowed`, when given, names the operators this use of the formatter can render (header
+    values read a stream mid-way, not a finished one); any other is refused."""
     out: list[Segment] = []
     literal: list[str] = []
     pos = 0
@@ -366,7 +368,11 @@ def parse(fmt: str) -> list[Segment]:
             out.append("".join(literal))
             literal = []
         length = int(m.group(3)) if m.group(3) is not None else None
-        out.append(_command(m.group(1), m.group(2) or "", length))
+        name = m.group(1)
+        op = _command(name, m.group(2) or "", length)
+        if allowed is not None and name not in allowed:
+            raise FormatError(f"%{name}%: not supported in this field by podproxy yet")
+        out.append(op)
         pos = m.end()
     if literal:
         out.append("".join(literal))
@@ -395,8 +401,10 @@ class TextFormatter:
 
     __slots__ = ("render",)
 
-    def __init__(self, fmt: str, omit_empty_values: bool = False) -> None:
-        self.render = _joiner(parse(fmt), "" if omit_empty_values else "-")
+    def __init__(
+        self, fmt: str, omit_empty_values: bool = False, allowed: Container[str] | None = None
+    ) -> None:
+        self.render = _joiner(parse(fmt, allowed), "" if omit_empty_values else "-")
 
     def format(self, info: StreamInfo) -> bytes:
         return self.render(info).encode("utf-8", "surrogateescape")

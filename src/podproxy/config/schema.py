@@ -890,16 +890,16 @@ _FORMAT_OPERATOR = re.compile(r"%%|%")
 
 
 def literal_header_value(value: str) -> str:
-    """A header value with `%%` unescaped; any other `%` is a formatter command operator,
-    which podproxy does not evaluate yet (an error, never sent as literal text)."""
+    """A header value with `%%` unescaped, where podproxy does not format values (the local
+    rate limit filter's): any other `%` is an error, never sent as literal text."""
     out: list[str] = []
     pos = 0
     for m in _FORMAT_OPERATOR.finditer(value):
         if m.group() == "%":
             raise PydanticCustomError(
                 "unsupported",
-                "{got}: %COMMAND% header values are not supported by podproxy yet (formatted "
-                "header values come with the access-log formatter); write %% for a literal %",
+                "{got}: %COMMAND% header values are not supported here by podproxy yet "
+                "(route header mutations have them); write %% for a literal %",
                 {"got": show(value)},
             )
         out.append(value[pos : m.start()] + "%")
@@ -945,9 +945,18 @@ class HeaderValue(Message):
 
     @field_validator("value")
     @classmethod
-    def _literal(cls, value: str | None) -> str | None:
-        if value is not None:
-            literal_header_value(value)
+    def _format(cls, value: str | None) -> str | None:
+        # Envoy's HeaderParser: the value is a substitution format string, parsed at load.
+        if value is not None and "%" in value:
+            # Imported here: the formatter's package imports the route table, which imports
+            # the stream model; none of it needs the schema at import time.
+            from podproxy.access_log.formatter import FormatError
+            from podproxy.router.header_format import header_value
+
+            try:
+                header_value(value)
+            except FormatError as exc:
+                raise ValueError(f"{show(value)}: {exc}") from None
         return value
 
     @field_validator("raw_value")
@@ -967,10 +976,20 @@ class HeaderValue(Message):
         _one_of(self, ("value", "raw_value"), required=False)
         return self
 
+
+class LiteralHeaderValue(HeaderValue):
+    """A HeaderValue where podproxy does not format values yet: literal text only."""
+
+    @field_validator("value")
+    @classmethod
+    def _format(cls, value: str | None) -> str | None:
+        if value is not None:
+            literal_header_value(value)
+        return value
+
     def value_bytes(self) -> bytes:
         """The value to send: `value` with `%%` unescaped, or `raw_value` decoded."""
         if self.raw_value is not None:
-            # Envoy runs raw_value through the formatter too; literal bytes only here.
             return literal_header_value(base64.b64decode(self.raw_value).decode("latin-1")).encode(
                 "latin-1"
             )
@@ -996,6 +1015,12 @@ class HeaderValueOption(Message):
         if self.append is False:
             return HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
         return HeaderAppendAction.APPEND_IF_EXISTS_OR_ADD
+
+
+class LiteralHeaderValueOption(HeaderValueOption):
+    """A HeaderValueOption whose value is literal (see `LiteralHeaderValue`)."""
+
+    header: LiteralHeaderValue
 
 
 class HeaderMutations(Message):
@@ -1318,9 +1343,11 @@ class LocalRateLimit(TypedMessage):
     filter_enabled: RuntimeFractionalPercent | None = None
     filter_enforced: RuntimeFractionalPercent | None = None
     request_headers_to_add_when_not_enforced: Annotated[
-        tuple[HeaderValueOption, ...], Field(max_length=10)
+        tuple[LiteralHeaderValueOption, ...], Field(max_length=10)
     ] = ()
-    response_headers_to_add: Annotated[tuple[HeaderValueOption, ...], Field(max_length=10)] = ()
+    response_headers_to_add: Annotated[
+        tuple[LiteralHeaderValueOption, ...], Field(max_length=10)
+    ] = ()
     local_rate_limit_per_downstream_connection: StrictBool = False
     enable_x_ratelimit_headers: XRateLimitHeadersField = XRateLimitHeadersRFCVersion.OFF
     # Only decides anything when a descriptor matched: without descriptors the default bucket

@@ -69,9 +69,16 @@ ADD_IF_ABSENT = 1
 OVERWRITE_IF_EXISTS_OR_ADD = 2
 OVERWRITE_IF_EXISTS = 3
 
-# A header value to add: literal bytes today; a callable (the substitution formatter, given
-# the request's context) once formatted values arrive with the access-log formatter.
+# A header value to add: literal bytes, or (a value with `%COMMAND%` operators) the access
+# log's formatter over the stream's `header_format.HeaderInfo`.
 HeaderValueSource = bytes | Callable[[Any], bytes]
+
+
+class HeaderContext(Protocol):
+    """What a formatted value reads (`header_format.HeaderInfo`); `bind` gives it the header
+    list the mutation is editing."""
+
+    def bind(self, headers: list[tuple[bytes, bytes]]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +129,23 @@ class HeaderMutations:
     """Every level that applies to one direction of a route, in Envoy's order."""
 
     levels: tuple[HeaderMutation, ...]
+    # Whether a value has operators: only then does the router build a context to apply with
+    # (decided here, at config time).
+    formatted: bool = field(init=False)
 
-    def apply(self, headers: list[tuple[bytes, bytes]], context: Any = None) -> None:
+    def __post_init__(self) -> None:
+        formatted = any(not isinstance(h.value, bytes) for lv in self.levels for h in lv.add)
+        object.__setattr__(self, "formatted", formatted)
+
+    def apply(
+        self, headers: list[tuple[bytes, bytes]], context: HeaderContext | None = None
+    ) -> None:
+        if context is not None:
+            context.bind(headers)
         for level in self.levels:
             level.apply(headers, context)
 
-    def apply_to_lines(self, block: bytes, context: Any = None) -> bytes:
+    def apply_to_lines(self, block: bytes, context: HeaderContext | None = None) -> bytes:
         """The same on serialized `name: value\r\n` lines (what the forwarder builds)."""
         headers = []
         for line in block.split(b"\r\n")[:-1]:
@@ -269,13 +287,15 @@ class Route:
         value = _header_value(headers, route.cluster_header)
         return route, (value.decode("latin-1") if value else None)
 
-    def local_reply_headers(self) -> list[tuple[bytes, bytes]] | None:
+    def local_reply_headers(
+        self, context: HeaderContext | None = None
+    ) -> list[tuple[bytes, bytes]] | None:
         """The response header mutations on a direct response or redirect (Envoy applies
-        them to those too)."""
+        them to those too); `context` for formatted values."""
         if self.response_mutation is None:
             return None
         headers: list[tuple[bytes, bytes]] = []
-        self.response_mutation.apply(headers)
+        self.response_mutation.apply(headers, context)
         return headers
 
 
@@ -736,12 +756,17 @@ def _mutation(level: Any, direction: str) -> HeaderMutation | None:
     removes = getattr(level, f"{direction}_headers_to_remove", None) or ()
     if not adds and not removes:
         return None
+    # Imported here: the access log package imports this module (its header matchers).
+    from podproxy.router.header_format import header_value
+
     return HeaderMutation(
         frozenset(n.lower().encode() for n in removes),
         tuple(
             HeaderToAdd(
                 o.header.key.lower().encode(),
-                o.header.value_bytes(),
+                # Envoy 1.40 formats `value` only: a raw_value renders as "" (so it adds
+                # nothing, or an empty header with keep_empty_value; checked side by side).
+                header_value(o.header.value or ""),
                 _ACTIONS[o.action().name],
                 o.keep_empty_value,
             )

@@ -30,6 +30,7 @@ from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
 from podproxy.http.http1.upstream import UpstreamConnection
 from podproxy.http.stream import Exchange, ResponseHead
+from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.host import Host
@@ -382,7 +383,15 @@ class Forwarder:
 
     def _local_route_reply(self, ex: Exchange, route: Route) -> None:
         """A direct response or a redirect, with the route's response header mutations."""
-        headers = route.local_reply_headers()
+        mutation = route.response_mutation
+        headers = None
+        if mutation is not None:
+            info = (
+                local_reply_info(ex, route, self._forwarded_proto(ex))
+                if mutation.formatted
+                else None
+            )
+            headers = route.local_reply_headers(info)
         redirect = route.redirect
         status = route.direct_status or 200
         body = route.direct_body
@@ -539,6 +548,13 @@ class Forwarder:
             ex.request_id = request_id
         if not cfg.suppress_envoy_headers:
             out.append(route.timeout_header)
+        mutation = route.request_mutation
+        if mutation is not None:
+            # Envoy's finalizeRequestHeaders: the route's header mutations see what the
+            # connection manager and router added, and run before the path and host rewrites
+            # (so REQ(:path) is the client's, and x-envoy-original-* cannot be removed).
+            info = request_info(ex, route, self.clusters) if mutation.formatted else None
+            out[6:] = [mutation.apply_to_lines(b"".join(out[6:]), info)]
         if route.prefix_rewrite is not None and route.prefix is not None:
             out += (b"x-envoy-original-path: ", target, b"\r\n")
             out[2] = route.prefix_rewrite + target[len(route.prefix) :]
@@ -554,11 +570,6 @@ class Forwarder:
                 out += (b"x-envoy-original-host: ", authority, b"\r\n")
             authority = rewritten
         out[4] = authority
-        mutation = route.request_mutation
-        if mutation is not None:
-            # The route's header mutations see what the connection manager and router added
-            # (as Envoy's finalizeRequestHeaders runs after them); host is not theirs to touch.
-            out[6:] = [mutation.apply_to_lines(b"".join(out[6:]))]
         if chunked:
             extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
         extra.append(b"\r\n")
@@ -801,7 +812,11 @@ class UpstreamRequest:
             out += (b"x-request-id: ", ex.request_id, b"\r\n")
         mutation = self.route.response_mutation
         if mutation is not None:
-            out[1:] = [mutation.apply_to_lines(b"".join(out[1:]))]
+            info = None
+            if mutation.formatted:
+                name = self.cluster.info.observability_name
+                info = response_info(ex, self.route, status, self.head_bytes, name, self.conn)
+            out[1:] = [mutation.apply_to_lines(b"".join(out[1:]), info)]
         conn = ex.conn
         if not keep_alive or not ex.head.keep_alive or conn.draining:
             out.append(b"connection: close\r\n")

@@ -19,7 +19,7 @@ from podproxy.http.http1.downstream import DownstreamConnection, HeadTimedConnec
 from podproxy.http.stream import Exchange
 
 
-def _address(sock: Any) -> str | None:
+def socket_address(sock: Any) -> str | None:
     """`ip:port` (`[ip]:port` for IPv6) as Envoy's Address::asString prints it."""
     if not sock or not isinstance(sock, tuple):
         return None
@@ -27,7 +27,7 @@ def _address(sock: Any) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _parse_head(head: bytes) -> tuple[bytes, Headers]:
+def parse_head(head: bytes) -> tuple[bytes, Headers]:
     """A serialised HTTP/1 head as (start line, [(lower-case name, value)])."""
     lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     fields: Headers = []
@@ -71,7 +71,7 @@ class LoggedExchange(Exchange):
             head = self.upstream_head
             if head is None:
                 return None
-            line, fields = _parse_head(head)
+            line, fields = parse_head(head)
             # The header map Envoy logs holds the authority as :authority, not Host.
             host = next((v for k, v in fields if k == b"host"), None)
             fields = [(k, v) for k, v in fields if k != b"host"]
@@ -119,7 +119,7 @@ class LoggedExchange(Exchange):
     def response_headers(self) -> Headers | None:
         parsed = self.parsed_response_head
         if parsed is None and self.response_head is not None:
-            parsed = self.parsed_response_head = _parse_head(self.response_head)[1]
+            parsed = self.parsed_response_head = parse_head(self.response_head)[1]
         return parsed
 
     @property
@@ -128,27 +128,43 @@ class LoggedExchange(Exchange):
 
     @property
     def downstream_direct_remote_address(self) -> str:
-        return _address(self.conn.remote) or "-"
+        return downstream_direct_remote_address(self)
 
     @property
     def downstream_remote_address(self) -> str:
-        # Envoy's remote address: with use_remote_address off (or trusted hops), the address
-        # from the client's x-forwarded-for (getLastAddressFromXFF), port 0; else the peer.
-        skip = cast(DownstreamConnection, self.conn).config.remote_from_xff
-        if skip is not None:
-            # Imported here: the router imports this module.
-            from podproxy.filters.http.router import trusted_xff_address
-
-            xff = b",".join(v for k, v in self.head.headers if k == b"x-forwarded-for")
-            client = trusted_xff_address(xff, skip) if xff else None
-            if client is not None:
-                return f"[{client}]:0" if ":" in client else f"{client}:0"
-        return self.downstream_direct_remote_address
+        return downstream_remote_address(self)
 
     @property
     def downstream_local_address(self) -> str | None:
-        transport = cast(DownstreamConnection, self.conn).transport
-        return None if transport is None else _address(transport.get_extra_info("sockname"))
+        return downstream_local_address(self)
+
+
+# The downstream addresses of any exchange on an HTTP/1 connection (the access log's and the
+# formatted header values' `StreamInfo`s both read them).
+
+
+def downstream_direct_remote_address(ex: Exchange) -> str:
+    return socket_address(ex.conn.remote) or "-"
+
+
+def downstream_remote_address(ex: Exchange) -> str:
+    # Envoy's remote address: with use_remote_address off (or trusted hops), the address
+    # from the client's x-forwarded-for (getLastAddressFromXFF), port 0; else the peer.
+    skip = cast(DownstreamConnection, ex.conn).config.remote_from_xff
+    if skip is not None:
+        # Imported here: the router imports this module.
+        from podproxy.filters.http.router import trusted_xff_address
+
+        xff = b",".join(v for k, v in ex.head.headers if k == b"x-forwarded-for")
+        client = trusted_xff_address(xff, skip) if xff else None
+        if client is not None:
+            return f"[{client}]:0" if ":" in client else f"{client}:0"
+    return downstream_direct_remote_address(ex)
+
+
+def downstream_local_address(ex: Exchange) -> str | None:
+    transport = cast(DownstreamConnection, ex.conn).transport
+    return None if transport is None else socket_address(transport.get_extra_info("sockname"))
 
 
 def note_route(ex: Exchange, route_name: str, cluster: str | None) -> None:
