@@ -414,6 +414,10 @@ JsonNode = Callable[[StreamInfo], Any]
 _DROP = object()  # an omitted value (omit_empty_values)
 
 
+# Keys are in order already (JsonFormatter._node sorts them once).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 class JsonFormatter:
     """A JSON format: one object per line, keys sorted at every level (Envoy 1.40 builds a
     protobuf Struct, a map its JSON printer writes in key order; checked side by side).
@@ -441,7 +445,8 @@ class JsonFormatter:
         if isinstance(value, str):
             return self._string(value, omit)
         if isinstance(value, dict):
-            items = [(str(k), self._node(v, omit)) for k, v in value.items()]
+            # Sorted once here: the line's dict keeps this order, so no sort per line.
+            items = sorted((str(k), self._node(v, omit)) for k, v in value.items())
 
             def obj(info: StreamInfo) -> Any:
                 out = {}
@@ -462,6 +467,8 @@ class JsonFormatter:
         segments = parse(fmt)
         if len(segments) == 1 and not isinstance(segments[0], str):
             op = segments[0]
+            if not omit:
+                return op  # None renders as null: no wrapper call per field
 
             def single(info: StreamInfo) -> Any:
                 v = op(info)
@@ -474,9 +481,7 @@ class JsonFormatter:
         return _joiner(segments, "" if omit else "-")
 
     def format(self, info: StreamInfo) -> bytes:
-        line = json.dumps(
-            self._root(info), separators=(",", ":"), ensure_ascii=False, sort_keys=True
-        )
+        line = _dumps(self._root(info))
         return (line + "\n").encode("utf-8", "surrogateescape")
 
 

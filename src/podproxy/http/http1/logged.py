@@ -29,11 +29,10 @@ def socket_address(sock: Any) -> str | None:
 
 def parse_head(head: bytes) -> tuple[bytes, Headers]:
     """A serialised HTTP/1 head as (start line, [(lower-case name, value)])."""
-    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    fields: Headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        fields.append((name.strip().lower(), value.strip()))
+    end = head.find(b"\r\n\r\n")
+    lines = (head if end < 0 else head[:end]).split(b"\r\n")
+    # The heads podproxy writes have lower-case names and `name: value` lines.
+    fields: Headers = [(n, v.strip()) for n, _, v in (line.partition(b": ") for line in lines[1:])]
     return lines[0], fields
 
 
