@@ -45,6 +45,7 @@ class ClusterStats:
     upstream_rq_timeout: Counter
     upstream_rq_retry: Counter
     upstream_rq_retry_success: Counter
+    retry_or_shadow_abandoned: Counter
     upstream_rq_rx_reset: Counter
     upstream_rq_tx_reset: Counter
     upstream_rq_1xx: Counter
