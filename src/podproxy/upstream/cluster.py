@@ -41,6 +41,7 @@ class ClusterStats:
     upstream_rq_completed: Counter
     upstream_rq_pending_total: Counter
     upstream_rq_pending_active: Gauge
+    upstream_rq_pending_failure_eject: Counter
     upstream_rq_cancelled: Counter
     upstream_rq_timeout: Counter
     upstream_rq_retry: Counter

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from podproxy.errors import UpstreamConnectError, UpstreamError
+from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamProtocolError
 from podproxy.http.http1 import codec
 from podproxy.http.stream import Exchange, ResponseHead
 from podproxy.router.routes import MirrorPolicy
@@ -76,6 +76,7 @@ class ShadowStream:
     response codes, timeouts, resets, pending requests and connections through the pool)."""
 
     __slots__ = (
+        "attached",
         "body_chunked",
         "cluster",
         "conn",
@@ -124,18 +125,13 @@ class ShadowStream:
         self.pending_size = 0
         self.request_ended = False
         self.done = False
+        self.attached = False  # on a connection: counted in upstream_rq_total and _active
         self.sent_at = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
     def start(self, state: object) -> None:
         """Ask the pool for a connection; `state` is what the exchange holds while its
         request is in flight (the watch compares it to tell the stream ended)."""
-        st = self.cluster.info.stats
-        st.upstream_rq_total.value += 1
-        st.upstream_rq_active.value += 1
-        hst = self.host.stats
-        hst.rq_total += 1
-        hst.rq_active += 1
         self.timer = self.loop.call_later(WATCH_INTERVAL, self._watch, state)
         conn = self.pool.acquire(self)
         if conn is not None:
@@ -194,6 +190,14 @@ class ShadowStream:
             self.pool.release(conn, True)
             return
         self.conn = conn
+        # Envoy counts a request on its cluster once a connection takes it.
+        self.attached = True
+        st = self.cluster.info.stats
+        st.upstream_rq_total.value += 1
+        st.upstream_rq_active.value += 1
+        hst = self.host.stats
+        hst.rq_total += 1
+        hst.rq_active += 1
         conn.attach(self, self.head.startswith(b"HEAD "))
         data = [self.head, *self.pending]
         self.pending = []
@@ -209,24 +213,15 @@ class ShadowStream:
             return
         self._finish()
         self.host.stats.rq_error += 1
+        self._charge(err.status)
         log.debug("mirror to %s failed: %s", self.cluster.info.name, err)
 
     # UpstreamStream: the response is read and dropped --------------------------------------
     def on_response_head(self, head: ResponseHead) -> None:
         if self.done:
             return
-        info = self.cluster.info
         status = head.status
-        info.code_counter(status).value += 1
-        st = info.stats
-        if status < 300:
-            st.upstream_rq_2xx.value += 1
-        elif status < 400:
-            st.upstream_rq_3xx.value += 1
-        elif status < 500:
-            st.upstream_rq_4xx.value += 1
-        else:
-            st.upstream_rq_5xx.value += 1
+        self._code(status)
         if status >= 500:
             self.host.stats.rq_error += 1
         else:
@@ -248,10 +243,11 @@ class ShadowStream:
         if self.done:
             return
         self.conn = None
-        if not isinstance(err, UpstreamConnectError):
+        if not isinstance(err, (UpstreamConnectError, UpstreamProtocolError)):
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
         self.host.stats.rq_error += 1
         self._finish()
+        self._charge(err.status)
 
     def on_upstream_write_paused(self) -> None:
         pass  # the send_body check bounds what waits in the transport
@@ -267,6 +263,7 @@ class ShadowStream:
         self.cluster.info.stats.upstream_rq_timeout.value += 1
         self.host.stats.rq_timeout += 1
         self._let_go()
+        self._charge(504)
 
     def cancel(self) -> None:
         """The real stream ended before its request did: reset the copy."""
@@ -276,6 +273,25 @@ class ShadowStream:
         st.upstream_rq_tx_reset.value += 1
         st.upstream_rq_cancelled.value += 1
         self._let_go()
+
+    def _code(self, status: int) -> None:
+        info = self.cluster.info
+        info.code_counter(status).value += 1
+        st = info.stats
+        if status < 300:
+            st.upstream_rq_2xx.value += 1
+        elif status < 400:
+            st.upstream_rq_3xx.value += 1
+        elif status < 500:
+            st.upstream_rq_4xx.value += 1
+        else:
+            st.upstream_rq_5xx.value += 1
+
+    def _charge(self, status: int) -> None:
+        """A copy that ended without a response: Envoy's router charges the cluster the code
+        of the local reply it would have sent (chargeUpstreamCode)."""
+        self._code(status)
+        self.cluster.info.stats.upstream_rq_completed.value += 1
 
     def _abandon(self) -> None:
         self.on_abandon.info.stats.retry_or_shadow_abandoned.value += 1
@@ -296,8 +312,10 @@ class ShadowStream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.cluster.info.stats.upstream_rq_active.value -= 1
-        self.host.stats.rq_active -= 1
+        if self.attached:
+            self.attached = False
+            self.cluster.info.stats.upstream_rq_active.value -= 1
+            self.host.stats.rq_active -= 1
 
 
 class MirroredRequest:
