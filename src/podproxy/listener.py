@@ -190,6 +190,8 @@ def build_http_listener(
         user_agent=info.cluster.encode() if hcm.add_user_agent else None,
         service_node=info.node.encode(),
         access_logged=access_logger is not None,
+        buffer_limit=cfg.per_connection_buffer_limit_bytes,
+        node_address=local_address().encode(),
     )
     routes = build_route_table(hcm.route_config, runtime=live)
     router = Forwarder(routes, clusters, fcfg, http_stats)

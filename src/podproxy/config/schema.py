@@ -1080,6 +1080,85 @@ class WeightedCluster(Message):
         return self
 
 
+class MirrorHeaderMutation(Message):
+    """config.common.mutation_rules.v3.HeaderMutation, as a mirror policy's
+    `request_headers_mutations` entry: remove one header, or append one."""
+
+    UNSUPPORTED = _names("remove_on_match")
+    remove: Annotated[Str, Field(min_length=1)] | None = None
+    # Literal values for now: a mirror's copy has no formatter context yet.
+    append: LiteralHeaderValueOption | None = None
+
+    @field_validator("remove")
+    @classmethod
+    def _removable(cls, value: str | None) -> str | None:
+        if value is not None:
+            err = _modifiable(value, "removed")
+            if err is not None:
+                raise err
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> MirrorHeaderMutation:
+        _one_of(self, ("remove", "append"))
+        return self
+
+
+class RequestMirrorPolicy(Message):
+    """route.v3.RouteAction.RequestMirrorPolicy (of a route, a virtual host or the route
+    configuration; the most specific non-empty list wins). `trace_sampled` is accepted and
+    has no effect: podproxy does no tracing."""
+
+    cluster: Str = ""
+    cluster_header: Str = ""
+    runtime_fraction: RuntimeFractionalPercent | None = None
+    trace_sampled: StrictBool | None = None
+    disable_shadow_host_suffix_append: StrictBool = False
+    request_headers_mutations: Annotated[
+        tuple[MirrorHeaderMutation, ...], Field(max_length=1000)
+    ] = ()
+    host_rewrite_literal: Str = ""
+
+    @model_validator(mode="after")
+    def _cluster(self) -> RequestMirrorPolicy:
+        # Envoy's ShadowPolicyImpl constructor, word for word.
+        if self.cluster and self.cluster_header:
+            raise ValueError(
+                f"Only one of cluster '{self.cluster}' or cluster_header "
+                f"'{self.cluster_header}' in request mirror policy can be specified"
+            )
+        if not self.cluster and not self.cluster_header:
+            raise ValueError(
+                "Exactly one of cluster or cluster_header in request mirror policy need to be "
+                "specified"
+            )
+        return self
+
+
+MirrorPolicies = tuple[RequestMirrorPolicy, ...]
+
+
+class MaxStreamDuration(Message):
+    """route.v3.RouteAction.MaxStreamDuration: the route's max_stream_duration replaces the
+    connection manager's for the stream (0 turns it off); unset leaves the HCM's."""
+
+    max_stream_duration: OptDuration = None
+    grpc_timeout_header_max: OptDuration = None
+    grpc_timeout_header_offset: OptDuration = None
+
+    @field_validator("grpc_timeout_header_max", "grpc_timeout_header_offset")
+    @classmethod
+    def _no_grpc_header(cls, value: float | None) -> float | None:
+        if value is not None:
+            # These make each stream's deadline come from its own grpc-timeout header
+            # (parsed, capped and offset per request): not done yet.
+            raise PydanticCustomError(
+                "unsupported",
+                "deadlines from the grpc-timeout header are not supported by podproxy yet",
+            )
+        return value
+
+
 class RouteAction(Message):
     UNSUPPORTED = _names(
         """
@@ -1087,9 +1166,9 @@ class RouteAction(Message):
         path_rewrite_policy path_rewrite host_rewrite_header host_rewrite_path_regex
         append_x_forwarded_host
         flush_timeout early_data_policy retry_policy retry_policy_typed_config
-        request_mirror_policies priority rate_limits include_vh_rate_limits hash_policy
+        priority rate_limits include_vh_rate_limits hash_policy
         max_grpc_timeout grpc_timeout_offset upgrade_configs internal_redirect_policy
-        internal_redirect_action max_internal_redirects hedge_policy max_stream_duration
+        internal_redirect_action max_internal_redirects hedge_policy
         """
     )
     cluster: Annotated[Str, Field(min_length=1)] | None = None
@@ -1104,6 +1183,8 @@ class RouteAction(Message):
         ClusterNotFoundResponseCode.SERVICE_UNAVAILABLE
     )
     cors: RouteCorsPolicy | None = None  # deprecated in v3; see RouteCorsPolicy
+    request_mirror_policies: MirrorPolicies = ()
+    max_stream_duration: MaxStreamDuration | None = None
 
     @model_validator(mode="after")
     def _host_rewrite(self) -> RouteAction:
@@ -1562,10 +1643,9 @@ class Route(HeaderMutations):
 class VirtualHost(HeaderMutations):
     UNSUPPORTED = _names(
         """
-        matcher require_tls virtual_clusters rate_limits include_request_attempt_count
-        include_attempt_count_in_response retry_policy retry_policy_typed_config
+        matcher require_tls virtual_clusters rate_limits retry_policy retry_policy_typed_config
         hedge_policy include_is_timeout_retry_header per_request_buffer_limit_bytes
-        request_body_buffer_limit request_mirror_policies metadata
+        request_body_buffer_limit metadata
         """
     )
     name: Annotated[Str, Field(min_length=1)]
@@ -1573,13 +1653,17 @@ class VirtualHost(HeaderMutations):
     routes: tuple[Route, ...] = ()
     typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
     cors: RouteCorsPolicy | None = None  # deprecated in v3; see RouteCorsPolicy
+    request_mirror_policies: MirrorPolicies = ()
+    # x-envoy-attempt-count on the upstream request / on the response (router.cc).
+    include_request_attempt_count: StrictBool = False
+    include_attempt_count_in_response: StrictBool = False
 
 
 class RouteConfiguration(HeaderMutations):
     UNSUPPORTED = _names(
         """
         vhds internal_only_headers validate_clusters max_direct_response_body_size_bytes
-        cluster_specifier_plugins request_mirror_policies ignore_port_in_host_matching
+        cluster_specifier_plugins ignore_port_in_host_matching
         vhost_header ignore_path_parameters_in_path_matching typed_per_filter_config metadata
         """
     )
@@ -1588,6 +1672,7 @@ class RouteConfiguration(HeaderMutations):
     # Envoy applies each level's header mutations from the route out to the route
     # configuration (so the least specific wins); true reverses that.
     most_specific_header_mutations_wins: StrictBool = False
+    request_mirror_policies: MirrorPolicies = ()
 
 
 class HttpFilter(Message):

@@ -236,6 +236,63 @@ class WeightedClusters:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """A compiled RequestMirrorPolicy (Envoy's ShadowPolicyImpl): which cluster gets a copy
+    of the request, for which share of requests, and how the copy's head differs."""
+
+    cluster: str | None  # None: named per request by `cluster_header`
+    cluster_header: bytes | None
+    # runtime_fraction: (runtime key, numerator, denominator); None mirrors every request.
+    fraction: tuple[str, int, int] | None
+    runtime: Runtime
+    random: Callable[[], int]
+    # The authority the copy carries: `-shadow` appended (before any port) unless
+    # disable_shadow_host_suffix_append; host_rewrite_literal replaces it whole.
+    suffix: bool = True
+    host_rewrite: bytes | None = None
+    mutations: HeaderMutations | None = None  # request_headers_mutations, in order
+
+    def enabled(self) -> bool:
+        """Envoy's FilterUtility::shouldShadow: the runtime decides on the stream's random
+        value (a policy without runtime_fraction always mirrors)."""
+        f = self.fraction
+        if f is None:
+            return True
+        return self.runtime.feature_enabled(f[0], f[1], f[2], self.random())
+
+    def cluster_name(self, headers: Headers) -> str | None:
+        """The mirror cluster for this request; None when `cluster_header` is absent or empty
+        (router.cc getShadowCluster: no shadow then)."""
+        if self.cluster is not None:
+            return self.cluster
+        assert self.cluster_header is not None
+        value = _header_value(headers, self.cluster_header)
+        return value.decode("latin-1") if value else None
+
+    def authority(self, authority: bytes) -> bytes:
+        """shadow_writer_impl.cc shadowAppendedHost: `-shadow` before the port, if any."""
+        if self.host_rewrite is not None:
+            return self.host_rewrite
+        if not self.suffix or not authority:
+            return authority
+        i = _port_start(authority)
+        if i < 0:
+            return authority + b"-shadow"
+        return authority[:i] + b"-shadow" + authority[i:]
+
+
+def grpc_timeout_value(seconds: float) -> bytes:
+    """Grpc::Common::toGrpcTimeout: whole milliseconds in the largest unit (m, S, M, H) that
+    keeps the value to 8 digits."""
+    value = int(seconds * 1000)
+    for unit in b"mSMH":
+        if value <= 99_999_999 or unit == ord("H"):
+            return b"%d%c" % (min(value, 99_999_999), unit)
+        value //= 1000 if unit == ord("m") else 60
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """A compiled route: how it matches and what it does.
 
@@ -275,6 +332,19 @@ class Route:
     # False for a weighted cluster's own host_rewrite_literal: Envoy sets Host there without
     # keeping the client's in x-envoy-original-host (checked side by side with Envoy 1.40).
     original_host_header: bool = True
+    # request_mirror_policies of the most specific level that has any; None when none has.
+    mirrors: tuple[MirrorPolicy, ...] | None = None
+    # The route's max_stream_duration, overriding the connection manager's for the stream
+    # (0.0: none at all); None leaves the manager's. Read by the connection's timeout sweep.
+    max_stream_duration: float | None = None
+    # For gRPC requests on a route with max_stream_duration: the `grpc-timeout` line sent
+    # upstream instead of the client's (b"" when the duration is 0: the header goes).
+    grpc_timeout_line: bytes = b""
+    # The virtual host's include_request_attempt_count: `x-envoy-attempt-count: 1\r\n`
+    # (also folded into `timeout_header`, so the common path adds nothing), else b"".
+    attempt_count_line: bytes = b""
+    # The virtual host's include_attempt_count_in_response.
+    attempt_count_in_response: bool = False
 
     def choose_cluster(self, headers: Headers) -> tuple[Route, str | None]:
         """For a route without a fixed cluster: the route entry that serves this request
@@ -678,6 +748,16 @@ def compile_route(
     cors = tuple(
         p for p in (getattr(a, "cors", None), getattr(vhost, "cors", None)) if p is not None
     )
+    mirrors = _mirror_policies(
+        (a, *outer_levels), runtime or DefaultFractionRuntime(), random_value
+    )
+    msd = getattr(a, "max_stream_duration", None)
+    max_duration = msd.max_stream_duration if msd is not None else None
+    attempt_line = (
+        b"x-envoy-attempt-count: 1\r\n"
+        if getattr(vhost, "include_request_attempt_count", False)
+        else b""
+    )
     route = Route(
         name,
         matches,
@@ -693,13 +773,21 @@ def compile_route(
             b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(a.timeout * 1000)
             if a.timeout is not None
             else b""
-        ),
+        )
+        + attempt_line,
         per_filter_config=pfc,
         filter_config_levels=levels_pfc,
         cors_policies=cors,
         cluster_header=_header_name(cluster_header) if cluster_header else None,
         request_mutation=request_mutation,
         response_mutation=response_mutation,
+        mirrors=mirrors,
+        max_stream_duration=max_duration,
+        grpc_timeout_line=(
+            b"grpc-timeout: " + grpc_timeout_value(max_duration) + b"\r\n" if max_duration else b""
+        ),
+        attempt_count_line=attempt_line,
+        attempt_count_in_response=bool(getattr(vhost, "include_attempt_count_in_response", False)),
     )
     wc = getattr(a, "weighted_clusters", None)
     if wc is None:
@@ -772,6 +860,49 @@ def _mutation(level: Any, direction: str) -> HeaderMutation | None:
             )
             for o in adds
         ),
+    )
+
+
+def _mirror_policies(
+    levels: Sequence[Any], runtime: Runtime, random_value: Callable[[], int]
+) -> tuple[MirrorPolicy, ...] | None:
+    """request_mirror_policies of the first level (route action, virtual host, route
+    configuration) that has any: Envoy takes the most specific non-empty list whole."""
+    for level in levels:
+        policies = getattr(level, "request_mirror_policies", None) or ()
+        if policies:
+            return tuple(_mirror_policy(p, runtime, random_value) for p in policies)
+    return None
+
+
+def _mirror_policy(p: Any, runtime: Runtime, random_value: Callable[[], int]) -> MirrorPolicy:
+    fraction = None
+    if p.runtime_fraction is not None:
+        rf = p.runtime_fraction
+        fraction = (rf.runtime_key, rf.default_value.numerator, rf.default_value.denominator.value)
+    levels = []
+    for m in p.request_headers_mutations:
+        if m.remove is not None:
+            levels.append(HeaderMutation(frozenset({m.remove.lower().encode()}), ()))
+        else:
+            o = m.append
+            add = HeaderToAdd(
+                o.header.key.lower().encode(),
+                o.header.value_bytes(),
+                _ACTIONS[o.action().name],
+                o.keep_empty_value,
+            )
+            levels.append(HeaderMutation(frozenset(), (add,)))
+    return MirrorPolicy(
+        cluster=p.cluster or None,
+        cluster_header=_header_name(p.cluster_header) if p.cluster_header else None,
+        fraction=fraction,
+        runtime=runtime,
+        random=random_value,
+        # host_rewrite_literal implies disable_shadow_host_suffix_append (the proto says so).
+        suffix=not p.disable_shadow_host_suffix_append,
+        host_rewrite=p.host_rewrite_literal.encode() if p.host_rewrite_literal else None,
+        mutations=HeaderMutations(tuple(levels)) if levels else None,
     )
 
 

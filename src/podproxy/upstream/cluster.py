@@ -41,10 +41,12 @@ class ClusterStats:
     upstream_rq_completed: Counter
     upstream_rq_pending_total: Counter
     upstream_rq_pending_active: Gauge
+    upstream_rq_pending_failure_eject: Counter
     upstream_rq_cancelled: Counter
     upstream_rq_timeout: Counter
     upstream_rq_retry: Counter
     upstream_rq_retry_success: Counter
+    retry_or_shadow_abandoned: Counter
     upstream_rq_rx_reset: Counter
     upstream_rq_tx_reset: Counter
     upstream_rq_1xx: Counter

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
+from podproxy.filters.http.shadow import MirroredRequest, ShadowStream, shadow_head
 from podproxy.http.conn_manager import local_reply
 from podproxy.http.flow import HANDLER_HOLD, PEER_WRITE_BLOCKED
 from podproxy.http.http1 import codec
@@ -29,7 +30,7 @@ from podproxy.http.http1.codec import HOP_BY_HOP
 from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
 from podproxy.http.http1.upstream import UpstreamConnection
-from podproxy.http.stream import Exchange, ResponseHead
+from podproxy.http.stream import Exchange, ResponseHead, is_grpc_request
 from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
 from podproxy.upstream.cluster import Cluster
@@ -181,6 +182,11 @@ class ForwarderConfig:
     service_node: bytes = b""
     # The HCM has access logs: streams note what the log reads (LoggedUpstreamRequest).
     access_logged: bool = False
+    # What a mirrored request may hold unsent (per_connection_buffer_limit_bytes, Envoy's
+    # retry_shadow_buffer_limit), and the node's address its copies append to
+    # x-forwarded-for (Envoy's async client sends it from the node's local address).
+    buffer_limit: int = 1024 * 1024
+    node_address: bytes = b"127.0.0.1"
 
 
 class TimeoutQueue:
@@ -274,7 +280,8 @@ class Forwarder:
             self._ua_default = b"user-agent: " + config.user_agent + b"\r\n"
             self._req_handled = _REQ_HANDLED | {b"user-agent"}
         self._strip = strip
-        self._x_special = strip | _REWRITE_MARKS
+        # x-envoy-attempt-count: the client's goes where the vhost has the router set it.
+        self._x_special = strip | _REWRITE_MARKS | {b"x-envoy-attempt-count"}
         self._regenerate_edge_id = (
             config.use_remote_address and not config.preserve_external_request_id
         )
@@ -377,9 +384,52 @@ class Forwarder:
             )
         ex.state = ureq
         ureq.start(upstream)
+        if route.mirrors is not None:
+            self._mirror(ex, ureq, route, head_bytes, chunked)
         # The request is on its way upstream: what is left is off the critical path.
         if self._spare_id is None and self.config.generate_request_id:
             self._spare_id = new_request_id()
+
+    def _mirror(
+        self, ex: Exchange, ureq: UpstreamRequest, route: Route, head: bytes, chunked: bool
+    ) -> None:
+        """Start the route's mirror policies that apply (router.cc decodeHeaders: after the
+        real request's upstream request; never for CONNECT; a cluster that does not exist is
+        skipped, with only a debug log, as Envoy's ShadowWriterImpl does)."""
+        if ex.head.method == b"CONNECT" or not route.mirrors:
+            return
+        shadows = []
+        for policy in route.mirrors:
+            if not policy.enabled():
+                continue
+            name = policy.cluster_name(ex.head.headers)
+            cluster = self.clusters.get(name) if name is not None else None
+            if cluster is None:
+                continue
+            host = cluster.choose_host()
+            if host is None:
+                cluster.info.stats.upstream_cx_none_healthy.value += 1
+                continue
+            shadows.append(
+                ShadowStream(
+                    ex,
+                    cluster,
+                    host,
+                    cluster.pool_for(host),
+                    shadow_head(head, policy, self.config.node_address),
+                    chunked,
+                    timeout=route.timeout,
+                    limit=self.config.buffer_limit,
+                    loop=ex.conn.loop,
+                    on_abandon=ureq.cluster,
+                )
+            )
+        if not shadows:
+            return
+        state = MirroredRequest(ureq, shadows)
+        ex.state = state
+        for shadow in shadows:
+            shadow.start(state)
 
     def _local_route_reply(self, ex: Exchange, route: Route) -> None:
         """A direct response or a redirect, with the route's response header mutations."""
@@ -450,6 +500,8 @@ class Forwarder:
         request is an edge one."""
         if name == b"x-envoy-original-path":
             return route.prefix_rewrite is not None and route.prefix is not None
+        if name == b"x-envoy-attempt-count":
+            return bool(route.attempt_count_line)
         rewritten = route.host_rewrite is not None or (route.auto_host_rewrite and host.hostname)
         return (
             bool(rewritten)
@@ -516,6 +568,15 @@ class Forwarder:
                 if out[n] not in connection_tokens:
                     kept += out[n : n + 4]
             out = kept
+        if route.max_stream_duration is not None and is_grpc_request(head.headers):
+            # A route with max_stream_duration tells a gRPC upstream its deadline, replacing
+            # the client's (conn_manager_impl.cc refreshDurationTimeout); 0 removes it.
+            kept = out[:6]
+            for n in range(6, len(out), 4):
+                if out[n] != b"grpc-timeout":
+                    kept += out[n : n + 4]
+            out = kept
+            out.append(route.grpc_timeout_line)
 
         if cfg.use_remote_address:
             # An edge request (conn_manager_utility.cc mutateRequestHeaders): the client is the
@@ -547,7 +608,9 @@ class Forwarder:
             out += (b"x-request-id: ", request_id, b"\r\n")
             ex.request_id = request_id
         if not cfg.suppress_envoy_headers:
-            out.append(route.timeout_header)
+            out.append(route.timeout_header)  # with x-envoy-attempt-count when the vhost says
+        elif route.attempt_count_line:
+            out.append(route.attempt_count_line)  # not an envoy header suppress removes
         mutation = route.request_mutation
         if mutation is not None:
             # Envoy's finalizeRequestHeaders: the route's header mutations see what the
@@ -575,6 +638,19 @@ class Forwarder:
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue
+
+
+def _is_attempt_count(line: bytes) -> bool:
+    return line[:22].lower() == b"x-envoy-attempt-count:"
+
+
+def _with_attempt_count(head: bytes, attempts: int) -> bytes:
+    """`head` with its x-envoy-attempt-count set to `attempts` (Envoy's doRetry sets it
+    again on each attempt; added if a header mutation took it away)."""
+    lines = head[:-2].split(b"\r\n")[:-1]
+    kept = [ln for ln in lines if not _is_attempt_count(ln)]
+    kept.append(b"x-envoy-attempt-count: %d" % attempts)
+    return b"\r\n".join(kept) + b"\r\n\r\n"
 
 
 class UpstreamRequest:
@@ -726,10 +802,17 @@ class UpstreamRequest:
         self._resend()
         return True
 
+    @property
+    def attempts(self) -> int:
+        """Envoy's attempt_count_: 1, and one more each time the request is sent again."""
+        return 1 + len(self.tried) + self.retried
+
     def _resend(self) -> None:
         """Send the request again from its replay copy, on a connection from `self.pool`."""
         assert self.replay is not None
         self.conn = None
+        if self.route.attempt_count_line:
+            self.head_bytes = _with_attempt_count(self.head_bytes, self.attempts)
         self.pending_body = list(self.replay)
         conn = self.pool.acquire(self)
         if conn is not None:
@@ -810,6 +893,12 @@ class UpstreamRequest:
                 out.append(b"x-envoy-upstream-service-time: %d\r\n" % ms)
         if cfg.always_set_request_id_in_response and ex.request_id:
             out += (b"x-request-id: ", ex.request_id, b"\r\n")
+        if self.route.attempt_count_in_response:
+            # The vhost's include_attempt_count_in_response: the router's count replaces any
+            # the upstream sent (unaffected by suppress_envoy_headers, as in Envoy).
+            lines = b"".join(out[1:]).split(b"\r\n")[:-1]
+            kept = [ln + b"\r\n" for ln in lines if not _is_attempt_count(ln)]
+            out[1:] = [*kept, b"x-envoy-attempt-count: %d\r\n" % self.attempts]
         mutation = self.route.response_mutation
         if mutation is not None:
             info = None
@@ -944,10 +1033,9 @@ class UpstreamRequest:
         self.host.stats.rq_error += 1
         if not isinstance(err, UpstreamConnectError):
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
-        ex = self.ex
         self._flush_held_head()
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
-        local_reply(ex, err.status, body, flags=err.flag)
+        self._reply(err.status, body, err.flag)
 
     def _flush_held_head(self) -> None:
         """Before a response is cut short: its head is the client's already (Envoy would
@@ -965,9 +1053,23 @@ class UpstreamRequest:
         st.upstream_rq_timeout.value += 1
         self.host.stats.rq_timeout += 1
         self._let_go()
-        ex = self.ex
         self._flush_held_head()
-        local_reply(ex, 504, UPSTREAM_TIMEOUT, flags="UT")
+        self._reply(504, UPSTREAM_TIMEOUT, "UT")
+
+    def _reply(self, status: int, body: bytes, flags: str) -> None:
+        """The router's local reply once a host was chosen: with x-envoy-attempt-count when
+        the vhost puts it on responses (router.cc modify_headers_, which its 503s and 504s
+        get too)."""
+        ex = self.ex
+        if not self.route.attempt_count_in_response:
+            local_reply(ex, status, body, flags=flags)
+            return
+        extra = [(b"x-envoy-attempt-count", b"%d" % self.attempts)]
+        fm = ex.filters
+        if fm is None:
+            ex.conn.send_local_reply(ex, status, body, flags=flags, extra=extra)
+        else:
+            fm.send_local_reply(status, body, flags=flags, headers=extra)
 
     def reset(self) -> None:
         """The client went away: abandon the upstream side."""

@@ -597,8 +597,16 @@ class DownstreamConnection(asyncio.Protocol):
         fired: tuple[float, int] | None = None
         if cfg.request_timeout is not None and not ex.request_complete:
             fired = _earliest(fired, ex.start + cfg.request_timeout, _REQUEST_TIMEOUT, now)
-        if cfg.max_stream_duration is not None:
-            fired = _earliest(fired, ex.start + cfg.max_stream_duration, _MAX_DURATION, now)
+        duration = cfg.max_stream_duration
+        # The router's per-request state knows the stream's route (None before it has one).
+        route = getattr(ex.state, "route", None)
+        if route is not None and route.max_stream_duration is not None:
+            # The route's max_stream_duration replaces the manager's for its streams (0: none),
+            # from the stream's start all the same (refreshDurationTimeout). Read here, once a
+            # second, so a route without one costs a request nothing.
+            duration = route.max_stream_duration or None
+        if duration is not None:
+            fired = _earliest(fired, ex.start + duration, _MAX_DURATION, now)
         if idle is not None:
             fired = _earliest(fired, self._idle_since_io + idle, _STREAM_IDLE, now)
         if fired is None:

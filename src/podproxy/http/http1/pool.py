@@ -204,6 +204,7 @@ class HostPool:
             if self.pending:
                 waiter = self.pending.popleft()
                 st.upstream_rq_pending_active.value -= 1
+                st.upstream_rq_pending_failure_eject.value += 1
                 waiter.on_pool_failure(err or UpstreamConnectError("connect failed"))
             return
         st.upstream_cx_active.value += 1
