@@ -1,4 +1,5 @@
-"""The HTTP connection manager's configuration and stats, shared by every codec.
+"""The HTTP connection manager: its config and stats, the request sanitising and request ids
+every stream gets, local replies, and the HTTP filter chain's walk, for every codec.
 
 `ConnectionManagerConfig` is what a downstream connection needs from the HCM config (timeouts,
 limits, the access logger); `HttpConnManagerStats` are Envoy's `http.<stat_prefix>.*` counters.
@@ -7,6 +8,8 @@ limits, the access logger); `HttpConnManagerStats` are Envoy's `http.<stat_prefi
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -163,6 +166,90 @@ class ConnectionManagerConfig:
             stats.downstream_rq_4xx,
             stats.downstream_rq_5xx,
         )
+
+
+# --- what the connection manager does to every request: sanitise, identify ----------------
+# (The router's one-pass head builder applies these as it serialises the upstream head.)
+
+# Headers only a trusted (internal) peer may set; stripped from external requests
+# (conn_manager_utility.cc cleanInternalHeaders, reference/envoy.md §4.4; the list checked
+# against Envoy 1.40 side by side). Every request is external: since Envoy 1.33 no address is
+# internal unless `internal_address_config` says so, which podproxy does not support yet, so
+# `x-envoy-internal` is never set either.
+INTERNAL_ONLY = frozenset(
+    {
+        b"x-envoy-retry-on",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-force-trace",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-ip-tags",
+        b"x-envoy-original-url",
+        b"x-envoy-hedge-on-per-try-timeout",
+        b"x-envoy-upstream-stream-duration-ms",
+        b"x-envoy-internal",
+    }
+)
+# Stripped too from edge requests (`use_remote_address: true`), which Envoy trusts least; it
+# sets x-envoy-external-address itself there.
+EDGE_ONLY = frozenset(
+    {
+        b"x-envoy-decorator-operation",
+        b"x-envoy-downstream-service-cluster",
+        b"x-envoy-downstream-service-node",
+        b"x-envoy-original-path",
+        b"x-envoy-original-host",
+        b"x-envoy-external-address",
+    }
+)
+
+
+def trusted_xff_address(xff: bytes, skip: int) -> str | None:
+    """The address `skip` entries from the right end of an x-forwarded-for value, as Envoy's
+    Utility::getLastAddressFromXFF finds it: entries are split at commas, the one picked is
+    trimmed and must be a plain IPv4 or IPv6 address (no port, no brackets), else None."""
+    for _ in range(skip):
+        comma = xff.rfind(b",")
+        if comma < 0:
+            return None
+        xff = xff[:comma]
+    comma = xff.rfind(b",")
+    if 0 <= comma < len(xff) - 1:  # a trailing comma leaves the whole (then invalid) text
+        xff = xff[comma + 1 :]
+    text = xff.strip().decode("latin-1")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(family, socket.inet_pton(family, text))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+# Envoy's Network::Utility::isLoopbackAddress: exactly these two, not all of 127.0.0.0/8.
+LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1"})
+
+
+def new_request_id() -> bytes:
+    """A random UUID4 as 36 ASCII bytes.
+
+    From the Mersenne Twister, not os.urandom: a request id must be unique, not secret, and a
+    getrandom() syscall per request is measurable on the hot path.
+    """
+    h = b"%032x" % ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    # One join of the five groups: ~140 ns less than eight concatenations.
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+
+
+_getrandbits = random.getrandbits
+# RFC 9562 §5.4: version 4 in bits 48-51, variant 10 in bits 64-65 (counted from the left).
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 # No body is waiting (an index past any chain).

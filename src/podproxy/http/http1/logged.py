@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from podproxy.access_log.stream_info import Headers
-from podproxy.http.conn_manager import expects_body
+from podproxy.http.conn_manager import expects_body, trusted_xff_address
 from podproxy.http.http1.downstream import DownstreamConnection, HeadTimedConnection
 from podproxy.http.stream import Exchange
 
@@ -151,9 +151,6 @@ def downstream_remote_address(ex: Exchange) -> str:
     # from the client's x-forwarded-for (getLastAddressFromXFF), port 0; else the peer.
     skip = cast(DownstreamConnection, ex.conn).config.remote_from_xff
     if skip is not None:
-        # Imported here: the router imports this module.
-        from podproxy.filters.http.router import trusted_xff_address
-
         xff = b",".join(v for k, v in ex.head.headers if k == b"x-forwarded-for")
         client = trusted_xff_address(xff, skip) if xff else None
         if client is not None:
