@@ -349,6 +349,18 @@ def _names(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+def _base64_bytes(value: str | None) -> str | None:
+    """A config field of base64 bytes (Envoy's proto `bytes` in YAML): checked, kept as text."""
+    if value is not None:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise PydanticCustomError(
+                "base64", "expected base64 bytes, got {got}", {"got": show(value)}
+            ) from None
+    return value
+
+
 class Message(BaseModel):
     """Base of every config model: frozen, no extra keys, Envoy's field names."""
 
@@ -962,14 +974,7 @@ class HeaderValue(Message):
     @field_validator("raw_value")
     @classmethod
     def _base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode(value, validate=True)
-            except binascii.Error:
-                raise PydanticCustomError(
-                    "base64", "expected base64 bytes, got {got}", {"got": show(value)}
-                ) from None
-        return value
+        return _base64_bytes(value)
 
     @model_validator(mode="after")
     def _one(self) -> HeaderValue:
@@ -1211,14 +1216,7 @@ class DataSource(Message):
     @field_validator("inline_bytes")
     @classmethod
     def _base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode(value, validate=True)
-            except binascii.Error:
-                raise PydanticCustomError(
-                    "base64", "expected base64 bytes, got {got}", {"got": show(value)}
-                ) from None
-        return value
+        return _base64_bytes(value)
 
     @model_validator(mode="after")
     def _load(self) -> DataSource:
