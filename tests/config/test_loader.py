@@ -150,7 +150,8 @@ def test_unknown_and_unsupported_inside_v2_config(seed_v2_text: str) -> None:
     assert sorted(errors_of(text)) == sorted(
         [
             f"{HCM}.bogus: unknown field",
-            f"{HCM}.tracing: Envoy field not supported by podproxy yet",
+            f"{HCM}.tracing: Envoy field not supported by podproxy: it tunes tracing, and "
+            "podproxy has no tracer",
         ]
     )
 

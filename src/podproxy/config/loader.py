@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from podproxy.config.normalize import Normalized, normalize
 from podproxy.config.schema import (
     TYPED_CONFIGS,
+    UNSUPPORTED_WHY,
     Address,
     Bootstrap,
     Cluster,
@@ -197,6 +198,9 @@ def _message(err: Any) -> str:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         if model is not None and loc[-1] in model.UNSUPPORTED:
+            why = UNSUPPORTED_WHY.get((model.__name__, str(loc[-1])))
+            if why is not None:
+                return f"Envoy field not supported by podproxy: {why}"
             return "Envoy field not supported by podproxy yet"
         return "unknown field"
     if kind == "type_url" and isinstance(got, dict) and "@type" in got:

@@ -349,6 +349,18 @@ def _names(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+# Unsupported fields that only tune something podproxy does not have at all: the error says
+# what (model name, field) -> why, so nobody waits for a field that can never do anything here.
+_NO_TRACER = "it tunes tracing, and podproxy has no tracer"
+UNSUPPORTED_WHY: dict[tuple[str, str], str] = {
+    ("Route", "decorator"): "it names the spans of a tracer, and podproxy has no tracer",
+    ("Route", "tracing"): _NO_TRACER,
+    ("HttpConnectionManager", "tracing"): _NO_TRACER,
+    ("Router", "start_child_span"): _NO_TRACER,
+    ("Bootstrap", "tracing"): "it configures a tracer, and podproxy has no tracing",
+}
+
+
 def _base64_bytes(value: str | None) -> str | None:
     """A config field of base64 bytes (Envoy's proto `bytes` in YAML): checked, kept as text."""
     if value is not None:
