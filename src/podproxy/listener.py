@@ -184,6 +184,7 @@ def build_http_listener(
         preserve_external_request_id=hcm.preserve_external_request_id,
         always_set_request_id_in_response=hcm.always_set_request_id_in_response,
         suppress_envoy_headers=suppress,
+        dynamic_stats=hcm.router().dynamic_stats,
         xff_num_trusted_hops=hcm.xff_num_trusted_hops,
         local_address=local_address().encode() if appends_xff else b"127.0.0.1",
         scheme_to_overwrite=overwrite.encode() if overwrite is not None else None,

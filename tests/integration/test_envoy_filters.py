@@ -297,3 +297,28 @@ async def test_fault_reads_the_runtime(pair: StartPair, percent: int) -> None:  
         envoy, pod = await p.both([request("/f")])
         assert pod.summary() == envoy.summary()
         assert pod.responses[0].status == (503 if percent else 200)
+
+
+# --- the router ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic-stats", "no-dynamic-stats"])
+async def test_router_dynamic_stats(pair: StartPair, dynamic: bool) -> None:  # noqa: F811
+    """Router dynamic_stats false: no per-code, per-class, completed or time stats on the
+    cluster (Envoy does not even make them); the other upstream_rq stats go on."""
+    router = {
+        "name": "envoy.filters.http.router",
+        "typed_config": {**ROUTER["typed_config"], "dynamic_stats": dynamic},
+    }
+    p = await pair(echo, hcm={"http_filters": [router]})
+    envoy, pod = await p.both([request("/f")])
+    assert pod.summary() == envoy.summary()
+    for name in (
+        "upstream_rq_completed",
+        "upstream_rq_200",
+        "upstream_rq_2xx",
+        "upstream_rq_total",
+    ):
+        stat = f"cluster.app.{name}"
+        assert p.pod.counter(stat) == await p.envoy_counter(stat), stat
+    assert await p.envoy_counter("cluster.app.upstream_rq_2xx") == int(dynamic)

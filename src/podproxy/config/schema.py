@@ -1555,13 +1555,17 @@ class Router(TypedMessage):
     TYPE_URL = ROUTER_TYPE
     UNSUPPORTED = _names(
         """
-        dynamic_stats start_child_span upstream_log upstream_log_options
+        start_child_span upstream_log upstream_log_options
         strict_check_headers respect_expected_rq_timeout
         suppress_grpc_request_failure_code_stats upstream_http_filters
         reject_connect_request_early_data
         """
     )
     suppress_envoy_headers: StrictBool = False
+    # False: the router records no per-response-code and timing stats on clusters (Envoy's
+    # "dynamic" stats: upstream_rq_<code>, upstream_rq_<class>xx, upstream_rq_completed,
+    # upstream_rq_time), for speed.
+    dynamic_stats: StrictBool = True
 
 
 ROUTER_NAMES = frozenset({"envoy.filters.http.router", "envoy.router"})

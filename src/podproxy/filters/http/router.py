@@ -92,6 +92,8 @@ class ForwarderConfig:
     preserve_external_request_id: bool = False
     always_set_request_id_in_response: bool = False
     suppress_envoy_headers: bool = False
+    # Router dynamic_stats: per-response cluster stats (codes, classes, completed, time).
+    dynamic_stats: bool = True
     scheme: bytes = b"http"
     # HCM xff_num_trusted_hops: with use_remote_address, the client is the address this many
     # entries from the right of the x-forwarded-for received, and its x-forwarded-proto holds.
@@ -211,6 +213,7 @@ class Forwarder:
         self._regenerate_edge_id = (
             config.use_remote_address and not config.preserve_external_request_id
         )
+        self.dynamic_stats = config.dynamic_stats
         self._server_line = b"server: " + config.server_name + b"\r\n"
         self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
@@ -878,19 +881,22 @@ class UpstreamRequest:
         status = head.status
         info = self.cluster.info
         st = info.stats
-        st.upstream_rq_completed.value += 1
-        info.code_counter(status).value += 1
         if self.tried:
             st.upstream_rq_retry_success.value += 1
-        if status < 300:
-            st.upstream_rq_2xx.value += 1
-        elif status < 400:
-            st.upstream_rq_3xx.value += 1
-        elif status < 500:
-            st.upstream_rq_4xx.value += 1
-        else:
-            st.upstream_rq_5xx.value += 1
-        st.upstream_rq_time.record((time.monotonic() - self.sent_at) * 1000.0)
+        if self.fwd.dynamic_stats:
+            # Envoy's "dynamic" stats (router.cc chargeUpstreamCode), unless the router's
+            # dynamic_stats is false (checked side by side: then none of these is made).
+            st.upstream_rq_completed.value += 1
+            info.code_counter(status).value += 1
+            if status < 300:
+                st.upstream_rq_2xx.value += 1
+            elif status < 400:
+                st.upstream_rq_3xx.value += 1
+            elif status < 500:
+                st.upstream_rq_4xx.value += 1
+            else:
+                st.upstream_rq_5xx.value += 1
+            st.upstream_rq_time.record((time.monotonic() - self.sent_at) * 1000.0)
         hst = self.host.stats
         if status >= 500:
             hst.rq_error += 1
