@@ -322,3 +322,36 @@ async def test_router_dynamic_stats(pair: StartPair, dynamic: bool) -> None:  # 
         stat = f"cluster.app.{name}"
         assert p.pod.counter(stat) == await p.envoy_counter(stat), stat
     assert await p.envoy_counter("cluster.app.upstream_rq_2xx") == int(dynamic)
+
+
+async def test_weighted_cluster_per_filter_config_is_the_most_specific(
+    pair: StartPair,  # noqa: F811
+) -> None:
+    """A weighted cluster's typed_per_filter_config wins over its route's (the filters see
+    the weighted entry picked for the request)."""
+    angry = {"@type": FAULT, "abort": {"http_status": 418, "percentage": ALWAYS}}
+    calm = {"@type": FAULT}
+
+    def weighted(prefix: str, route_cfg: dict[str, Any], entry_cfg: dict[str, Any]) -> Any:
+        entry: dict[str, Any] = {"name": "app", "weight": 1}
+        if entry_cfg:
+            entry["typed_per_filter_config"] = {"envoy.filters.http.fault": entry_cfg}
+        return {
+            "match": {"prefix": prefix},
+            "route": {"weighted_clusters": {"clusters": [entry]}},
+            "typed_per_filter_config": {"envoy.filters.http.fault": route_cfg},
+        }
+
+    hcm = with_routes(
+        filters(fault()),
+        [
+            weighted("/entry-angry", calm, angry),
+            weighted("/entry-calm", angry, calm),
+            weighted("/route-only", angry, {}),
+        ],
+    )
+    p = await pair(echo, hcm=hcm)
+    for path, status in (("/entry-angry", 418), ("/entry-calm", 200), ("/route-only", 418)):
+        envoy, pod = await p.both([request(path)])
+        assert pod.summary() == envoy.summary(), path
+        assert pod.responses[0].status == status, path

@@ -454,11 +454,11 @@ def load_routes(routes: list[dict[str, Any]]) -> None:
                 "match": {"prefix": "/"},
                 "route": {
                     "weighted_clusters": {
-                        "clusters": [{"name": "a", "weight": 1, "typed_per_filter_config": {}}]
+                        "clusters": [{"name": "a", "weight": 1, "metadata_match": {}}]
                     }
                 },
             },
-            "clusters[0].typed_per_filter_config: Envoy field not supported by podproxy yet",
+            "clusters[0].metadata_match: Envoy field not supported by podproxy yet",
         ),
         (
             {

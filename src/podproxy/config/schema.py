@@ -1051,11 +1051,13 @@ class HeaderMutations(Message):
 
 
 class ClusterWeight(HeaderMutations):
-    UNSUPPORTED = _names("metadata_match typed_per_filter_config")
+    UNSUPPORTED = _names("metadata_match")
     name: Str = ""
     cluster_header: Str = ""
     weight: UInt
     host_rewrite_literal: Str | None = None
+    # The most specific level of per-filter config: over the route's and the virtual host's.
+    typed_per_filter_config: dict[Str, PerFilterConfig] = {}  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _specifier(self) -> ClusterWeight:

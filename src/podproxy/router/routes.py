@@ -813,6 +813,12 @@ def compile_route(
                 original_host_header=not cw.host_rewrite_literal,
                 request_mutation=_prepend(req, request_mutation),
                 response_mutation=_prepend(resp, response_mutation),
+                per_filter_config=per_filter_configs(
+                    vhost_filter_config, route_filter_config, cw.typed_per_filter_config
+                ),
+                filter_config_levels=filter_config_levels(
+                    vhost_filter_config, route_filter_config, cw.typed_per_filter_config
+                ),
             )
         )
     weighted = WeightedClusters(tuple(ends), tuple(entries), total, random_value)

@@ -235,12 +235,18 @@ class Forwarder:
 
     # StreamHandler ---------------------------------------------------------------------
     def match_route(self, ex: Exchange) -> Route | None:
-        """The route of `ex` (None without a Host: nothing can match)."""
+        """The route of `ex` as filters see it (None without a Host: nothing can match): for
+        weighted clusters, the entry picked for this request, with its own per-filter config
+        (Envoy resolves the weighted cluster with the route); the router then serves that
+        entry."""
         head = ex.head
         authority = head.host
         if authority is None:
             return None
-        return self.routes.route(authority, head.target, head.headers)
+        route = self.routes.route(authority, head.target, head.headers)
+        if route is not None and route.weighted is not None:
+            route = route.choose_cluster(head.headers)[0]
+        return route
 
     def on_request_head(self, ex: Exchange) -> None:
         head = ex.head
