@@ -21,6 +21,7 @@ from podproxy.config.schema import (
     DirectResponseAction,
     DiscoveryType,
     DnsLookupFamily,
+    GoogleRE2,
     HeaderMatcher,
     HealthStatus,
     HttpConnectionManager,
@@ -599,3 +600,14 @@ def test_envoy_agrees_on_the_new_fields(envoy_validate: Callable[..., Any]) -> N
     assert listener != seed
     load(config_yaml=listener)
     assert envoy_validate(listener).returncode == 0
+
+
+def test_google_re2_engine_is_accepted_empty() -> None:
+    """`google_re2: {}` names the only engine there is (older configs carry it); the
+    deprecated max_program_size tunes RE2's program, which podproxy's engine does not have."""
+    assert RouteMatch.model_validate({"safe_regex": {"google_re2": {}, "regex": "/a.*"}})
+    loc, _ = one_error(
+        RouteMatch, {"safe_regex": {"google_re2": {"max_program_size": 100}, "regex": "/a"}}
+    )
+    assert loc == ("safe_regex", "google_re2", "max_program_size")
+    assert "max_program_size" in GoogleRE2.UNSUPPORTED  # the loader says "not supported"

@@ -716,9 +716,17 @@ class Http1ProtocolOptions(Message):
     default_host_for_http_10: Str | None = None
 
 
+class GoogleRE2(Message):
+    """RegexMatcher.google_re2: the engine every regex uses (the only one, so `{}` says
+    nothing new). Its max_program_size (deprecated) bounds RE2's compiled program, which
+    Python's regex engine does not have."""
+
+    UNSUPPORTED = _names("max_program_size")
+
+
 class RegexMatcher(Message):
-    UNSUPPORTED = _names("google_re2")
     regex: Str
+    google_re2: GoogleRE2 | None = None
 
     @field_validator("regex")
     @classmethod
