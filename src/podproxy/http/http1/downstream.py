@@ -154,6 +154,9 @@ class DownstreamConnection(asyncio.Protocol):
 
     def __init__(self, tracker: ConnectionTracker) -> None:
         self.tracker = tracker
+        # The class's exchange type as an instance attribute: Python 3.11 specialises an
+        # instance attribute read, not a class one read through the instance.
+        self.make_exchange = self.exchange_type
         self.config = tracker.config
         self.stats = tracker.config.stats
         self.handler = tracker.handler
@@ -292,7 +295,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     # codec.RequestSink ---------------------------------------------------------------
     def on_request_head(self, head: RequestHead) -> None:
-        ex = self.exchange_type(self, head, self.loop.time())
+        ex = self.make_exchange(self, head, self.loop.time())
         self.decoding = ex
         st = self.stats
         st.downstream_rq_total.value += 1
@@ -525,7 +528,7 @@ class DownstreamConnection(asyncio.Protocol):
         """An exchange to answer on when no request head was decoded (a malformed one, or a
         head that timed out): it stands for the request as `GET /`."""
         head = RequestHead(b"GET", b"/", "1.1", [], False)
-        ex = self.exchange_type(self, head, self.loop.time())
+        ex = self.make_exchange(self, head, self.loop.time())
         self.stats.downstream_rq_active.value += 1
         return ex
 
