@@ -410,3 +410,47 @@ def test_a_response_to_head_split_anywhere_is_framed_exactly() -> None:
         dec.expect_response(no_body=False)
         dec.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
         assert sink.events[-1] == "end"
+
+
+def _limit_outcome(reads: list[bytes], limit: int) -> tuple[int, int | None]:
+    """How many heads a request decoder with a `limit`-byte head limit hands on for `reads`,
+    and the status of the error it raises (None if none)."""
+    sink = Sink()
+    dec = RequestDecoder(sink, max_headers_bytes=limit)
+    try:
+        for r in reads:
+            dec.feed(r)
+    except ProtocolError as exc:
+        return _heads_in(sink), exc.status_hint
+    return _heads_in(sink), None
+
+
+def _heads_in(sink: Sink) -> int:
+    return sum(isinstance(e, RequestHead) for e in sink.events)
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=40, max_value=400), min_size=1, max_size=4),
+    body=st.integers(min_value=0, max_value=600),
+    cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=6),
+)
+def test_head_limit_does_not_depend_on_how_the_bytes_arrive(
+    sizes: list[int], body: int, cuts: list[int]
+) -> None:
+    """Heads are counted only once they could be over the limit (bytes fed since they could
+    have begun): wherever the reads are cut, and after bodies of any size in the same read,
+    every head is accepted or refused (431) exactly as when all arrive in one read."""
+    limit = 300
+    stream = b""
+    for size in sizes:
+        head = _request_head_of(size)
+        stream += head.replace(b"\r\n\r\n", b"\r\ncontent-length: %d\r\n\r\n" % body) + b"b" * body
+    whole = _limit_outcome([stream], limit)
+    points = sorted({c for c in cuts if 0 < c < len(stream)})
+    reads = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert _limit_outcome(reads, limit) == whole
+    # And what the limit means: the first head over it is the one refused.
+    over = [
+        i for i, size in enumerate(sizes) if size + len(b"content-length: %d\r\n" % body) > limit
+    ]
+    assert whole == ((over[0], 431) if over else (len(sizes), None))

@@ -111,7 +111,10 @@ class RequestDecoder:
     """
 
     __slots__ = (
+        "_bound",
         "_connection",
+        "_counting",
+        "_fed",
         "_h2c_body",
         "_headers",
         "_host",
@@ -139,7 +142,13 @@ class RequestDecoder:
         self._parser = httptools.HttpRequestParser(self)
         self._headers: Headers = []
         self._url = b""
+        # The head's size is counted exactly (`_size`, `_counting`) only once it could be over
+        # the limit: `_bound`, the bytes fed since the head could have begun, says when. Most
+        # heads arrive whole in a read smaller than the limit and are never counted.
         self._size = _REQUEST_HEAD_START
+        self._counting = False
+        self._bound = 0
+        self._fed = 0  # the length of the read being parsed
         self._host: bytes | None = None
         self._connection = False  # a Connection (or Proxy-Connection) header is in this head
         # An h2c upgrade request with a body: llhttp skipped the body, which is re-framed after
@@ -160,6 +169,8 @@ class RequestDecoder:
 
         A loop, not recursion, goes on after each h2c upgrade or folded head in `data`: a
         client may pipeline hundreds of them in one read."""
+        self._fed = len(data)
+        self._bound += self._fed
         while not self.stopped:
             # The list the next head's fields go to: another one once a head ends in this read.
             fields = self._headers
@@ -220,6 +231,8 @@ class RequestDecoder:
         self._host = None
         self._connection = False
         self._size = _REQUEST_HEAD_START
+        self._counting = False
+        self._bound = self._fed
         return _unfold(data)
 
     def close(self) -> None:
@@ -232,17 +245,24 @@ class RequestDecoder:
     # handed on, which saves a call per message) -----------------------------------------
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._size += len(url)
-        if self._size > self.max_headers_bytes:
-            raise ProtocolError("request headers too large", 431)
+        if self._bound > self.max_headers_bytes:
+            if self._counting:
+                self._size += len(url)
+            else:
+                self._start_counting()
+            if self._size > self.max_headers_bytes:
+                raise ProtocolError("request headers too large", 431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Also called for the trailers of a chunked request, after its head went to the sink:
         # they land in the next head's fresh state, which on_message_complete clears. The
         # field count is checked once per head (memory is bounded by the size check here).
-        self._size += len(name) + len(value) + 4
-        if self._size > self.max_headers_bytes:
-            raise ProtocolError("request headers too large", 431)
+        if self._bound > self.max_headers_bytes:
+            if not self._counting:
+                self._start_counting()
+            self._size += len(name) + len(value) + 4
+            if self._size > self.max_headers_bytes:
+                raise ProtocolError("request headers too large", 431)
         name = name.lower()
         if name == b"host":
             if self._host is not None:
@@ -260,6 +280,16 @@ class RequestDecoder:
                 self._connection = True  # llhttp reads both for keep-alive
         self._headers.append((name, value))
 
+    def _start_counting(self) -> None:
+        """The head may now be over the limit: count it exactly, so far (what llhttp handed
+        over: the url, and the fields before the one being added)."""
+        self._counting = True
+        self._size = (
+            _REQUEST_HEAD_START
+            + len(self._url)
+            + sum(len(k) + len(v) + 4 for k, v in self._headers)
+        )
+
     def _transfer_coding(self, value: bytes) -> None:
         """Only `chunked`, once (RFC 9112 §6.1, §7): any other coding, or chunked twice, is
         answered 501 as Envoy does, before the request goes anywhere. (llhttp passes a final
@@ -275,6 +305,8 @@ class RequestDecoder:
             self._synthetic = False
             self._url = b""
             self._size = _REQUEST_HEAD_START
+            self._counting = False
+            self._bound = self._fed
             return
         if len(self._headers) > self.max_headers_count:
             raise ProtocolError("too many request headers", 431)
@@ -307,6 +339,8 @@ class RequestDecoder:
         self._url = b""
         # The next head starts here unless trailers come first (on_message_complete resets).
         self._size = _REQUEST_HEAD_START
+        self._counting = False
+        self._bound = self._fed
         self._host = None
         self.in_head = False
         self.sink.on_request_head(head)
@@ -367,6 +401,8 @@ class RequestDecoder:
             self._host = None
             self._connection = False
             self._size = _REQUEST_HEAD_START
+            self._counting = False
+            self._bound = self._fed
         self.sink.on_request_end()
 
 
@@ -470,7 +506,10 @@ class ResponseDecoder:
 
     __slots__ = (
         "_body_until_close",
+        "_bound",
+        "_counting",
         "_expecting",
+        "_fed",
         "_headers",
         "_no_body",
         "_parser",
@@ -495,7 +534,11 @@ class ResponseDecoder:
         self.on_informational: object = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: Headers = []
+        # Counted exactly only once a head could be over the limit (RequestDecoder's rule).
         self._size = _RESPONSE_HEAD_START
+        self._counting = False
+        self._bound = 0
+        self._fed = 0
         self._no_body = False
         self._body_until_close = False
         self._expecting = False  # a request is outstanding: its response may begin
@@ -508,6 +551,8 @@ class ResponseDecoder:
         self._no_body = no_body
 
     def feed(self, data: bytes) -> None:
+        self._fed = len(data)
+        self._bound += self._fed
         if self._no_body:
             self._feed_heads(data)
             return
@@ -542,6 +587,8 @@ class ResponseDecoder:
                 self.in_message = False
                 self._no_body = False
                 self._size = _RESPONSE_HEAD_START
+                self._counting = False
+                self._bound = self._fed
                 self._tail = b""  # for the next response to HEAD
                 self.sink.on_response_end()
                 if stop < len(data):
@@ -574,9 +621,15 @@ class ResponseDecoder:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Trailers of a chunked response land in a fresh list that on_message_complete drops.
-        self._size += len(name) + len(value) + 4
-        if self._size > self.max_headers_bytes:
-            raise ProtocolError("response headers too large", 502)
+        if self._bound > self.max_headers_bytes:
+            if not self._counting:
+                self._counting = True
+                self._size = _RESPONSE_HEAD_START + sum(
+                    len(k) + len(v) + 4 for k, v in self._headers
+                )
+            self._size += len(name) + len(value) + 4
+            if self._size > self.max_headers_bytes:
+                raise ProtocolError("response headers too large", 502)
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -586,7 +639,9 @@ class ResponseDecoder:
         if len(headers) > self.max_headers_count:
             raise ProtocolError("too many response headers", 502)
         self._headers = []
-        self._size = _RESPONSE_HEAD_START  # the next head's, unless trailers come first
+        self._size = _RESPONSE_HEAD_START
+        self._counting = False
+        self._bound = self._fed  # the next head's (or trailers') bytes: in this read at most
         self.in_message = True
         if status < 200:
             if status == 101:
@@ -631,6 +686,8 @@ class ResponseDecoder:
         if self._headers:
             self._headers = []  # trailers: dropped, as Envoy without enable_trailers
             self._size = _RESPONSE_HEAD_START
+            self._counting = False
+            self._bound = self._fed
         if not self.in_message:
             return
         self.in_message = False
