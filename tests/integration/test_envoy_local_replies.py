@@ -4,11 +4,20 @@ HTTP error page."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from integration.test_envoy_filters import ALWAYS, FAULT, fault, filters, with_routes
+from integration.test_envoy_filters import (
+    ALWAYS,
+    FAULT,
+    ROUTER,
+    fault,
+    filters,
+    request,
+    with_routes,
+)
 from integration.test_envoy_hcm_fields import StartPair, echo, pair  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.envoy
@@ -61,3 +70,39 @@ async def test_grpc_local_replies(pair: StartPair, path: str, content_type: str)
     envoy, pod = await p.both([grpc_call(path, content_type)])
     assert values(pod) == values(envoy)
     assert pod.summary() == envoy.summary()
+
+
+async def _answer(req: Any) -> None:
+    if req.target.startswith(b"/reset"):
+        req.conn.transport.close()
+        return
+    if req.target.startswith(b"/slow"):
+        await asyncio.sleep(1.0)
+    req.conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def test_the_routers_own_replies_get_the_routes_response_headers(
+    pair: StartPair,  # noqa: F811
+) -> None:
+    """Once the route is known, the router's own local replies (no cluster, a reset, a
+    timeout) carry the route's response_headers_to_add, as Envoy's modify_headers_ does."""
+    add = [{"header": {"key": "x-route", "value": "r"}}]
+    routes = [
+        {
+            "match": {"prefix": "/nc"},
+            "route": {"cluster_header": "x-target"},
+            "response_headers_to_add": add,
+        },
+        {
+            "match": {"prefix": "/slow"},
+            "route": {"cluster": "app", "timeout": "0.3s"},
+            "response_headers_to_add": add,
+        },
+        {"match": {"prefix": "/"}, "route": {"cluster": "app"}, "response_headers_to_add": add},
+    ]
+    p = await pair(_answer, hcm=with_routes({"http_filters": [ROUTER]}, routes))
+    for path, status in (("/nc", 503), ("/slow", 504), ("/reset", 503), ("/ok", 200)):
+        envoy, pod = await p.both([request(path)], wait=1.5)
+        assert values(pod) == values(envoy), path
+        assert pod.responses[0].status == status
+        assert pod.responses[0].header("x-route") == "r", path

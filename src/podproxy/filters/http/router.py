@@ -35,7 +35,7 @@ from podproxy.http.http1.codec import HOP_BY_HOP
 from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
 from podproxy.http.http1.upstream import UpstreamConnection
-from podproxy.http.stream import Exchange, ResponseHead, is_grpc_request
+from podproxy.http.stream import Exchange, Headers, ResponseHead, is_grpc_request
 from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
 from podproxy.upstream.cluster import Cluster
@@ -285,14 +285,14 @@ class Forwarder:
             self.stats.no_cluster.value += 1
             if self._logged:
                 note_route(ex, route.name, None)
-            local_reply(ex, route.cluster_not_found_status, b"", flags="NC")
+            self.route_local_reply(ex, route, route.cluster_not_found_status, b"", "NC", [])
             return
         host = cluster.choose_host()
         if host is None:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
             if self._logged:
                 note_route(ex, route.name, cluster.info.observability_name)
-            local_reply(ex, 503, NO_HEALTHY_UPSTREAM, flags="UH")
+            self.route_local_reply(ex, route, 503, NO_HEALTHY_UPSTREAM, "UH", [])
             return
         ex.idle_timeout = route.idle_timeout
         head_bytes, chunked, expect_continue = self.request_head(ex, route, host)
@@ -366,17 +366,34 @@ class Forwarder:
         for shadow in shadows:
             shadow.start(state)
 
+    def route_reply_headers(self, ex: Exchange, route: Route) -> Headers | None:
+        """The route's response header mutations, for a local reply once the route is known
+        (router.cc modify_headers_: direct responses, redirects, and the router's own 503s
+        and 504s get them, as checked side by side with Envoy 1.40)."""
+        mutation = route.response_mutation
+        if mutation is None:
+            return None
+        info = (
+            local_reply_info(ex, route, self._forwarded_proto(ex)) if mutation.formatted else None
+        )
+        return route.local_reply_headers(info)
+
+    def route_local_reply(
+        self, ex: Exchange, route: Route, status: int, body: bytes, flags: str, extra: Headers
+    ) -> None:
+        """A local reply of the router's once the route is known: with the route's response
+        headers (and `extra`), through the encoder filters when there are any."""
+        headers = (self.route_reply_headers(ex, route) or []) + extra
+        if not headers:
+            local_reply(ex, status, body, flags=flags)
+        elif ex.filters is None:
+            ex.conn.send_local_reply(ex, status, body, flags=flags, extra=headers)
+        else:
+            ex.filters.send_local_reply(status, body, flags=flags, headers=headers)
+
     def _local_route_reply(self, ex: Exchange, route: Route) -> None:
         """A direct response or a redirect, with the route's response header mutations."""
-        mutation = route.response_mutation
-        headers = None
-        if mutation is not None:
-            info = (
-                local_reply_info(ex, route, self._forwarded_proto(ex))
-                if mutation.formatted
-                else None
-            )
-            headers = route.local_reply_headers(info)
+        headers = self.route_reply_headers(ex, route)
         redirect = route.redirect
         status = route.direct_status or 200
         body = route.direct_body
@@ -998,16 +1015,10 @@ class UpstreamRequest:
         """The router's local reply once a host was chosen: with x-envoy-attempt-count when
         the vhost puts it on responses (router.cc modify_headers_, which its 503s and 504s
         get too)."""
-        ex = self.ex
-        if not self.route.attempt_count_in_response:
-            local_reply(ex, status, body, flags=flags)
-            return
-        extra = [(b"x-envoy-attempt-count", b"%d" % self.attempts)]
-        fm = ex.filters
-        if fm is None:
-            ex.conn.send_local_reply(ex, status, body, flags=flags, extra=extra)
-        else:
-            fm.send_local_reply(status, body, flags=flags, headers=extra)
+        extra = []
+        if self.route.attempt_count_in_response:
+            extra.append((b"x-envoy-attempt-count", b"%d" % self.attempts))
+        self.fwd.route_local_reply(self.ex, self.route, status, body, flags, extra)
 
     def reset(self) -> None:
         """The client went away: abandon the upstream side."""
