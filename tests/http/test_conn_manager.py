@@ -121,6 +121,12 @@ class Scripted(HttpFilter):
     def encode_data(self, data: bytes, end_stream: bool) -> int:
         return self._answer("encode_data", data)
 
+    def decode_trailers(self, trailers: Headers) -> int:
+        return self._answer("decode_trailers")
+
+    def encode_trailers(self, trailers: Headers) -> int:
+        return self._answer("encode_trailers")
+
     def on_destroy(self) -> None:
         self.destroyed += 1
         self.log.append((self.name, "destroy"))
@@ -135,6 +141,9 @@ class Sink:
 
     def encode_body(self, data: bytes, end_stream: bool) -> None:
         self.log.append(("sink", "body", data.decode(), str(end_stream)))
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        self.log.append(("sink", "trailers"))
 
 
 class Route:
@@ -341,7 +350,8 @@ def test_local_reply_from_a_decoder_goes_through_the_encoders() -> None:
 
 def test_encoder_stop_and_continue_encoding() -> None:
     log: Log = []
-    h, _ = chain(log, {"a": {}, "b": {"encode_headers": STOP_ITERATION}})
+    holds = {"encode_headers": STOP_ITERATION, "encode_data": STOP_ITERATION_AND_BUFFER}
+    h, _ = chain(log, {"a": {}, "b": holds})
     ex = stream(body=False)
     h.on_request_head(ex)
     log.clear()
@@ -353,9 +363,106 @@ def test_encoder_stop_and_continue_encoding() -> None:
     assert log[2:] == [
         ("a", "encode_headers"),
         ("sink", "head", "200", "False"),
+        ("a", "encode_data", "ok"),
         ("sink", "body", "ok", "True"),
         ("a", "destroy"),
         ("b", "destroy"),
+    ]
+
+
+def test_body_through_an_encoder_that_stopped_the_headers_moves_them_on_first() -> None:
+    log: Log = []
+    h, _ = chain(log, {"a": {}, "b": {"encode_headers": STOP_ITERATION}})
+    ex = stream(body=False)
+    h.on_request_head(ex)
+    log.clear()
+    fm = fm_of(ex)
+    fm.encode_headers(ResponseHead(200, [], True, 2, False), False, Sink(log))
+    fm.encode_data(b"ok", True)
+    assert log == [
+        ("b", "encode_headers"),
+        ("b", "encode_data", "ok"),
+        ("a", "encode_headers"),
+        ("sink", "head", "200", "False"),
+        ("a", "encode_data", "ok"),
+        ("sink", "body", "ok", "True"),
+        ("a", "destroy"),
+        ("b", "destroy"),
+    ]
+
+
+# --- trailers ------------------------------------------------------------------------------
+
+
+def test_request_trailers_follow_the_body_through_each_filter() -> None:
+    log: Log = []
+    h, _ = chain(log, {"a": {}, "b": {}})
+    ex = stream()
+    h.on_request_head(ex)
+    h.on_request_body(ex, b"12")
+    fm_of(ex).decode_trailers([(b"x-t", b"1")])
+    assert log[6:] == [
+        ("a", "decode_trailers"),
+        ("b", "decode_trailers"),
+        ("router", "end"),
+    ]
+
+
+def test_a_buffering_filter_lets_its_buffer_go_at_the_trailers() -> None:
+    log: Log = []
+    h, _ = chain(log, {"a": {"decode_data": STOP_ITERATION_AND_BUFFER}, "b": {}})
+    ex = stream()
+    h.on_request_head(ex)
+    h.on_request_body(ex, b"12")
+    h.on_request_body(ex, b"345")
+    fm_of(ex).decode_trailers([(b"x-t", b"1")])
+    assert [e for e in log if e[0] != "a"][2:] == [
+        ("b", "decode_data", "12345"),
+        ("b", "decode_trailers"),
+        ("router", "data", "12345"),
+        ("router", "end"),
+    ]
+
+
+def test_a_filter_that_stops_at_the_trailers_holds_the_end_until_continue() -> None:
+    log: Log = []
+    h, _ = chain(log, {"a": {"decode_trailers": STOP_ITERATION}, "b": {}})
+    ex = stream()
+    h.on_request_head(ex)
+    h.on_request_body(ex, b"12")
+    fm = fm_of(ex)
+    fm.decode_trailers([(b"x-t", b"1")])
+    assert ("b", "decode_trailers") not in log and ("router", "end") not in log
+    fm.continue_decoding()
+    assert log[-2:] == [("b", "decode_trailers"), ("router", "end")]
+
+
+def test_encode_trailers_may_add_body_before_them() -> None:
+    """What grpc_web does: the upstream's trailers become a body frame."""
+    log: Log = []
+
+    def frame(f: Scripted) -> int:
+        f.callbacks.add_encoded_data(b"[trailers]")
+        return CONTINUE
+
+    h, _ = chain(log, {"a": {}, "b": {"encode_trailers": frame}})
+    ex = stream(body=False)
+    h.on_request_head(ex)
+    log.clear()
+    fm = fm_of(ex)
+    fm.encode_headers(ResponseHead(200, [], True, None, True), False, Sink(log))
+    fm.encode_data(b"ok", False)
+    fm.encode_trailers([(b"grpc-status", b"0")])
+    assert [e for e in log if e[0] != "b"] == [
+        ("a", "encode_headers"),
+        ("sink", "head", "200", "False"),
+        ("a", "encode_data", "ok"),
+        ("sink", "body", "ok", "False"),
+        ("a", "encode_data", "[trailers]"),
+        ("a", "encode_trailers"),
+        ("sink", "body", "[trailers]", "False"),
+        ("sink", "trailers"),
+        ("a", "destroy"),
     ]
 
 

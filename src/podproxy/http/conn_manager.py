@@ -271,6 +271,7 @@ class FilterManager:
     """
 
     __slots__ = (
+        "d_added",
         "d_at",
         "d_buf",
         "d_buf_end",
@@ -281,13 +282,20 @@ class FilterManager:
         "d_pending_at",
         "d_pending_end",
         "d_stop_all",
+        "d_trailers",
         "done",
+        "e_added",
         "e_at",
         "e_buf",
+        "e_buf_end",
         "e_end",
         "e_head",
         "e_held",
+        "e_pending",
+        "e_pending_at",
+        "e_pending_end",
         "e_sink",
+        "e_trailers",
         "ex",
         "filters",
         "handler",
@@ -315,6 +323,8 @@ class FilterManager:
         self.head_only = False
         self.d_buf: list[bytes] = []
         self.d_buf_end = False  # the buffered body includes the request's end
+        self.d_trailers: Headers | None = None  # the request's, once they came
+        self.d_added: list[bytes] | None = None  # add_decoded_data, during decode_trailers
         self.d_buffered = 0
         self.d_limit = handler.buffer_limit
         self.d_held = -1
@@ -322,9 +332,17 @@ class FilterManager:
         self.e_at = 0
         self.e_head: ResponseHead | None = None
         self.e_buf: list[bytes] = []
+        self.e_buf_end = False
         self.e_held = -1
         self.e_end = False
         self.e_sink: EncodeSink | None = None
+        # Response body (and maybe the end) waiting for the headers, to resume at filter
+        # `e_pending_at`; the response's trailers once they came; add_encoded_data's pieces.
+        self.e_pending: list[bytes] = []
+        self.e_pending_at = -1
+        self.e_pending_end = False
+        self.e_trailers: Headers | None = None
+        self.e_added: list[bytes] | None = None
         self.replied = False
         self.done = False
         self.routed = False
@@ -398,51 +416,25 @@ class FilterManager:
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         self._data_from(0, data, end_stream)
 
+    def decode_trailers(self, trailers: Headers) -> None:
+        """The request ends with trailers (a codec that has them: HTTP/2; HTTP/1 drops them,
+        as Envoy's does without enable_trailers). Each filter sees them after the body."""
+        self.d_trailers = trailers
+        self._data_from(0, b"", True)
+
     def _data_from(self, i: int, data: bytes, end_stream: bool) -> None:
-        """Walk a piece of the body (and maybe the end) on from filter `i`."""
-        filters = self.filters
-        n = len(filters)
+        """Walk a piece of the body (and maybe the end, with the trailers if any) on from
+        filter `i`."""
+        n = len(self.filters)
         while i < n:
             if i > self.d_at or (i == self.d_at and self.d_stop_all):
                 # The headers have not passed this filter: the body waits for them.
                 self._hold(i, data, end_stream)
                 return
-            f = filters[i]
-            if i == self.d_held:
-                # This filter is buffering: it sees each piece, the buffer grows until it
-                # lets the whole of it go on.
-                self.d_buf.append(data)
-                self.d_buf_end = end_stream
-                self.d_buffered += len(data)
-                if self.d_buffered > self.d_limit:
-                    self._buffer_overflow()
-                    return
-                status = f.decode_data(data, end_stream)
-                if self.replied:
-                    return
-                if status == STOP_ITERATION_NO_BUFFER:
-                    self.d_buffered -= len(self.d_buf.pop())
-                    return
-                if status != CONTINUE:
-                    return
-                data = b"".join(self.d_buf)
-                self.d_buf = []
-                self.d_buffered = 0
-                self.d_held = -1
-            else:
-                status = f.decode_data(data, end_stream)
-                if self.replied:
-                    return
-                if status == STOP_ITERATION_AND_BUFFER:
-                    self.d_held = i
-                    self.d_buf.append(data)
-                    self.d_buf_end = end_stream
-                    self.d_buffered = len(data)
-                    if self.d_buffered > self.d_limit:
-                        self._buffer_overflow()
-                    return
-                if status != CONTINUE:
-                    return
+            out = self._through(i, data, end_stream)
+            if out is None:
+                return
+            data = out
             if i == self.d_at:
                 # A filter that stopped the headers let body through: the headers go on
                 # first (as Envoy's commonContinue), the body after them.
@@ -455,7 +447,95 @@ class FilterManager:
         if data:
             terminal.on_request_body(ex, data)
         if end_stream and not self.replied and not ex.response_complete:
+            # (Trailers end the request here: the HTTP/1 upstream sends none, as Envoy's
+            # HTTP/1 codec without enable_trailers.)
             terminal.on_request_end(ex)
+
+    def _through(self, i: int, data: bytes, end_stream: bool) -> bytes | None:
+        """Filter `i`'s turn with a piece of the body (and the end, and trailers): what goes
+        on to the next filter, or None when the walk stops at this one."""
+        f = self.filters[i]
+        trailers = self.d_trailers if end_stream else None
+        # With trailers the body is not the end: decode_data(..., False), then the trailers.
+        data_end = end_stream and trailers is None
+        held = i == self.d_held
+        if data or trailers is None or held:
+            if held:
+                # This filter is buffering: it sees each piece, the buffer grows until it
+                # lets the whole of it go on.
+                self.d_buf.append(data)
+                self.d_buf_end = end_stream
+                self.d_buffered += len(data)
+                if self.d_buffered > self.d_limit:
+                    self._buffer_overflow()
+                    return None
+                status = f.decode_data(data, data_end)
+                if self.replied:
+                    return None
+                if status == STOP_ITERATION_NO_BUFFER:
+                    self.d_buffered -= len(self.d_buf.pop())
+                if status != CONTINUE and trailers is None:
+                    return None
+                if status == CONTINUE:
+                    data = self._release()
+                    held = False
+            else:
+                status = f.decode_data(data, data_end)
+                if self.replied:
+                    return None
+                if status == STOP_ITERATION_AND_BUFFER:
+                    self.d_held = i
+                    self.d_buf = [data]
+                    self.d_buf_end = end_stream
+                    self.d_buffered = len(data)
+                    if self.d_buffered > self.d_limit:
+                        self._buffer_overflow()
+                        return None
+                    if trailers is None:
+                        return None
+                    held = True
+                elif status != CONTINUE:
+                    if trailers is None:
+                        return None
+                    data = b""  # the filter took this piece; the trailers still come
+        if trailers is None:
+            return data
+        added = self.d_added = []
+        status = f.decode_trailers(trailers)
+        self.d_added = None
+        if self.replied:
+            return None
+        if added:
+            data += b"".join(added)  # add_decoded_data: body before the trailers
+        if status != CONTINUE:
+            # Stopped at the trailers: what passed this filter waits here with the end until
+            # continue_decoding (the same as a buffering filter's hold).
+            if not held:
+                self.d_held = i
+                self.d_buf = [data]
+                self.d_buffered = len(data)
+            elif added:
+                self.d_buf.append(b"".join(added))
+            self.d_buf_end = True
+            return None
+        if held:
+            data = self._release() + (b"".join(added) if added else b"")
+        return data
+
+    def _release(self) -> bytes:
+        """The buffering filter lets its buffer go on."""
+        data = b"".join(self.d_buf)
+        self.d_buf = []
+        self.d_buffered = 0
+        self.d_held = -1
+        return data
+
+    def add_decoded_data(self, data: bytes) -> None:
+        """From a filter's decode_trailers: body to send before the trailers (Envoy's
+        addDecodedData)."""
+        if self.d_added is None:
+            raise RuntimeError("add_decoded_data outside decode_trailers")
+        self.d_added.append(data)
 
     def _hold(self, at: int, data: bytes, end_stream: bool) -> None:
         """Body that must wait before filter `at` for the headers; the client's reading
@@ -529,8 +609,11 @@ class FilterManager:
         self._encode_headers_from(len(self.filters) - 1)
 
     def _encode_headers_from(self, i: int) -> None:
+        """Walk the response headers on from filter `i` (down to 0, then the sink); then the
+        body that waited for them."""
         head = self.e_head
-        assert head is not None and self.e_sink is not None
+        sink = self.e_sink
+        assert head is not None and sink is not None
         filters = self.filters
         while i >= 0:
             if filters[i].encode_headers(head, self.e_end) != CONTINUE:
@@ -538,76 +621,145 @@ class FilterManager:
                 return
             i -= 1
         self.e_at = -1
-        sink = self.e_sink
-        buf = self.e_buf
-        if buf:
-            # Body that waited for the headers goes with them.
-            self.e_buf = []
-            sink.encode_head(head, False)
-            sink.encode_body(b"".join(buf), self.e_end)
-        else:
+        if not self.e_pending and not self.e_pending_end:
             sink.encode_head(head, self.e_end)
-        if self.e_end:
-            self.on_destroy()
+            if self.e_end:
+                self.on_destroy()
+            return
+        sink.encode_head(head, False)
+        data = b"".join(self.e_pending)
+        at, end = self.e_pending_at, self.e_pending_end
+        self.e_pending = []
+        self.e_pending_end = False
+        self._encode_data_from(at, data, end)
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
             self.e_end = True
         self._encode_data_from(len(self.filters) - 1, data, end_stream)
 
+    def encode_trailers(self, trailers: Headers) -> None:
+        """The response ends with trailers (an upstream codec that has them). Each encoder
+        filter sees them after the body; the HTTP/1 downstream drops them at the end, as
+        Envoy's HTTP/1 codec does without enable_trailers."""
+        self.e_trailers = trailers
+        self.e_end = True
+        self._encode_data_from(len(self.filters) - 1, b"", True)
+
     def _encode_data_from(self, i: int, data: bytes, end_stream: bool) -> None:
-        filters = self.filters
         while i >= 0:
             if i < self.e_at:
+                # The headers have not passed this filter: the body waits for them.
                 if data:
-                    self.e_buf.append(data)
+                    self.e_pending.append(data)
+                self.e_pending_end = self.e_pending_end or end_stream
+                self.e_pending_at = i
                 return
-            f = filters[i]
-            if i == self.e_held:
-                self.e_buf.append(data)
-                status = f.encode_data(data, end_stream)
-                if status == CONTINUE:
-                    data = b"".join(self.e_buf)
-                    self.e_buf = []
-                    self.e_held = -1
-                elif status == STOP_ITERATION_NO_BUFFER:
-                    self.e_buf.pop()
-                    return
-                else:
-                    return
-            else:
-                status = f.encode_data(data, end_stream)
-                if status == STOP_ITERATION_AND_BUFFER:
-                    self.e_held = i
-                    self.e_buf.append(data)
-                    return
-                if status == STOP_ITERATION_NO_BUFFER:
-                    return
+            out = self._encode_through(i, data, end_stream)
+            if out is None:
+                return
+            data = out
+            if i == self.e_at:
+                # The filter that stopped the headers let body through: headers first.
+                if data:
+                    self.e_pending.append(data)
+                self.e_pending_end = self.e_pending_end or end_stream
+                self.e_pending_at = i - 1
+                self._encode_headers_from(i - 1)
+                return
             i -= 1
-        if self.e_at >= 0:
+        sink = self.e_sink
+        assert sink is not None
+        trailers = self.e_trailers if end_stream else None
+        if trailers is None:
+            sink.encode_body(data, end_stream)
+        else:
             if data:
-                self.e_buf.append(data)
-            return
-        assert self.e_sink is not None
-        self.e_sink.encode_body(data, end_stream)
+                sink.encode_body(data, False)
+            sink.encode_trailers(trailers)
         if end_stream:
             self.on_destroy()
+
+    def _encode_through(self, i: int, data: bytes, end_stream: bool) -> bytes | None:
+        """Encoder filter `i`'s turn (as `_through` for the request): what goes on to the
+        filter before it, or None when the walk stops here."""
+        f = self.filters[i]
+        trailers = self.e_trailers if end_stream else None
+        data_end = end_stream and trailers is None
+        held = i == self.e_held
+        if data or trailers is None or held:
+            if held:
+                self.e_buf.append(data)
+                self.e_buf_end = end_stream
+                status = f.encode_data(data, data_end)
+                if status == STOP_ITERATION_NO_BUFFER:
+                    self.e_buf.pop()
+                if status != CONTINUE and trailers is None:
+                    return None
+                if status == CONTINUE:
+                    data = self._encode_release()
+                    held = False
+            else:
+                status = f.encode_data(data, data_end)
+                if status == STOP_ITERATION_AND_BUFFER:
+                    self.e_held = i
+                    self.e_buf = [data]
+                    self.e_buf_end = end_stream
+                    if trailers is None:
+                        return None
+                    held = True
+                elif status != CONTINUE:
+                    if trailers is None:
+                        return None
+                    data = b""
+        if trailers is None:
+            return data
+        added = self.e_added = []
+        status = f.encode_trailers(trailers)
+        self.e_added = None
+        extra = b"".join(added)
+        if status != CONTINUE:
+            if not held:
+                self.e_held = i
+                self.e_buf = [data]
+            if extra:
+                self.e_buf.append(extra)
+            self.e_buf_end = True
+            return None
+        if held:
+            data = self._encode_release()
+        return data + extra
+
+    def _encode_release(self) -> bytes:
+        data = b"".join(self.e_buf)
+        self.e_buf = []
+        self.e_held = -1
+        return data
+
+    def add_encoded_data(self, data: bytes) -> None:
+        """From a filter's encode_trailers: body to send before the trailers (Envoy's
+        addEncodedData; how grpc_web turns trailers into a body frame)."""
+        if self.e_added is None:
+            raise RuntimeError("add_encoded_data outside encode_trailers")
+        self.e_added.append(data)
 
     def continue_encoding(self) -> None:
         if self.done or self.e_head is None:
             return
-        if self.e_held >= 0:
-            i = self.e_held
-            data = b"".join(self.e_buf)
-            self.e_buf = []
-            self.e_held = -1
-            if self.e_at < i:
-                self._encode_data_from(i - 1, data, self.e_end)
-                return
+        held = self.e_held
+        if held >= 0 and held != self.e_at:
+            self._encode_data_from(held - 1, self._encode_release(), self.e_buf_end)
+            return
+        i = self.e_at
+        if i < 0:
+            return
+        if held == i:
+            data = self._encode_release()
             if data:
-                self.e_buf.insert(0, data)
-        if self.e_at >= 0:
-            self._encode_headers_from(self.e_at - 1)
+                self.e_pending.append(data)
+            self.e_pending_end = self.e_pending_end or self.e_buf_end
+            self.e_pending_at = i - 1
+        self._encode_headers_from(i - 1)
 
     # local replies -----------------------------------------------------------------------
     def send_local_reply(
@@ -646,6 +798,7 @@ class EncodeSink(Protocol):
 
     def encode_head(self, head: ResponseHead, end_stream: bool) -> None: ...
     def encode_body(self, data: bytes, end_stream: bool) -> None: ...
+    def encode_trailers(self, trailers: Headers) -> None: ...
 
 
 class LocalReplySink:
@@ -669,6 +822,11 @@ class LocalReplySink:
         self.body.append(data)
         if end_stream:
             self._send()
+
+    def encode_trailers(self, trailers: Headers) -> None:
+        # A filter gave a local reply trailers: an HTTP/1 reply carries none (Envoy's
+        # HTTP/1 codec without enable_trailers); the reply ends here.
+        self._send()
 
     def _send(self) -> None:
         head = self.head

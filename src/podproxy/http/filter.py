@@ -40,6 +40,8 @@ class FilterCallbacks(Protocol):
     def continue_decoding(self) -> None: ...
     def continue_encoding(self) -> None: ...
     def decoding_buffer(self) -> bytes: ...
+    def add_decoded_data(self, data: bytes) -> None: ...
+    def add_encoded_data(self, data: bytes) -> None: ...
     def set_buffer_limit(self, limit: int) -> None: ...
     def send_local_reply(
         self,
@@ -71,6 +73,16 @@ class HttpFilter:
         return CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> int:
+        return CONTINUE
+
+    def decode_trailers(self, trailers: Headers) -> int:
+        """The request's trailers, after its body (CONTINUE or STOP_ITERATION); body may be
+        added before them with `callbacks.add_decoded_data`."""
+        return CONTINUE
+
+    def encode_trailers(self, trailers: Headers) -> int:
+        """The response's trailers, after its body; `callbacks.add_encoded_data` adds body
+        before them (grpc_web turns trailers into a body frame so)."""
         return CONTINUE
 
     def on_destroy(self) -> None:

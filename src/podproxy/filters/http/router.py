@@ -1079,6 +1079,11 @@ class FilteredUpstreamRequest(UpstreamRequest):
         if end_stream:
             super().on_response_end()
 
+    def encode_trailers(self, trailers: Headers) -> None:
+        # The response ends: HTTP/1 to the client carries no trailers (Envoy's HTTP/1 codec
+        # without enable_trailers drops them too).
+        super().on_response_end()
+
 
 class LoggedUpstreamRequest(UpstreamRequest):
     """An `UpstreamRequest` of an access-logged HCM: notes on its `LoggedExchange` what the
