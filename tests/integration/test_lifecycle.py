@@ -85,7 +85,9 @@ class Running:
                 _, writer = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", self.port), 1.0
                 )
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the connect landed in the backlog of a listening socket that closed
+                # before accepting it; refused once it is gone. Both: no longer listening.
                 return True
             writer.close()
             await asyncio.sleep(0.02)
