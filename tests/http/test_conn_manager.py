@@ -527,3 +527,23 @@ def test_trusted_xff_address(xff: bytes, skip: int, want: str | None) -> None:
     """Envoy's Utility::getLastAddressFromXFF; the cases Envoy 1.40 was seen to agree on
     (x-envoy-external-address with xff_num_trusted_hops skip + 1)."""
     assert trusted_xff_address(xff, skip) == want
+
+
+def test_a_local_reply_once_the_response_began_resets_the_stream_once() -> None:
+    """A filter's late local reply (e.g. a fault timer after the upstream answered): the
+    router lets go of the upstream, the connection gets one reply (its too-late path resets
+    the stream), and the encoders are not walked a second time."""
+    log: Log = []
+    h, made = chain(log, {"a": {}})
+    ex = stream(body=False)
+    h.on_request_head(ex)
+    fm = fm_of(ex)
+    fm.encode_headers(ResponseHead(200, [], True, 5, False), False, Sink(log))
+    ex.response_started = True
+    log.clear()
+    made[0].callbacks.send_local_reply(503, b"late")
+    made[0].callbacks.send_local_reply(503, b"again")
+    conn = ex.conn
+    assert isinstance(conn, Conn)
+    assert [r[:2] for r in conn.replies] == [(503, b"late")]
+    assert log == [("router", "reset"), ("a", "destroy")]

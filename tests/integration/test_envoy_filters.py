@@ -151,9 +151,12 @@ async def test_fault_delay_then_abort_and_the_body_waits(pair: StartPair) -> Non
         abort={"http_status": 504, "percentage": ALWAYS},
     )
     p = await pair(echo, hcm=filters(both))
-    envoy, pod = await p.both([request("/f")], wait=2.0)
-    assert pod.summary() == envoy.summary()
-    assert pod.responses[0].status == 504 and not pod.upstream
+    for sent in (request("/f"), request("/f", body=b"y" * 3000)):
+        # With a body too: it waits behind the delay, so the abort reaches no upstream.
+        envoy, pod = await p.both([sent], wait=2.0)
+        assert pod.summary() == envoy.summary()
+        assert pod.responses[0].status == 504
+        assert not pod.upstream and not envoy.upstream
 
 
 async def test_fault_header_delay(pair: StartPair) -> None:  # noqa: F811
@@ -355,3 +358,48 @@ async def test_weighted_cluster_per_filter_config_is_the_most_specific(
         envoy, pod = await p.both([request(path)])
         assert pod.summary() == envoy.summary(), path
         assert pod.responses[0].status == status, path
+
+
+def keep_alive(path: str, body: bytes | None = None) -> bytes:
+    """A request that keeps the connection open (`request()` asks to close it)."""
+    return request(path, body=body).replace(b"connection: close\r\n", b"")
+
+
+async def test_buffered_body_then_a_local_reply_leaves_the_connection_reading(
+    pair: StartPair,  # noqa: F811
+) -> None:
+    """A body the buffer filter held, answered by a direct response: the next request on the
+    same keep-alive connection is read and answered."""
+    direct = {"match": {"prefix": "/d"}, "direct_response": {"status": 200}}
+    hcm = with_routes(filters(buffer(1000)), [direct, to_app("/")])
+    p = await pair(echo_body, hcm=hcm)
+    steps: list[Any] = [keep_alive("/d", body=b"z" * 10), 0.2, request("/f")]
+    envoy, pod = await p.both(steps, wait=1.0)
+    assert [r.status for r in pod.responses] == [r.status for r in envoy.responses] == [200, 200]
+
+
+async def test_expect_100_continue_is_answered_before_the_filters_wait(
+    pair: StartPair,  # noqa: F811
+) -> None:
+    """The buffer filter waits for the body and the client waits for 100 Continue: the
+    connection manager answers the 100 first, as Envoy's does."""
+    p = await pair(echo_body, hcm=filters(buffer(1000)))
+    whole = request("/f", ("expect", "100-continue"), body=b"q" * 20)
+    head, body = whole.split(b"\r\n\r\n", 1)
+    # Only the head: the 100 must come without the body (which waits for it).
+    envoy, pod = await p.both([head + b"\r\n\r\n"], wait=0.5)
+    assert pod.raw == envoy.raw == b"HTTP/1.1 100 Continue\r\n\r\n"
+    envoy, pod = await p.both([head + b"\r\n\r\n", 0.3, body], wait=1.0)
+    assert pod.raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert pod.summary() == envoy.summary()
+    assert pod.upstream[0].body == envoy.upstream[0].body == b"q" * 20
+
+
+async def test_a_request_without_host_ends_the_filters_stream(pair: StartPair) -> None:  # noqa: F811
+    """The 400 for a request without Host goes through the chain like any local reply, so a
+    fault filter's active fault ends with it."""
+    p = await pair(echo, hcm=filters(fault(delay={"fixed_delay": "0.1s", "percentage": ALWAYS})))
+    no_host = b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n"
+    envoy, pod = await p.both([no_host], wait=1.0)
+    assert pod.responses[0].status == envoy.responses[0].status == 400
+    assert p.pod.counter("http.ingress_http.fault.active_faults") == 0

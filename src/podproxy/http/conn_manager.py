@@ -22,7 +22,7 @@ from podproxy.http.filter import (
     FilterFactory,
     HttpFilter,
 )
-from podproxy.http.flow import HANDLER_HOLD
+from podproxy.http.flow import FILTER_HOLD
 from podproxy.http.stream import (
     DEFAULT_MAX_HEADERS_BYTES,
     DEFAULT_MAX_HEADERS_COUNT,
@@ -252,6 +252,8 @@ _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
 # No body is waiting (an index past any chain).
 _NOWHERE = 1 << 30
 # Envoy's per_connection_buffer_limit_bytes default.
@@ -407,6 +409,7 @@ class FilterManager:
         terminal = self.handler.terminal
         terminal.on_request_head(ex)
         if self.replied or ex.response_complete:
+            self._drop_hold()
             return
         if self.head_only:
             terminal.on_request_end(ex)
@@ -548,7 +551,7 @@ class FilterManager:
             self.d_pending_at = at
         flow = self.ex.conn.flow
         if flow is not None:
-            flow.pause_reading(HANDLER_HOLD)
+            flow.pause_reading(FILTER_HOLD)
 
     def _flush_pending(self) -> None:
         """The headers moved on: the body that waited for them follows as far as it may."""
@@ -561,8 +564,8 @@ class FilterManager:
         self.d_pending_end = False
         self.d_pending_at = _NOWHERE
         flow = self.ex.conn.flow
-        if flow is not None and flow.reasons & HANDLER_HOLD:
-            flow.resume_reading(HANDLER_HOLD)
+        if flow is not None and flow.reasons & FILTER_HOLD:
+            flow.resume_reading(FILTER_HOLD)
         self._data_from(at, data, end)
 
     def continue_decoding(self) -> None:
@@ -770,25 +773,46 @@ class FilterManager:
         headers: Headers | None = None,
         details: str = "",
         flags: str = "-",
+        close: bool = False,
     ) -> None:
-        """End the stream with a reply of our own; the encoder filters see it as a response."""
+        """End the stream with a reply of our own; the encoder filters see it as a response
+        (unless a response is already on its way through them: then the reply goes straight
+        to the connection, which resets the stream if the client has part of a response)."""
         ex = self.ex
         if self.replied or ex.response_complete:
             return
         self.replied = True
-        if self.d_at >= len(self.filters) and not ex.response_started:
-            # The router has the request already: it lets go of the upstream side.
+        self._drop_hold()
+        if self.d_at >= len(self.filters):
+            # The router has the request already: it lets go of the upstream side (a no-op
+            # when the reply is the router's own, its upstream request already ended).
             self.handler.terminal.on_downstream_reset(ex)
-        sink = LocalReplySink(ex, flags)
+        if ex.response_started or self.e_head is not None:
+            # Too late to walk the encoders again (Envoy: a direct reply, or a reset once the
+            # client has response bytes).
+            self.on_destroy()
+            ex.conn.send_local_reply(ex, status, body, flags=flags, close=close)
+            return
+        sink = LocalReplySink(ex, flags, close)
         head = ResponseHead(status, list(headers) if headers else [], True, len(body), False)
         self.encode_headers(head, not body, sink)
         if body:
             self.encode_data(body, True)
 
+    def _drop_hold(self) -> None:
+        """The stream is answered: body that waited for stopped headers is not needed, and
+        the client's reading must not stay paused for it."""
+        self.d_pending = []
+        self.d_pending_end = False
+        flow = self.ex.conn.flow
+        if flow is not None and flow.reasons & FILTER_HOLD:
+            flow.resume_reading(FILTER_HOLD)
+
     def on_destroy(self) -> None:
         if self.done:
             return
         self.done = True
+        self._drop_hold()
         for f in self.filters:
             f.on_destroy()
 
@@ -805,9 +829,10 @@ class LocalReplySink:
     """Writes a local reply once the encoder filters are done with it: one write, as the
     codec's own local replies."""
 
-    __slots__ = ("body", "ex", "flags", "head")
+    __slots__ = ("body", "close", "ex", "flags", "head")
 
-    def __init__(self, ex: Exchange, flags: str) -> None:
+    def __init__(self, ex: Exchange, flags: str, close: bool = False) -> None:
+        self.close = close
         self.ex = ex
         self.flags = flags
         self.head: ResponseHead | None = None
@@ -839,6 +864,7 @@ class LocalReplySink:
             head.status,
             b"".join(self.body),
             flags=self.flags,
+            close=self.close,
             extra=extra,
             content_type=content_type,
         )
@@ -848,13 +874,15 @@ class LocalReplySink:
 _LOCAL_REPLY_OWN = frozenset({b"content-length", b"content-type"})
 
 
-def local_reply(ex: Exchange, status: int, body: bytes, *, flags: str = "-") -> None:
+def local_reply(
+    ex: Exchange, status: int, body: bytes, *, flags: str = "-", close: bool = False
+) -> None:
     """A local reply from the router: through the encoder filters when there are any."""
     fm = ex.filters
     if fm is None:
-        ex.conn.send_local_reply(ex, status, body, flags=flags)
+        ex.conn.send_local_reply(ex, status, body, flags=flags, close=close)
     else:
-        fm.send_local_reply(status, body, flags=flags)
+        fm.send_local_reply(status, body, flags=flags, close=close)
 
 
 class FilterChainHandler:
@@ -883,6 +911,16 @@ class FilterChainHandler:
         self.buffer_limit = buffer_limit or DEFAULT_BUFFER_LIMIT
 
     def on_request_head(self, ex: Exchange) -> None:
+        head = ex.head
+        for i, (k, v) in enumerate(head.headers):
+            if k == b"expect":
+                if v.lower() == b"100-continue":
+                    # Envoy's connection manager answers 100-continue itself before any
+                    # filter runs (a filter that waits for the body must not wait for a
+                    # client that waits for the 100), and the expectation goes no further.
+                    del head.headers[i]
+                    ex.conn.write(CONTINUE_100)
+                break
         fm = FilterManager(self, ex)
         ex.filters = fm
         route = fm.route()

@@ -13,6 +13,7 @@ import asyncio
 PEER_WRITE_BLOCKED = 1  # the other side's transport buffer is over its high-water mark
 PIPELINE_QUEUED = 2  # requests are queued behind the active one
 HANDLER_HOLD = 4  # the handler is not ready for more body (e.g. still connecting upstream)
+FILTER_HOLD = 8  # an HTTP filter holds the request's headers: its body waits (filter chain)
 
 # Transport write buffer limits: above HIGH the peer's reading is paused until below LOW.
 # Envoy's per_connection_buffer_limit_bytes defaults to 1 MiB; the kernel buffers more.

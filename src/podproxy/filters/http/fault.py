@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.filters.http.common import FilterContext, Runtime
-from podproxy.http.filter import CONTINUE, STOP_ITERATION, FilterCallbacks, HttpFilter
+from podproxy.http.filter import (
+    CONTINUE,
+    STOP_ALL_ITERATION_AND_BUFFER,
+    STOP_ITERATION,
+    FilterCallbacks,
+    HttpFilter,
+)
 from podproxy.http.stream import RequestHead
 from podproxy.router.routes import header_predicate
 from podproxy.stats import Counter, Gauge, Scope
@@ -166,7 +172,9 @@ class FaultFilter(HttpFilter):
             cfg.count(cluster, "delays_injected")
             self.callbacks.exchange.add_flag("DI")
             self.timer = self.callbacks.call_later(delay / 1000.0, self._after_delay)
-            return STOP_ITERATION
+            # The body waits too, with the client's reading paused (Envoy's fault filter
+            # answers decodeData with StopIterationAndWatermark while it delays).
+            return STOP_ALL_ITERATION_AND_BUFFER
         if self._abort(head):
             return STOP_ITERATION
         return CONTINUE

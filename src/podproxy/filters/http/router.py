@@ -22,6 +22,7 @@ from typing import Any
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
 from podproxy.filters.http.shadow import MirroredRequest, ShadowStream, shadow_head
 from podproxy.http.conn_manager import (
+    CONTINUE_100,
     EDGE_ONLY,
     INTERNAL_ONLY,
     LOOPBACK_PEERS,
@@ -62,7 +63,6 @@ MAX_HOST_ATTEMPTS = 3
 # sent again, without a retry policy, after a reused connection failed before any response.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Header lines for the values most responses have, made once (formatting an int into bytes
 # costs ~0.2 µs on the path to the client's first byte): service times under 100 ms, and the
@@ -254,7 +254,7 @@ class Forwarder:
         authority = head.host
         if authority is None:
             # RFC 9112 §3.2: a 1.1 request without Host is a 400; Envoy 1.40 sends no body.
-            conn.send_local_reply(ex, 400, b"", flags="DPE", close=True)
+            local_reply(ex, 400, b"", flags="DPE", close=True)
             return
         self.stats.rq_total.value += 1
         fm = ex.filters
@@ -1062,8 +1062,12 @@ class FilteredUpstreamRequest(UpstreamRequest):
         if self.done:
             return
         # The upstream connection is back in its pool: whatever the filters still hold is
-        # this stream's alone.
+        # this stream's alone, and the route timeout is over (Envoy cancels it when the
+        # upstream response ends, whatever the encoder filters still do with it).
         self.conn = None
+        if self.timer is not None:
+            self.timer[1] = None
+            self.timer = None
         if not self.ended_in_head:
             self.ex.filters.encode_data(b"", True)
 
