@@ -402,4 +402,6 @@ async def test_a_request_without_host_ends_the_filters_stream(pair: StartPair) -
     no_host = b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n"
     envoy, pod = await p.both([no_host], wait=1.0)
     assert pod.responses[0].status == envoy.responses[0].status == 400
-    assert p.pod.counter("http.ingress_http.fault.active_faults") == 0
+    assert p.pod.counter("http.ingress_http.fault.delays_injected") == 1  # the fault was active
+    stat = "http.ingress_http.fault.active_faults"  # a gauge
+    assert p.pod.gauge(stat) == await p.envoy_counter(stat) == 0

@@ -875,14 +875,21 @@ _LOCAL_REPLY_OWN = frozenset({b"content-length", b"content-type"})
 
 
 def local_reply(
-    ex: Exchange, status: int, body: bytes, *, flags: str = "-", close: bool = False
+    ex: Exchange,
+    status: int,
+    body: bytes,
+    *,
+    flags: str = "-",
+    close: bool = False,
+    headers: Headers | None = None,
 ) -> None:
-    """A local reply from the router: through the encoder filters when there are any."""
+    """A local reply from the router (with `headers` besides its own): through the encoder
+    filters when there are any."""
     fm = ex.filters
     if fm is None:
-        ex.conn.send_local_reply(ex, status, body, flags=flags, close=close)
+        ex.conn.send_local_reply(ex, status, body, flags=flags, close=close, extra=headers)
     else:
-        fm.send_local_reply(status, body, flags=flags, close=close)
+        fm.send_local_reply(status, body, flags=flags, close=close, headers=headers)
 
 
 class FilterChainHandler:

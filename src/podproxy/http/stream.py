@@ -25,6 +25,14 @@ DEFAULT_MAX_HEADERS_BYTES = 60 * 1024
 DEFAULT_MAX_HEADERS_COUNT = 100
 
 
+def first_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower-case), or None."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
 class RequestHead:
     """A parsed request line and headers. `headers` names are lower-case; `host` is the
     (first) Host value, picked out while parsing because every request needs it."""
@@ -52,10 +60,7 @@ class RequestHead:
         self.upgrade = upgrade
 
     def get(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return first_value(self.headers, name)
 
     def __repr__(self) -> str:
         return f"<RequestHead {self.method!r} {self.target!r} HTTP/{self.version}>"
@@ -84,10 +89,7 @@ class ResponseHead:
         self.chunked = chunked
 
     def get(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
+        return first_value(self.headers, name)
 
     def __repr__(self) -> str:
         return f"<ResponseHead {self.status}>"

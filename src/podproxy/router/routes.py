@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from podproxy.http.stream import is_grpc_request
+from podproxy.http.stream import first_value, is_grpc_request
 
 Headers = Sequence[tuple[bytes, bytes]]
 HeaderPredicate = Callable[[Headers], bool]
@@ -266,7 +266,7 @@ class MirrorPolicy:
         if self.cluster is not None:
             return self.cluster
         assert self.cluster_header is not None
-        value = _header_value(headers, self.cluster_header)
+        value = first_value(headers, self.cluster_header)
         return value.decode("latin-1") if value else None
 
     def authority(self, authority: bytes) -> bytes:
@@ -354,7 +354,7 @@ class Route:
         if route.cluster is not None:
             return route, route.cluster
         assert route.cluster_header is not None
-        value = _header_value(headers, route.cluster_header)
+        value = first_value(headers, route.cluster_header)
         return route, (value.decode("latin-1") if value else None)
 
     def local_reply_headers(
@@ -430,13 +430,6 @@ class RouteTable:
 
 
 # Building from typed config ---------------------------------------------------------
-
-
-def _header_value(headers: Headers, name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
 
 
 def string_matcher(m: Any) -> Callable[[bytes], bool]:

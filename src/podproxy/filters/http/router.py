@@ -384,12 +384,7 @@ class Forwarder:
         """A local reply of the router's once the route is known: with the route's response
         headers (and `extra`), through the encoder filters when there are any."""
         headers = (self.route_reply_headers(ex, route) or []) + extra
-        if not headers:
-            local_reply(ex, status, body, flags=flags)
-        elif ex.filters is None:
-            ex.conn.send_local_reply(ex, status, body, flags=flags, extra=headers)
-        else:
-            ex.filters.send_local_reply(status, body, flags=flags, headers=headers)
+        local_reply(ex, status, body, flags=flags, headers=headers or None)
 
     def _local_route_reply(self, ex: Exchange, route: Route) -> None:
         """A direct response or a redirect, with the route's response header mutations."""
@@ -405,12 +400,7 @@ class Forwarder:
             location = redirect.location(head.host or b"", head.target, self._forwarded_proto(ex))
             headers = [(b"location", location), *(headers or ())]
             status, body = redirect.status, b""
-        fm = ex.filters
-        if fm is None:
-            ex.conn.send_local_reply(ex, status, body, extra=headers)
-        else:
-            # Through the encoder filters, as conn_manager.local_reply sends the router's.
-            fm.send_local_reply(status, body, headers=headers)
+        local_reply(ex, status, body, headers=headers)
 
     def _forwarded_proto(self, ex: Exchange) -> bytes:
         """The x-forwarded-proto the upstream would get (the redirect's default scheme)."""
