@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the tests use: curl, and dnsmasq for the DNS tests.
-APT_PACKAGES := curl dnsmasq
+# Debian packages the tests use: curl, dnsmasq for the DNS tests, nghttp2-client (nghttp and
+# h2load) as HTTP/2 peers.
+APT_PACKAGES := curl dnsmasq nghttp2-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench fuzz venv system-deps clean
