@@ -27,6 +27,8 @@ from podproxy.http.conn_manager import (
 )
 from podproxy.http.http1.downstream import ConnectionTracker
 from podproxy.http.http1.logged import connection_class
+from podproxy.http.http2.codec import http2_settings
+from podproxy.http.http2.downstream import H2DownstreamConnection, LoggedH2DownstreamConnection
 from podproxy.http.stream import StreamHandler
 from podproxy.router.routes import build_route_table
 from podproxy.runtime import Runtime
@@ -250,5 +252,10 @@ def build_http_listener(
     tracker = ConnectionTracker(
         ccfg, handler, connection_class(ccfg.times_heads, access_logger is not None)
     )
+    if ccfg.codec_type != "HTTP1":
+        tracker.h2_connection_class = (
+            LoggedH2DownstreamConnection if access_logger is not None else H2DownstreamConnection
+        )
+        tracker.h2_settings = http2_settings(hcm.http2_protocol_options, ccfg.max_headers_bytes)
     direction = _name(cfg.traffic_direction)
     return BoundListener(cfg.name, sa.address, sa.port_value, tracker, direction)

@@ -306,6 +306,13 @@ class HeaderAppendAction(Enum):
     OVERWRITE_IF_EXISTS = 3
 
 
+class ProtocolSelection(Enum):
+    """Cluster.ClusterProtocolSelection (deprecated `protocol_selection`)."""
+
+    USE_CONFIGURED_PROTOCOL = 0
+    USE_DOWNSTREAM_PROTOCOL = 1
+
+
 class RedirectResponseCode(Enum):
     """route.v3.RedirectAction.RedirectResponseCode, with the status each name stands for."""
 
@@ -333,6 +340,9 @@ ClusterNotFoundResponseCodeField = Annotated[
 ]
 TrafficDirectionField = Annotated[TrafficDirection, BeforeValidator(_enum_parser(TrafficDirection))]
 FaultDelayTypeField = Annotated[FaultDelayType, BeforeValidator(_enum_parser(FaultDelayType))]
+ProtocolSelectionField = Annotated[
+    ProtocolSelection, BeforeValidator(_enum_parser(ProtocolSelection))
+]
 DenominatorTypeField = Annotated[DenominatorType, BeforeValidator(_enum_parser(DenominatorType))]
 HeaderAppendActionField = Annotated[
     HeaderAppendAction, BeforeValidator(_enum_parser(HeaderAppendAction))
@@ -714,6 +724,99 @@ class Http1ProtocolOptions(Message):
     )
     accept_http_10: StrictBool = False
     default_host_for_http_10: Str | None = None
+
+
+class Http2ProtocolOptions(Message):
+    """core.v3.Http2ProtocolOptions (HCM and cluster `http2_protocol_options`), with Envoy's
+    current defaults (reference/envoy-hcm.md §5.2)."""
+
+    UNSUPPORTED = _names(
+        """
+        allow_connect allow_metadata max_metadata_size custom_settings_parameters
+        connection_keepalive use_oghttp2_codec enable_huffman_encoding
+        max_consecutive_inbound_frames_with_empty_payload max_inbound_priority_frames_per_stream
+        max_inbound_window_update_frames_per_data_frame_sent
+        """
+    )
+    hpack_table_size: Annotated[UInt, Field(le=4294967295)] = 4096
+    max_concurrent_streams: Annotated[UInt, Field(ge=1, le=2147483647)] = 1024
+    initial_stream_window_size: Annotated[UInt, Field(ge=65535, le=2147483647)] = 16777216
+    initial_connection_window_size: Annotated[UInt, Field(ge=65535, le=2147483647)] = 25165824
+    max_outbound_frames: Annotated[UInt, Field(ge=1)] = 10000
+    max_outbound_control_frames: Annotated[UInt, Field(ge=1)] = 1000
+    # h2 (the HTTP/2 library) treats every invalid message as a connection error, which is
+    # Envoy's default; resetting only the stream is not available.
+    stream_error_on_invalid_http_messaging: StrictBool = False
+    override_stream_error_on_invalid_http_message: StrictBool | None = None
+
+    @field_validator("stream_error_on_invalid_http_messaging")
+    @classmethod
+    def _stream_error(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(
+                "unsupported",
+                "true: resetting only the stream on an invalid HTTP/2 message is not "
+                "supported by podproxy yet (the connection is closed, Envoy's default)",
+            )
+        return value
+
+    @field_validator("override_stream_error_on_invalid_http_message")
+    @classmethod
+    def _override(cls, value: bool | None) -> bool | None:
+        return None if value is None else cls._stream_error(value)
+
+
+class ExplicitHttpConfig(Message):
+    """HttpProtocolOptions.explicit_http_config: exactly one protocol."""
+
+    UNSUPPORTED = _names("http3_protocol_options")
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ExplicitHttpConfig:
+        if (self.http_protocol_options is None) == (self.http2_protocol_options is None):
+            raise ValueError(
+                "explicit_http_config: exactly one of http_protocol_options and "
+                "http2_protocol_options"
+            )
+        return self
+
+
+class UseDownstreamHttpConfig(Message):
+    """HttpProtocolOptions.use_downstream_protocol_config: the client's protocol upstream."""
+
+    UNSUPPORTED = _names("http3_protocol_options")
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+
+
+class UpstreamHttpProtocolOptions(TypedMessage):
+    """extensions.upstreams.http.v3.HttpProtocolOptions, a cluster's
+    `typed_extension_protocol_options` entry: which protocol its pools speak."""
+
+    TYPE_URL = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    UNSUPPORTED = _names(
+        """
+        auto_config upstream_http_protocol_options http_filters header_validation_config
+        outlier_detection hash_policy retry_policy request_mirror_policies
+        """
+    )
+    common_http_protocol_options: HttpProtocolOptions | None = None
+    explicit_http_config: ExplicitHttpConfig | None = None
+    use_downstream_protocol_config: UseDownstreamHttpConfig | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> UpstreamHttpProtocolOptions:
+        if (self.explicit_http_config is None) == (self.use_downstream_protocol_config is None):
+            raise ValueError(
+                "exactly one of explicit_http_config and use_downstream_protocol_config "
+                "(auto_config is not supported by podproxy yet)"
+            )
+        return self
+
+
+UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 class GoogleRE2(Message):
@@ -1757,7 +1860,7 @@ class HttpConnectionManager(TypedMessage):
     UNSUPPORTED = _names(
         """
         rds scoped_routes tracing http1_safe_max_connection_duration
-        http2_protocol_options http3_protocol_options
+        http3_protocol_options
         stream_flush_timeout access_log_flush_interval
         flush_access_log_on_new_request access_log_options original_ip_detection_extensions
         early_header_mutation_extensions internal_address_config via
@@ -1797,12 +1900,13 @@ class HttpConnectionManager(TypedMessage):
     max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
     common_http_protocol_options: DownstreamHttpProtocolOptions = DownstreamHttpProtocolOptions()
     http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
+    http2_protocol_options: Http2ProtocolOptions = Http2ProtocolOptions()
     access_log: tuple[AccessLog, ...] = ()
 
     @field_validator("codec_type")
     @classmethod
     def _codec(cls, value: CodecType) -> CodecType:
-        if value in (CodecType.HTTP2, CodecType.HTTP3):
+        if value is CodecType.HTTP3:
             raise _unsupported_value(value)
         return value
 
@@ -2035,11 +2139,10 @@ class Cluster(Message):
         """
         transport_socket_matches transport_socket_matcher alt_stat_name eds_cluster_config
         health_checks max_requests_per_connection circuit_breakers
-        upstream_http_protocol_options http_protocol_options http2_protocol_options
-        typed_extension_protocol_options dns_resolution_config outlier_detection
+        upstream_http_protocol_options dns_resolution_config outlier_detection
         cleanup_interval upstream_bind_config lb_subset_config ring_hash_lb_config
         maglev_lb_config original_dst_lb_config round_robin_lb_config transport_socket
-        metadata protocol_selection upstream_connection_options
+        metadata upstream_connection_options
         close_connections_on_host_health_failure ignore_health_on_host_removal filters
         load_balancing_policy lrs_server lrs_report_endpoint_metrics track_timeout_budgets
         upstream_config track_cluster_stats preconnect_policy
@@ -2064,8 +2167,65 @@ class Cluster(Message):
     wait_for_warm_on_init: StrictBool = True
     per_connection_buffer_limit_bytes: UInt = 1048576
     common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
+    # The deprecated per-protocol fields: http2_protocol_options, even `{}`, makes the
+    # cluster speak HTTP/2 (prior knowledge); typed_extension_protocol_options is their
+    # successor (reference/envoy-hcm.md §5.3).
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+    protocol_selection: ProtocolSelectionField = ProtocolSelection.USE_CONFIGURED_PROTOCOL
+    typed_extension_protocol_options: dict[str, UpstreamHttpProtocolOptions] = {}
     common_lb_config: CommonLbConfig = CommonLbConfig()
     least_request_lb_config: LeastRequestLbConfig = LeastRequestLbConfig()
+
+    @field_validator("typed_extension_protocol_options")
+    @classmethod
+    def _protocol_options(
+        cls, value: dict[str, UpstreamHttpProtocolOptions]
+    ) -> dict[str, UpstreamHttpProtocolOptions]:
+        for key in value:
+            if key != UPSTREAM_HTTP_OPTIONS_KEY:
+                raise PydanticCustomError(
+                    "unsupported",
+                    "{got}: protocol options extension not supported by podproxy yet (only {want})",
+                    {"got": key, "want": UPSTREAM_HTTP_OPTIONS_KEY},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_protocol_style(self) -> Cluster:
+        if self.typed_extension_protocol_options and (
+            self.http2_protocol_options is not None or self.http_protocol_options is not None
+        ):
+            raise ValueError(
+                "typed_extension_protocol_options cannot be combined with the deprecated "
+                "http_protocol_options / http2_protocol_options (Envoy rejects it too)"
+            )
+        return self
+
+    def upstream_protocol(self) -> tuple[str, Http2ProtocolOptions | None]:
+        """What the cluster's pools speak: "http1", "http2", or "downstream" (the client's
+        protocol: use_downstream_protocol_config / USE_DOWNSTREAM_PROTOCOL), with the
+        HTTP/2 options to use for HTTP/2."""
+        opts = self.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS_KEY)
+        if opts is not None:
+            if opts.explicit_http_config is not None:
+                h2 = opts.explicit_http_config.http2_protocol_options
+                return ("http2", h2) if h2 is not None else ("http1", None)
+            down = opts.use_downstream_protocol_config
+            assert down is not None
+            return "downstream", down.http2_protocol_options or Http2ProtocolOptions()
+        if self.protocol_selection is ProtocolSelection.USE_DOWNSTREAM_PROTOCOL:
+            return "downstream", self.http2_protocol_options or Http2ProtocolOptions()
+        if self.http2_protocol_options is not None:
+            return "http2", self.http2_protocol_options
+        return "http1", None
+
+    def http_options(self) -> HttpProtocolOptions:
+        """common_http_protocol_options, from the typed extension when given there."""
+        opts = self.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS_KEY)
+        if opts is not None and opts.common_http_protocol_options is not None:
+            return opts.common_http_protocol_options
+        return self.common_http_protocol_options
 
     @field_validator("dns_min_refresh_rate", mode="before")
     @classmethod

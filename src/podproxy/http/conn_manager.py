@@ -45,6 +45,8 @@ class HttpConnManagerStats:
     downstream_cx_active: Gauge
     downstream_cx_http1_total: Counter
     downstream_cx_http1_active: Gauge
+    downstream_cx_http2_total: Counter
+    downstream_cx_http2_active: Gauge
     downstream_cx_destroy: Counter
     downstream_cx_destroy_remote: Counter
     downstream_cx_destroy_local: Counter
@@ -59,6 +61,7 @@ class HttpConnManagerStats:
     downstream_cx_length_ms: Histogram
     downstream_rq_total: Counter
     downstream_rq_http1_total: Counter
+    downstream_rq_http2_total: Counter
     downstream_rq_active: Gauge
     downstream_rq_completed: Counter
     downstream_rq_1xx: Counter
@@ -77,6 +80,7 @@ class HttpConnManagerStats:
     downstream_cx_delayed_close_timeout: Counter
     downstream_cx_max_duration_reached: Counter
     downstream_rq_max_duration_reached: Counter
+    downstream_rq_too_many_premature_resets: Counter
     # router filter (same prefix in Envoy)
     no_route: Counter
     no_cluster: Counter
@@ -134,6 +138,7 @@ class ConnectionManagerConfig:
         # An HTTP/2 preface is answered 400 by an HTTP1 codec; AUTO (until podproxy speaks
         # HTTP/2) closes without an HTTP/1 answer.
         self.http2_preface_status: int | None = 400 if codec_type == "HTTP1" else None
+        self.codec_type = codec_type
         # HCM delayed_close_timeout: after a reply to a request it did not read to the end,
         # the connection waits this long for the client to close first (None: close at once).
         self.delayed_close_timeout = delayed_close_timeout

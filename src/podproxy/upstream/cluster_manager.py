@@ -17,6 +17,8 @@ from typing import Any
 from podproxy.errors import ConfigError
 from podproxy.http.http1 import codec
 from podproxy.http.http1.pool import HostPool
+from podproxy.http.http2.codec import http2_settings
+from podproxy.http.http2.pool import H2HostPool
 from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.upstream.cluster import Cluster, ClusterInfo
@@ -107,7 +109,8 @@ class ClusterManager:
         max_duration: float | None = None
         max_headers_kb = codec.DEFAULT_MAX_RESPONSE_HEADERS_BYTES // 1024
         max_headers_count = DEFAULT_MAX_HEADERS_COUNT
-        chpo = getattr(cfg, "common_http_protocol_options", None)
+        http_options = getattr(cfg, "http_options", None)
+        chpo = http_options() if http_options is not None else None
         if chpo is not None:
             idle_timeout = chpo.idle_timeout
             max_duration = chpo.max_connection_duration
@@ -136,7 +139,28 @@ class ClusterManager:
             max_response_headers_bytes=max_headers_kb * 1024,
             max_response_headers_count=max_headers_count,
         )
-        cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
+        protocol, h2_options = (
+            cfg.upstream_protocol() if hasattr(cfg, "upstream_protocol") else ("http1", None)
+        )
+        h2_pool_factory: Callable[[Host], H2HostPool] | None = None
+        if h2_options is not None:
+            settings = http2_settings(h2_options, max_headers_kb * 1024)
+            h2_pool_factory = lambda host: H2HostPool(  # noqa: E731
+                host,
+                info.stats,
+                connect_timeout=info.connect_timeout,
+                settings=settings,
+                idle_timeout=idle_timeout,
+                max_connection_duration=max_duration,
+                buffer_limit=info.per_connection_buffer_limit_bytes,
+            )
+        if protocol == "http2":
+            assert h2_pool_factory is not None
+            cluster = Cluster(info, lb_factory(**lb_kwargs), h2_pool_factory)
+        elif protocol == "downstream":
+            cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory, h2_pool_factory)
+        else:
+            cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
         if self.pushed:
             factory(cluster, cfg, path, resolver=None, random=self.random)  # config checks only
             cluster.discovery = PushedDiscovery(cluster)
@@ -177,5 +201,5 @@ class ClusterManager:
     def shutdown(self) -> None:
         for c in self.clusters.values():
             c.discovery.stop()
-            for pool in c.pools.values():
+            for pool in c.all_pools():
                 pool.close()

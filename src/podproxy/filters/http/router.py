@@ -299,7 +299,13 @@ class Forwarder:
         if expect_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             conn.write(CONTINUE_100)
-        pool: HostPool = cluster.pools.get(host) or cluster.pool_for(host)
+        pool: HostPool
+        if cluster.by_downstream:
+            pool = cluster.pool_for(host, head.version == "2")
+        else:
+            pool = cluster.pools.get(host) or cluster.pool_for(host)
+        if chunked and pool.multiplexed:
+            chunked = False  # HTTP/2 frames the body itself
         upstream = pool.take_idle()
         if upstream is not None:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
@@ -350,7 +356,7 @@ class Forwarder:
                     ex,
                     cluster,
                     host,
-                    cluster.pool_for(host),
+                    cluster.pool_for(host, ex.head.version == "2"),
                     shadow_head(head, policy, self.config.node_address),
                     chunked,
                     timeout=route.timeout,
@@ -459,6 +465,7 @@ class Forwarder:
         target = head.target
         out: list[bytes] = [head.method, b" ", target, b" HTTP/1.1\r\nhost: ", b"", b"\r\n"]
         extra: list[bytes] = []
+        te_trailers = False
         authority = head.host or b""
         xff: bytes | None = None
         has_xfp = False
@@ -484,7 +491,7 @@ class Forwarder:
                 elif k == b"expect":
                     expect_continue = v.lower() == b"100-continue"
                 elif k == b"te" and v.strip().lower() == b"trailers":
-                    extra.append(b"te: trailers\r\n")
+                    te_trailers = True
                 elif k == b"user-agent" and v:  # handled only with add_user_agent
                     has_user_agent = True
                     out += (k, b": ", v, b"\r\n")
@@ -577,6 +584,9 @@ class Forwarder:
         out[4] = authority
         if chunked:
             extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
+        if te_trailers:
+            # gRPC needs it end to end (a gRPC server refuses a call without it).
+            extra.append(b"te: trailers\r\n")
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue
@@ -739,7 +749,7 @@ class UpstreamRequest:
         host.stats.rq_active += 1
         cluster.info.stats.upstream_rq_retry.value += 1
         self.host = host
-        self.pool = cluster.pool_for(host)
+        self.pool = cluster.pool_for(host, self.ex.head.version == "2")
         self.ex.upstream_host = host.key
         self._resend()
         return True
@@ -920,6 +930,15 @@ class UpstreamRequest:
         )
         ex.conn.finish(ex, keep_alive=keep_alive and ex.head.keep_alive)
 
+    def on_response_trailers(self, trailers: Headers) -> None:
+        """The response's trailers (an HTTP/2 upstream's): the client's codec sends them
+        (HTTP/2) or drops them (HTTP/1, as Envoy's does without enable_trailers). The
+        response's end follows."""
+        if self.done:
+            return
+        self._flush_held_head()
+        self.ex.conn.write_trailers(self.ex, trailers)
+
     def on_upstream_error(self, err: UpstreamError) -> None:
         if self.done:
             return
@@ -928,14 +947,18 @@ class UpstreamRequest:
             isinstance(err, UpstreamResetError)
             and not self.retried
             and conn is not None
-            and conn.requests_served > 0
             and self.response_head is None
             and self.replay is not None
-            and self.ex.head.method in IDEMPOTENT_METHODS
+            and (
+                err.refused
+                or (conn.requests_served > 0 and self.ex.head.method in IDEMPOTENT_METHODS)
+            )
         ):
             # The keep-alive race: a reused connection closed before any response byte. An
             # idempotent request may be sent again on a fresh one; any other may have been
             # processed already, so it gets the reset reply (README, when a request is resent).
+            # A stream the pod refused (HTTP/2 REFUSED_STREAM, or above its GOAWAY's last
+            # stream) was not processed: any request may go again.
             self.retried = True
             self._resend()
             return
@@ -1027,7 +1050,7 @@ class FilteredUpstreamRequest(UpstreamRequest):
     (`encode_head` / `encode_body`, the filter manager's sink). Unfiltered streams never
     pay for this."""
 
-    __slots__ = ("ended_in_head",)
+    __slots__ = ("ended_in_head", "trailered")
 
     def on_response_head(self, head: ResponseHead) -> None:
         if self.done:
@@ -1042,11 +1065,17 @@ class FilteredUpstreamRequest(UpstreamRequest):
             or self.ex.head.method == b"HEAD"
         )
         self.ended_in_head = end
+        self.trailered = False
         self.ex.filters.encode_headers(head, end, self)
 
     def on_response_body(self, data: bytes) -> None:
         if not self.done:
             self.ex.filters.encode_data(data, False)
+
+    def on_response_trailers(self, trailers: Headers) -> None:
+        if not self.done:
+            self.trailered = True
+            self.ex.filters.encode_trailers(trailers)
 
     def on_response_end(self) -> None:
         if self.done:
@@ -1058,7 +1087,7 @@ class FilteredUpstreamRequest(UpstreamRequest):
         if self.timer is not None:
             self.timer[1] = None
             self.timer = None
-        if not self.ended_in_head:
+        if not self.ended_in_head and not self.trailered:
             self.ex.filters.encode_data(b"", True)
 
     # the filter manager's sink ---------------------------------------------------------
@@ -1074,8 +1103,9 @@ class FilteredUpstreamRequest(UpstreamRequest):
             super().on_response_end()
 
     def encode_trailers(self, trailers: Headers) -> None:
-        # The response ends: HTTP/1 to the client carries no trailers (Envoy's HTTP/1 codec
-        # without enable_trailers drops them too).
+        # The response ends with them (an HTTP/1 client's codec drops them, as Envoy's
+        # without enable_trailers).
+        super().on_response_trailers(trailers)
         super().on_response_end()
 
 

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import cast
+from typing import Any, cast
 
 from podproxy.errors import ProtocolError
 from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
@@ -38,6 +38,9 @@ log = logging.getLogger("podproxy.http")
 # Local-reply bodies of the connection manager's timeouts (Envoy 1.40, checked side by side).
 REQUEST_HEADER_TIMEOUT = b"request header timeout"
 DOWNSTREAM_DURATION_TIMEOUT = b"downstream duration timeout"
+
+# What Envoy's AUTO codec looks for in a connection's first read: HTTP/2 (RFC 9113 §3.4).
+H2_PREFACE_START = b"PRI * HTTP/2"
 
 # The stream timeouts the sweep tells apart (`_earliest`).
 _REQUEST_TIMEOUT, _STREAM_IDLE, _MAX_DURATION, _HEADERS = range(4)
@@ -69,6 +72,11 @@ class ConnectionTracker:
         self.connection_class = connection_class
         self.config = config
         self.handler = handler
+        # The HTTP/2 connection type and settings (set by the listener; None: HTTP/1 only).
+        # With codec_type HTTP2 every connection is one; with AUTO an HTTP/1 connection
+        # whose first read is the HTTP/2 preface becomes one.
+        self.h2_connection_class: Any = None
+        self.h2_settings: Any = None
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
         # The server fails health checks (admin /healthcheck/fail); `drain_new`: a connection
@@ -79,7 +87,9 @@ class ConnectionTracker:
         # Captured once: on Python 3.11 every asyncio.get_running_loop() is a getpid() syscall.
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def protocol_factory(self) -> DownstreamConnection:
+    def protocol_factory(self) -> asyncio.Protocol:
+        if self.config.codec_type == "HTTP2" and self.h2_connection_class is not None:
+            return cast(asyncio.Protocol, self.h2_connection_class(self, self.h2_settings))
         return self.connection_class(self)
 
     def start(self) -> None:
@@ -227,7 +237,34 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             self.decoder.feed(data)
         except ProtocolError as exc:
+            if (
+                exc.status_hint is None
+                and self.io_count == 1
+                and self.tracker.h2_connection_class is not None
+                and data.startswith(H2_PREFACE_START)
+            ):
+                self._become_h2(data)
+                return
             self._protocol_error(exc)
+
+    def _become_h2(self, data: bytes) -> None:
+        """codec_type AUTO, and the first read starts with the HTTP/2 preface (Envoy looks at
+        its first 12 bytes, on the first read only): hand the transport to an HTTP/2
+        connection, which takes over this connection's count and its bytes."""
+        transport = self.transport
+        assert transport is not None
+        tracker = self.tracker
+        tracker.connections.discard(self)
+        st = self.stats
+        # Envoy makes the codec on the first read: this was never an HTTP/1 connection.
+        st.downstream_cx_http1_total.value -= 1
+        st.downstream_cx_http1_active.value -= 1
+        self.closing = True
+        self.transport = None
+        self.decoder.close()
+        h2conn = tracker.h2_connection_class(tracker, tracker.h2_settings)
+        transport.set_protocol(h2conn)
+        h2conn.take_over(transport, data, counted=True)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets its response; one that
@@ -382,6 +419,10 @@ class DownstreamConnection(asyncio.Protocol):
             self.io_count += 1
             self.stats.downstream_cx_tx_bytes_total.value += len(data)
             transport.write(data)
+
+    def write_trailers(self, ex: Exchange, trailers: Headers) -> None:
+        """Response trailers: HTTP/1 has no place for them here (Envoy's HTTP/1 codec drops
+        them too without enable_trailers)."""
 
     def response_head_sent(self, ex: Exchange, status: int) -> None:
         ex.status = status

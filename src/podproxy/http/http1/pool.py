@@ -45,6 +45,10 @@ class PoolWaiter(Protocol):
 class HostPool:
     """Connections to one host."""
 
+    # One request per connection at a time (the HTTP/2 pool is multiplexed): the router
+    # frames a body of unknown length in HTTP/1 chunks for this pool.
+    multiplexed = False
+
     def __init__(
         self,
         host: Host,
