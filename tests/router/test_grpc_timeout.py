@@ -132,7 +132,9 @@ def test_legacy_timeout(header: int | None, max_ms: int, offset: int | None, exp
         (1000, 0, None, 1000),
     ],
 )
-def test_header_stream_duration(header: int, max_ms: int, offset: int | None, expected: int) -> None:
+def test_header_stream_duration(
+    header: int, max_ms: int, offset: int | None, expected: int
+) -> None:
     assert header_stream_duration(header, max_ms, offset) == expected
 
 

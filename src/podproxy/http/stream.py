@@ -114,11 +114,28 @@ _GRPC_UNKNOWN = 2
 _GRPC_MESSAGE_PLAIN = frozenset(range(0x20, 0x7F)) - {0x25}
 
 
-def grpc_local_reply(status: int, body: bytes) -> Headers:
+# gRPC status codes local replies name (grpc/status.h WellKnownGrpcStatus).
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_RESOURCE_EXHAUSTED = 8
+
+
+def given_grpc_status(extra: Headers | None) -> bytes | None:
+    """The grpc-status a local reply's headers already carry (a filter's own gRPC status:
+    Envoy's prepareLocalReply keeps a grpc-status it finds there), or None."""
+    if extra:
+        for k, v in extra:
+            if k == b"grpc-status":
+                return v
+    return None
+
+
+def grpc_local_reply(status: int, body: bytes, grpc_status: bytes | None = None) -> Headers:
     """The fields of Envoy's local reply to a gRPC request (trailers-only, answered 200 with
-    no body): the gRPC status that `status` maps to, and the body as grpc-message."""
-    grpc_status = _GRPC_STATUS_OF_HTTP.get(status, _GRPC_UNKNOWN)
-    fields: Headers = [(b"grpc-status", b"%d" % grpc_status)]
+    no body): `grpc_status` when given, else the gRPC status that `status` maps to, and the
+    body as grpc-message."""
+    if grpc_status is None:
+        grpc_status = b"%d" % _GRPC_STATUS_OF_HTTP.get(status, _GRPC_UNKNOWN)
+    fields: Headers = [(b"grpc-status", grpc_status)]
     if body:
         if all(b in _GRPC_MESSAGE_PLAIN for b in body):
             message = body
@@ -139,6 +156,7 @@ class StreamConnection(Protocol):
     draining: bool
 
     def write(self, data: bytes) -> None: ...
+    def max_duration_reached(self, ex: Exchange) -> None: ...
     def drain_on_response(self) -> None: ...
     def response_head_sent(self, ex: Exchange, status: int) -> None: ...
     def finish(self, ex: Exchange, keep_alive: bool) -> None: ...

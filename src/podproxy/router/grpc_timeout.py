@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from podproxy.config.schema import MaxStreamDuration
+
 GRPC_TIMEOUT = b"grpc-timeout"
 # The gRPC spec's TimeoutValue: at most 8 digits (Envoy: MAX_GRPC_TIMEOUT_VALUE).
 MAX_GRPC_TIMEOUT_VALUE = 99_999_999
@@ -127,7 +129,7 @@ class GrpcTimeoutPolicy:
         timeout: float | None,
         max_grpc_timeout: float | None,
         grpc_timeout_offset: float | None,
-        max_stream_duration: object | None,
+        max_stream_duration: MaxStreamDuration | None,
     ) -> GrpcTimeoutPolicy | None:
         """The policy of a RouteAction's fields, None when the route has no gRPC-aware
         timeout (then the route's timeout applies to every request, as it does today)."""
@@ -135,9 +137,9 @@ class GrpcTimeoutPolicy:
             return cls(
                 route_timeout_ms=0,
                 new_timeouts=True,
-                max_stream_duration_ms=_ms(getattr(max_stream_duration, "max_stream_duration")),
-                header_max_ms=_ms(getattr(max_stream_duration, "grpc_timeout_header_max")),
-                header_offset_ms=_ms(getattr(max_stream_duration, "grpc_timeout_header_offset")),
+                max_stream_duration_ms=_ms(max_stream_duration.max_stream_duration),
+                header_max_ms=_ms(max_stream_duration.grpc_timeout_header_max),
+                header_offset_ms=_ms(max_stream_duration.grpc_timeout_header_offset),
             )
         if max_grpc_timeout is None:
             return None

@@ -25,10 +25,12 @@ from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
 from podproxy.http.http1 import codec
 from podproxy.http.stream import (
+    GRPC_DEADLINE_EXCEEDED,
     Exchange,
     Headers,
     RequestHead,
     StreamHandler,
+    given_grpc_status,
     grpc_local_reply,
     is_grpc_request,
 )
@@ -38,6 +40,10 @@ log = logging.getLogger("podproxy.http")
 # Local-reply bodies of the connection manager's timeouts (Envoy 1.40, checked side by side).
 REQUEST_HEADER_TIMEOUT = b"request header timeout"
 DOWNSTREAM_DURATION_TIMEOUT = b"downstream duration timeout"
+# onStreamMaxDurationReached gives a gRPC client DEADLINE_EXCEEDED (not 504's UNAVAILABLE).
+_DEADLINE_EXCEEDED = [(b"grpc-status", b"%d" % GRPC_DEADLINE_EXCEEDED)]
+# What a gRPC local reply sets itself, dropped from the reply's other headers.
+_GRPC_REPLY_OWN = frozenset({b"content-type", b"grpc-status"})
 
 # The stream timeouts the sweep tells apart (`_earliest`).
 _REQUEST_TIMEOUT, _STREAM_IDLE, _MAX_DURATION, _HEADERS = range(4)
@@ -454,11 +460,16 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if flags != "-":
             ex.add_flag(flags)
-        if status != 200 and is_grpc_request(ex.head.headers):
+        given = given_grpc_status(extra)
+        if (status != 200 or given is not None) and is_grpc_request(ex.head.headers):
             # A gRPC client gets a gRPC status, not an error page (Envoy's sendLocalReply to a
-            # gRPC request: 200, trailers-only, so here a head with no body).
-            grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body)]
-            extra = grpc + [(k, v) for k, v in extra or () if k != b"content-type"]
+            # gRPC request: 200, trailers-only, so here a head with no body); a grpc-status
+            # the reply carries already (a filter's own) is the one sent.
+            grpc = [
+                (b"content-type", b"application/grpc"),
+                *grpc_local_reply(status, body, given),
+            ]
+            extra = grpc + [(k, v) for k, v in extra or () if k not in _GRPC_REPLY_OWN]
             status, body = 200, b""
         if self.draining:
             self.drain_on_response()
@@ -622,7 +633,7 @@ class DownstreamConnection(asyncio.Protocol):
             cfg.stats.downstream_rq_idle_timeout.value += 1
             self._abort(ex, 408, b"stream timeout")
         else:
-            self._max_duration_reached(ex)
+            self.max_duration_reached(ex)
 
     def _head_timed_out(self, now: float, started: float, cfg: ConnectionManagerConfig) -> bool:
         """A request head still arriving: `request_headers_timeout` or `max_stream_duration`
@@ -650,17 +661,20 @@ class DownstreamConnection(asyncio.Protocol):
             self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True)
         return True
 
-    def _max_duration_reached(self, ex: Exchange) -> None:
-        """max_stream_duration, as Envoy 1.40 answers it (checked side by side): 408 while the
-        request is still arriving (then close), 504 once it has arrived and no response has
-        begun (the connection stays), and a reset once the response has begun."""
+    def max_duration_reached(self, ex: Exchange) -> None:
+        """max_stream_duration (or a duration from grpc-timeout), as Envoy 1.40 answers it
+        (checked side by side): 408 while the request is still arriving (then close), 504
+        once it has arrived and no response has begun (the connection stays), and a reset
+        once the response has begun; a gRPC client gets DEADLINE_EXCEEDED."""
         self.stats.downstream_rq_max_duration_reached.value += 1
+        grpc = _DEADLINE_EXCEEDED if is_grpc_request(ex.head.headers) else None
         if not ex.request_complete:
-            self._abort(ex, 408, DOWNSTREAM_DURATION_TIMEOUT)
+            self.handler.on_downstream_reset(ex)
+            self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True, extra=grpc)
             return
         self.handler.on_downstream_reset(ex)
         if not ex.response_started:
-            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT)
+            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT, extra=grpc)
             return
         self.stats.downstream_rq_tx_reset.value += 1
         ex.response_complete = True
