@@ -1270,23 +1270,14 @@ MirrorPolicies = tuple[RequestMirrorPolicy, ...]
 
 class MaxStreamDuration(Message):
     """route.v3.RouteAction.MaxStreamDuration: the route's max_stream_duration replaces the
-    connection manager's for the stream (0 turns it off); unset leaves the HCM's."""
+    connection manager's for the stream (0 turns it off); unset leaves the HCM's. With
+    `grpc_timeout_header_max` a request's valid grpc-timeout decides its duration instead
+    (capped by it, 0 = no cap, then less `grpc_timeout_header_offset`). Setting this message
+    turns the route's `timeout` and legacy gRPC fields off (Envoy's usingNewTimeouts)."""
 
     max_stream_duration: OptDuration = None
     grpc_timeout_header_max: OptDuration = None
     grpc_timeout_header_offset: OptDuration = None
-
-    @field_validator("grpc_timeout_header_max", "grpc_timeout_header_offset")
-    @classmethod
-    def _no_grpc_header(cls, value: float | None) -> float | None:
-        if value is not None:
-            # These make each stream's deadline come from its own grpc-timeout header
-            # (parsed, capped and offset per request): not done yet.
-            raise PydanticCustomError(
-                "unsupported",
-                "deadlines from the grpc-timeout header are not supported by podproxy yet",
-            )
-        return value
 
 
 class RouteAction(Message):
@@ -1297,7 +1288,7 @@ class RouteAction(Message):
         append_x_forwarded_host
         flush_timeout early_data_policy retry_policy retry_policy_typed_config
         priority rate_limits include_vh_rate_limits hash_policy
-        max_grpc_timeout grpc_timeout_offset upgrade_configs internal_redirect_policy
+        upgrade_configs internal_redirect_policy
         internal_redirect_action max_internal_redirects hedge_policy
         """
     )
@@ -1315,6 +1306,10 @@ class RouteAction(Message):
     cors: RouteCorsPolicy | None = None  # deprecated in v3; see RouteCorsPolicy
     request_mirror_policies: MirrorPolicies = ()
     max_stream_duration: MaxStreamDuration | None = None
+    # Deprecated in v3 (still honoured by Envoy 1.40): for a gRPC request, the route timeout
+    # is its grpc-timeout, capped at max_grpc_timeout (0 = no cap) after the offset.
+    max_grpc_timeout: OptDuration = None
+    grpc_timeout_offset: OptDuration = None
 
     @model_validator(mode="after")
     def _host_rewrite(self) -> RouteAction:
@@ -1389,17 +1384,18 @@ class FaultDelay(Message):
 
 
 class FaultAbort(Message):
-    """envoy.extensions.filters.http.fault.v3.FaultAbort. (grpc_status waits for the gRPC
-    form of local replies.)"""
+    """envoy.extensions.filters.http.fault.v3.FaultAbort: an HTTP status, a gRPC status (the
+    reply is then HTTP 200, and a gRPC request gets it as grpc-status), or the request's own
+    x-envoy-fault-abort-request / x-envoy-fault-abort-grpc-request headers."""
 
-    UNSUPPORTED = _names("grpc_status")
     http_status: Annotated[UInt, Field(ge=200, lt=600)] | None = None
+    grpc_status: UInt | None = None
     header_abort: dict[str, Any] | None = None
     percentage: FractionalPercent = FractionalPercent()
 
     @model_validator(mode="after")
     def _one(self) -> FaultAbort:
-        _one_of(self, ("http_status", "header_abort"))
+        _one_of(self, ("http_status", "grpc_status", "header_abort"))
         if self.header_abort:
             raise ValueError("header_abort: takes no fields")
         return self
@@ -1572,17 +1568,6 @@ class LocalRateLimit(TypedMessage):
         # Envoy reads the interval in whole milliseconds and refuses less than 50.
         if value is not None and int(value.fill_interval * 1000 + 1e-9) < 50:
             raise ValueError("local rate limit token bucket fill timer must be >= 50ms")
-        return value
-
-    @field_validator("rate_limited_as_resource_exhausted")
-    @classmethod
-    def _grpc(cls, value: bool) -> bool:
-        if value:
-            raise PydanticCustomError(
-                "unsupported",
-                "gRPC local replies (RESOURCE_EXHAUSTED) not supported by podproxy yet",
-                {},
-            )
         return value
 
 

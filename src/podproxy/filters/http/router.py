@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
+from podproxy.filters.http.deadlines import Deadlines
 from podproxy.filters.http.shadow import MirroredRequest, ShadowStream, shadow_head
 from podproxy.http.conn_manager import (
     CONTINUE_100,
@@ -37,6 +38,7 @@ from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
 from podproxy.http.http1.upstream import UpstreamConnection
 from podproxy.http.stream import Exchange, Headers, ResponseHead, is_grpc_request
+from podproxy.router.grpc_timeout import GRPC_TIMEOUT, GrpcTimeoutPolicy, to_grpc_timeout
 from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
 from podproxy.upstream.cluster import Cluster
@@ -218,6 +220,8 @@ class Forwarder:
         self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
         self._timeouts: dict[float, TimeoutQueue] = {}
+        # Per-request deadlines of routes with gRPC-aware timeouts (no others add to it).
+        self.deadlines = Deadlines()
         # Decided once: only access-logged HCMs pay for noting what the log reads.
         self._filtered_upstream_request: type[UpstreamRequest] = (
             LoggedFilteredUpstreamRequest if config.access_logged else FilteredUpstreamRequest
@@ -359,7 +363,7 @@ class Forwarder:
                     cluster.pool_for(host, ex.head.version == "2"),
                     shadow_head(head, policy, self.config.node_address),
                     chunked,
-                    timeout=route.timeout,
+                    timeout=self._shadow_timeout(ex, route),
                     limit=self.config.buffer_limit,
                     loop=ex.conn.loop,
                     on_abandon=ureq.cluster,
@@ -371,6 +375,17 @@ class Forwarder:
         ex.state = state
         for shadow in shadows:
             shadow.start(state)
+
+    @staticmethod
+    def _shadow_timeout(ex: Exchange, route: Route) -> float | None:
+        """A mirror's timeout: the real request's (Envoy's async client gets the router's
+        final timeout), decided per request on a route with gRPC-aware timeouts."""
+        policy = route.grpc_timeouts
+        if policy is None:
+            return route.timeout
+        headers = ex.head.headers
+        ms = policy.router_timeout(is_grpc_request(headers), headers)
+        return ms / 1000 if ms else None
 
     def route_reply_headers(self, ex: Exchange, route: Route) -> Headers | None:
         """The route's response header mutations, for a local reply once the route is known
@@ -457,6 +472,63 @@ class Forwarder:
             and not self.config.suppress_envoy_headers
         )
 
+    def _grpc_timeout_lines(
+        self, headers: Headers, policy: GrpcTimeoutPolicy, out: list[bytes]
+    ) -> list[bytes]:
+        """The timeout headers of a request on a route with gRPC-aware timeouts: `out` (header
+        groups of four from index 6) with the client's grpc-timeout replaced when Envoy
+        replaces it, and x-envoy-expected-rq-timeout-ms (router.cc setTimeoutHeaders).
+
+        Legacy: the router's timeout (from grpc-timeout for a gRPC request) goes in both; 0
+        means none, and then neither is written. New timeouts: the router has no timeout, and
+        a gRPC upstream gets the stream's duration (refreshDurationTimeout), the client's
+        grpc-timeout staying when nothing limits the stream."""
+        grpc = is_grpc_request(headers)
+        value: bytes | None = None
+        ms: int | None = None
+        if policy.new_timeouts:
+            if grpc:
+                ms = policy.stream_duration(headers)
+                if ms is None:
+                    ms = policy.max_stream_duration_ms or None
+                if ms is not None:
+                    value = to_grpc_timeout(ms)
+        else:
+            ms = policy.router_timeout(grpc, headers)
+            if ms and grpc and policy.max_grpc_timeout_ms is not None:
+                value = to_grpc_timeout(ms)
+        if value is not None:
+            kept = out[:6]
+            for n in range(6, len(out), 4):
+                if out[n] != GRPC_TIMEOUT:
+                    kept += out[n : n + 4]
+            out = kept
+            out += (b"grpc-timeout: ", value, b"\r\n")
+        if not policy.new_timeouts and ms and not self.config.suppress_envoy_headers:
+            out += (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms,)
+        return out
+
+    def arm_grpc_deadline(self, ureq: UpstreamRequest, policy: GrpcTimeoutPolicy) -> None:
+        """Once the request has been received: its router timeout (legacy: from now, as
+        Envoy's onRequestComplete starts it) or its stream duration from grpc-timeout (new
+        timeouts: from the stream's start) in the deadline heap, as `ureq.timer`, which its
+        completion cancels."""
+        ex = ureq.ex
+        headers = ex.head.headers
+        loop = ex.conn.loop
+        if policy.new_timeouts:
+            ms = policy.stream_duration(headers)
+            if ms is not None:
+                ureq.timer = self.deadlines.add(
+                    ex.start + ms / 1000, ureq, _stream_duration_reached, loop
+                )
+            return
+        ms = policy.router_timeout(is_grpc_request(headers), headers)
+        if ms:
+            ureq.timer = self.deadlines.add(
+                loop.time() + ms / 1000, ureq, UpstreamRequest.on_timeout, loop
+            )
+
     def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool, bool]:
         """The upstream request head bytes, whether the body goes chunked, and whether the
         client asked for `100-continue`. One pass over the headers, one join."""
@@ -517,15 +589,9 @@ class Forwarder:
                 if out[n] not in connection_tokens:
                     kept += out[n : n + 4]
             out = kept
-        if route.max_stream_duration is not None and is_grpc_request(head.headers):
-            # A route with max_stream_duration tells a gRPC upstream its deadline, replacing
-            # the client's (conn_manager_impl.cc refreshDurationTimeout); 0 removes it.
-            kept = out[:6]
-            for n in range(6, len(out), 4):
-                if out[n] != b"grpc-timeout":
-                    kept += out[n : n + 4]
-            out = kept
-            out.append(route.grpc_timeout_line)
+        policy = route.grpc_timeouts
+        if policy is not None:
+            out = self._grpc_timeout_lines(head.headers, policy, out)
 
         if cfg.use_remote_address:
             # An edge request (conn_manager_utility.cc mutateRequestHeaders): the client is the
@@ -590,6 +656,14 @@ class Forwarder:
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue
+
+
+def _stream_duration_reached(ureq: UpstreamRequest) -> None:
+    """A stream duration from grpc-timeout ran out: the connection answers as for
+    max_stream_duration (504, or DEADLINE_EXCEEDED to a gRPC client)."""
+    ureq.timer = None
+    if not ureq.done:
+        ureq.ex.conn.max_duration_reached(ureq.ex)
 
 
 def _is_attempt_count(line: bytes) -> bool:
@@ -793,6 +867,9 @@ class UpstreamRequest:
         timeout = self.route.timeout
         if timeout is not None and not self.done:
             self.timer = self.fwd.timeout_queue(timeout).add(self, self.ex.conn.loop)
+        elif self.route.grpc_timeouts is not None and not self.done:
+            # Only routes without a fixed timeout get here (0, or decided per request).
+            self.fwd.arm_grpc_deadline(self, self.route.grpc_timeouts)
         conn = self.conn
         if conn is not None and not self.done:
             if self.body_chunked:

@@ -25,11 +25,12 @@ from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
 from podproxy.http.http1 import codec
 from podproxy.http.stream import (
+    DEADLINE_EXCEEDED_FIELDS,
     Exchange,
     Headers,
     RequestHead,
     StreamHandler,
-    grpc_local_reply,
+    grpc_shaped_reply,
     is_grpc_request,
 )
 
@@ -495,12 +496,8 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if flags != "-":
             ex.add_flag(flags)
-        if status != 200 and is_grpc_request(ex.head.headers):
-            # A gRPC client gets a gRPC status, not an error page (Envoy's sendLocalReply to a
-            # gRPC request: 200, trailers-only, so here a head with no body).
-            grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body)]
-            extra = grpc + [(k, v) for k, v in extra or () if k != b"content-type"]
-            status, body = 200, b""
+        # A gRPC client gets a gRPC status, not an error page.
+        status, body, extra = grpc_shaped_reply(ex.head.headers, status, body, extra)
         if self.draining:
             self.drain_on_response()
         close = close or not ex.head.keep_alive
@@ -663,7 +660,7 @@ class DownstreamConnection(asyncio.Protocol):
             cfg.stats.downstream_rq_idle_timeout.value += 1
             self._abort(ex, 408, b"stream timeout")
         else:
-            self._max_duration_reached(ex)
+            self.max_duration_reached(ex)
 
     def _head_timed_out(self, now: float, started: float, cfg: ConnectionManagerConfig) -> bool:
         """A request head still arriving: `request_headers_timeout` or `max_stream_duration`
@@ -691,17 +688,20 @@ class DownstreamConnection(asyncio.Protocol):
             self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True)
         return True
 
-    def _max_duration_reached(self, ex: Exchange) -> None:
-        """max_stream_duration, as Envoy 1.40 answers it (checked side by side): 408 while the
-        request is still arriving (then close), 504 once it has arrived and no response has
-        begun (the connection stays), and a reset once the response has begun."""
+    def max_duration_reached(self, ex: Exchange) -> None:
+        """max_stream_duration (or a duration from grpc-timeout), as Envoy 1.40 answers it
+        (checked side by side): 408 while the request is still arriving (then close), 504
+        once it has arrived and no response has begun (the connection stays), and a reset
+        once the response has begun; a gRPC client gets DEADLINE_EXCEEDED."""
         self.stats.downstream_rq_max_duration_reached.value += 1
+        grpc = DEADLINE_EXCEEDED_FIELDS if is_grpc_request(ex.head.headers) else None
         if not ex.request_complete:
-            self._abort(ex, 408, DOWNSTREAM_DURATION_TIMEOUT)
+            self.handler.on_downstream_reset(ex)
+            self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True, extra=grpc)
             return
         self.handler.on_downstream_reset(ex)
         if not ex.response_started:
-            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT)
+            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT, extra=grpc)
             return
         self.stats.downstream_rq_tx_reset.value += 1
         ex.response_complete = True

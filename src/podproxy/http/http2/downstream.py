@@ -37,10 +37,11 @@ from podproxy.http.http2.codec import (
     response_block_to_h2,
 )
 from podproxy.http.stream import (
+    DEADLINE_EXCEEDED_FIELDS,
     Exchange,
     Headers,
     RequestHead,
-    grpc_local_reply,
+    grpc_shaped_reply,
     is_grpc_request,
 )
 
@@ -186,10 +187,7 @@ class ServerStream(H2Stream):
             return
         if flags != "-":
             ex.add_flag(flags)
-        if status != 200 and is_grpc_request(ex.head.headers):
-            grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body)]
-            extra = grpc + [(k, v) for k, v in extra or () if k != b"content-type"]
-            status, body = 200, b""
+        status, body, extra = grpc_shaped_reply(ex.head.headers, status, body, extra)
         data = h1codec.simple_response(
             status, body, content_type=content_type, extra=extra, server=conn.config.server_name
         )
@@ -204,6 +202,19 @@ class ServerStream(H2Stream):
             conn.send_headers(self, headers, False)
             conn.send_data(self, body, True)
         conn.stream_complete(self, ex)
+
+    def max_duration_reached(self, ex: Exchange) -> None:
+        """max_stream_duration (or a duration from grpc-timeout), as Envoy answers it: 408
+        while the request is still arriving, 504 once it has arrived and no response has
+        begun, a reset once it has; a gRPC client gets DEADLINE_EXCEEDED."""
+        conn = self.conn
+        conn.stats.downstream_rq_max_duration_reached.value += 1
+        conn.handler.on_downstream_reset(ex)
+        grpc = DEADLINE_EXCEEDED_FIELDS if is_grpc_request(ex.head.headers) else None
+        status = 408 if not ex.request_complete else 504
+        if ex.response_started:
+            conn.stats.downstream_rq_tx_reset.value += 1
+        self.send_local_reply(ex, status, b"downstream duration timeout", extra=grpc)
 
     # back-pressure from the endpoint ----------------------------------------------------
     def on_write_paused(self) -> None:
@@ -590,13 +601,7 @@ class H2DownstreamConnection(H2Endpoint):
         if route is not None and route.max_stream_duration is not None:
             duration = route.max_stream_duration or None
         if duration is not None and now - ex.start >= duration:
-            cfg.stats.downstream_rq_max_duration_reached.value += 1
-            self.handler.on_downstream_reset(ex)
-            if not ex.request_complete:
-                st.send_local_reply(ex, 408, b"downstream duration timeout")
-            else:
-                st.send_local_reply(ex, 504, b"downstream duration timeout")
-            return
+            st.max_duration_reached(ex)
 
     def close(self, *, linger: bool = False) -> None:
         if self.closing:
