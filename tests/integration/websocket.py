@@ -7,7 +7,8 @@ half-closes, the server sends one last text frame, `eof-seen`, and closes: a tes
 whether the proxy passed the half-close on and kept the other direction open. It records the
 head of every request it gets. A request without `upgrade` gets a plain `200 plain`; one for a
 path under `/refuse` gets `400 refused`, as a server that declines the upgrade; one under
-`/hang` gets no answer at all.
+`/hang` gets no answer at all. After the 101, `/sink` reads nothing more and `/flood` sends
+frames as fast as it may: the back-pressure tests.
 The client side is a handshake on a raw socket plus frame encode/decode helpers.
 """
 
@@ -130,6 +131,8 @@ class EchoServer:
             await self._session(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # close(): ended quietly (asyncio logs a handler task that ends cancelled)
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
@@ -159,6 +162,13 @@ class EchoServer:
                 b"connection: Upgrade\r\nsec-websocket-accept: " + accept_key(key) + b"\r\n\r\n"
             )
             await writer.drain()
+            if target.startswith(b"/sink"):
+                await asyncio.Event().wait()  # reads nothing more: the proxy must hold back
+            elif target.startswith(b"/flood"):
+                chunk = frame(b"f" * 65536, OP_BINARY, masked=False)
+                while True:  # until the proxy stops reading (drain waits) or closes
+                    writer.write(chunk)
+                    await writer.drain()
             await self._echo(reader, writer, seen)
             self.closed += 1
             return
