@@ -6,9 +6,9 @@ a close frame is answered with a close frame and the connection closed. When the
 half-closes, the server sends one last text frame, `eof-seen`, and closes: a test can tell
 whether the proxy passed the half-close on and kept the other direction open. It records the
 head of every request it gets. A request without `upgrade` gets a plain `200 plain`; one for a
-path under `/refuse` gets `400 refused`, as a server that declines the upgrade; one under
-`/hang` gets no answer at all. After the 101, `/sink` reads nothing more and `/flood` sends
-frames as fast as it may: the back-pressure tests.
+path under `/refuse` gets `400 refused`, as a server that declines the upgrade; one whose path
+has `/hang` in it gets no answer at all. After the 101, `/sink` reads nothing more and `/flood`
+sends frames as fast as it may: the back-pressure tests.
 The client side is a handshake on a raw socket plus frame encode/decode helpers.
 """
 
@@ -150,7 +150,7 @@ class EchoServer:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
                 await writer.drain()
                 continue
-            if target.startswith(b"/hang"):
+            if b"/hang" in target:
                 await reader.read()  # never answers; waits for the proxy to close
                 return
             if target.startswith(b"/refuse"):
