@@ -30,6 +30,7 @@ from podproxy.http.http1.logged import connection_class
 from podproxy.http.http2.codec import http2_settings
 from podproxy.http.http2.downstream import H2DownstreamConnection, LoggedH2DownstreamConnection
 from podproxy.http.stream import StreamHandler
+from podproxy.http.upgrade import upgrade_policy
 from podproxy.router.routes import build_route_table
 from podproxy.runtime import Runtime
 from podproxy.stats import Store
@@ -198,6 +199,7 @@ def build_http_listener(
     )
     routes = build_route_table(hcm.route_config, runtime=live)
     router = Forwarder(routes, clusters, fcfg, http_stats)
+    upgrades = upgrade_policy(hcm, routes)
     handler: StreamHandler = router
     chain = [f for f in hcm.http_filters[:-1] if not f.skipped]
     if chain:
@@ -248,6 +250,7 @@ def build_http_listener(
         remote_from_xff=hcm.xff_num_trusted_hops
         if not hcm.use_remote_address
         else (hcm.xff_num_trusted_hops - 1 if hcm.xff_num_trusted_hops else None),
+        upgrades=upgrades,
     )
     tracker = ConnectionTracker(
         ccfg, handler, connection_class(ccfg.times_heads, access_logger is not None)

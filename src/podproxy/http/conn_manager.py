@@ -33,6 +33,7 @@ from podproxy.http.stream import (
     ResponseHead,
     StreamHandler,
 )
+from podproxy.http.upgrade import UpgradePolicy
 from podproxy.runtime import Runtime
 from podproxy.stats import Counter, Gauge, Histogram
 
@@ -77,6 +78,8 @@ class HttpConnManagerStats:
     downstream_rq_header_timeout: Counter
     downstream_rq_idle_timeout: Counter
     downstream_rq_ws_on_non_ws_route: Counter
+    downstream_cx_upgrades_total: Counter
+    downstream_cx_upgrades_active: Gauge
     downstream_cx_delayed_close_timeout: Counter
     downstream_cx_max_duration_reached: Counter
     downstream_rq_max_duration_reached: Counter
@@ -126,8 +129,12 @@ class ConnectionManagerConfig:
         drain_timeout: float = 5.0,
         runtime: Runtime | None = None,
         remote_from_xff: int | None = None,
+        upgrades: UpgradePolicy | None = None,
     ) -> None:
         self.stats = stats
+        # The HCM's and the routes' upgrade_configs; None when neither has any, so every
+        # upgrade request gets the answer Envoy gives without them (403, CONNECT 404).
+        self.upgrades = upgrades
         # Where Envoy finds a stream's remote address (read by access logs only): this many
         # entries from the right of the client's x-forwarded-for, or (None) the peer.
         self.remote_from_xff = remote_from_xff

@@ -336,6 +336,9 @@ class Route:
     attempt_count_line: bytes = b""
     # The virtual host's include_attempt_count_in_response.
     attempt_count_in_response: bool = False
+    # RouteAction.upgrade_configs: lower-cased upgrade type -> enabled, overriding the
+    # connection manager's (http.upgrade); None when the route has none.
+    upgrades: Mapping[bytes, bool] | None = None
 
     def choose_cluster(self, headers: Headers) -> tuple[Route, str | None]:
         """For a route without a fixed cluster: the route entry that serves this request
@@ -778,6 +781,10 @@ def compile_route(
         grpc_timeouts=grpc_timeouts,
         attempt_count_line=attempt_line,
         attempt_count_in_response=bool(getattr(vhost, "include_attempt_count_in_response", False)),
+        upgrades={
+            u.upgrade_type.lower().encode(): u.enabled for u in getattr(a, "upgrade_configs", ())
+        }
+        or None,
     )
     wc = getattr(a, "weighted_clusters", None)
     if wc is None:

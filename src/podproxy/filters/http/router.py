@@ -36,6 +36,7 @@ from podproxy.http.http1 import codec
 from podproxy.http.http1.codec import HOP_BY_HOP
 from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
+from podproxy.http.http1.tunnel import start_tunnel
 from podproxy.http.http1.upstream import UpstreamConnection
 from podproxy.http.stream import Exchange, Headers, ResponseHead, is_grpc_request
 from podproxy.router.grpc_timeout import GRPC_TIMEOUT, GrpcTimeoutPolicy, to_grpc_timeout
@@ -589,6 +590,12 @@ class Forwarder:
                 if out[n] not in connection_tokens:
                     kept += out[n : n + 4]
             out = kept
+        if head.upgrade is not None:
+            # An upgrade the connection manager let through (http1.tunnel) keeps its upgrade
+            # fields, which Envoy forwards as the client sent them.
+            for k, v in head.headers:
+                if k == b"upgrade" or k == b"connection":
+                    out += (k, b": ", v, b"\r\n")
         policy = route.grpc_timeouts
         if policy is not None:
             out = self._grpc_timeout_lines(head.headers, policy, out)
@@ -1040,6 +1047,32 @@ class UpstreamRequest:
             self._resend()
             return
         self._fail(err)
+
+    def on_upgrade(self, conn: UpstreamConnection, head: ResponseHead, tail: bytes) -> bool:
+        """The upstream switched protocols (101). If the request asked for an upgrade, the 101
+        goes to the client (through the encoder filters) and a tunnel (http1.tunnel) takes the
+        exchange over; False otherwise: an unexpected upgrade (Envoy's 503)."""
+        ex = self.ex
+        if self.done or ex.head.upgrade is None:
+            return False
+        if self.timer is not None:
+            # Envoy's router turns the route timeout off once an upgrade completes.
+            self.timer[1] = None
+            self.timer = None
+        self.conn = None
+        self.on_response_head(head)
+        built, self.held_head = self.held_head, None
+        if self.fwd.dynamic_stats:
+            st = self.cluster.info.stats
+            st.upstream_rq_completed.value += 1
+            st.upstream_rq_1xx.value += 1
+            self.cluster.info.code_counter(101).value += 1
+        start_tunnel(ex, conn, head, built, tail, self.route, self._tunnel_ended)
+        return True
+
+    def _tunnel_ended(self) -> None:
+        self._complete()
+        self.host.stats.rq_success += 1
 
     def on_upstream_write_paused(self) -> None:
         flow = self.ex.conn.flow

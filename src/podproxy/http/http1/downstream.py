@@ -23,7 +23,7 @@ from typing import Any, cast
 from podproxy.errors import ProtocolError
 from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
-from podproxy.http.http1 import codec
+from podproxy.http.http1 import codec, tunnel
 from podproxy.http.stream import (
     DEADLINE_EXCEEDED_FIELDS,
     Exchange,
@@ -375,8 +375,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.active = ex
         self.idle_since = None
         head = ex.head
-        if head.upgrade is not None:
-            self._reject_upgrade(ex)
+        if head.upgrade is not None and not self._upgrade(ex):
             return
         if head.version != "1.1":
             if head.version != "1.0" or not self.config.accept_http_10:
@@ -399,6 +398,21 @@ class DownstreamConnection(asyncio.Protocol):
                     return
         if ex.request_complete:
             self.handler.on_request_end(ex)
+
+    def _upgrade(self, ex: Exchange) -> bool:
+        """An upgrade request (or CONNECT): whether it goes on to the handler, as one the
+        HCM's or its route's `upgrade_configs` let through (http.upgrade, http1.tunnel) or
+        one with no route (Envoy's router answers it, 404); else it was answered here."""
+        upgrades = self.config.upgrades
+        if upgrades is None or ex.head.upgrade == b"CONNECT":
+            self._reject_upgrade(ex)
+            return False
+        allowed, routed = upgrades.verdict(ex.head)
+        if routed and not allowed:
+            self._reject_upgrade(ex)
+            return False
+        tunnel.admit(self, ex, allowed)
+        return True
 
     def _reject_upgrade(self, ex: Exchange) -> None:
         """The one place an upgrade request (or CONNECT) is answered, as Envoy answers one
