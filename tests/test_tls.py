@@ -336,7 +336,7 @@ def test_upstream_trusted_ca_and_san(server: Issued, ca: CertificateAuthority) -
     assert got["handshake"] == 1
     assert got["fail_verify_san"] == 1
     assert got["fail_verify_error"] == 1
-    assert got["connection_error"] == 2
+    assert "connection_error" not in got  # verification failures count only as such
 
 
 def test_certificate_hash_and_spki_pins(server: Issued) -> None:

@@ -390,7 +390,6 @@ class HandshakeObserver:
         if not v.empty:
             if der is None:
                 self.stats.fail_verify_no_cert.inc()
-                self.stats.connection_error.inc()
                 raise ssl.SSLCertVerificationError("peer did not present a certificate")
             self._check(der)
         st = self.stats
@@ -415,21 +414,22 @@ class HandshakeObserver:
                 ok = hashlib.sha256(parse_certificate(der).spki).digest() in v.spki
             if not ok:
                 self.stats.fail_verify_cert_hash.inc()
-                self.stats.connection_error.inc()
                 raise ssl.SSLCertVerificationError("certificate hash or SPKI does not match")
         if v.san:
             sans = parse_certificate(der).subject_alt_names
             if not any(m.matches(sans) for m in v.san):
                 self.stats.fail_verify_san.inc()
-                self.stats.connection_error.inc()
                 raise ssl.SSLCertVerificationError("certificate SAN does not match")
 
     def on_failure(self, exc: ssl.SSLError) -> None:
+        # A verification failure counts only as its fail_verify_* (Envoy's drainErrorQueue
+        # leaves connection_error to the other handshake errors).
         if isinstance(exc, ssl.SSLCertVerificationError):
             self.stats.fail_verify_error.inc()
-        elif exc.reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_REQUIRED"):
+        elif exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
             self.stats.fail_verify_no_cert.inc()
-        self.stats.connection_error.inc()
+        else:
+            self.stats.connection_error.inc()
 
     def _count(self, table: dict[str, Counter], prefix: str, name: str) -> None:
         c = table.get(name)
@@ -601,6 +601,20 @@ def _cert_source(common: CommonTlsContext) -> CertSource:
     return CertSource(ca, chain)
 
 
+# Envoy 1.40 names a certificate without an SDS secret `unnamed_cert_` / `unnamed_ca_cert_`
+# plus 8 hex digits of SHA-256 of the (empty) secret name, as its /stats shows.
+_UNNAMED_SUFFIX = hashlib.sha256(b"").hexdigest()[:8]
+
+
+def _expiry_gauges(scope: Scope, certs: CertSource) -> None:
+    """`ssl.certificate.<name>.expiration_unix_time_seconds` for each certificate."""
+    for kind, items in (("ca_cert", certs.ca), ("cert", certs.chain)):
+        for _, der in items:
+            expiry = parse_certificate(der).not_after.timestamp()
+            name = f"ssl.certificate.unnamed_{kind}_{_UNNAMED_SUFFIX}.expiration_unix_time_seconds"
+            scope.gauge(name).set(int(expiry))
+
+
 class DownstreamTls:
     """A filter chain's TLS: the server context and its certificates."""
 
@@ -613,6 +627,7 @@ class DownstreamTls:
             # one comes (Envoy's SSL_VERIFY_PEER without FAIL_IF_NO_PEER_CERT).
             self.context.verify_mode = ssl.CERT_OPTIONAL
         self.certs = _cert_source(cfg.common_tls_context)
+        _expiry_gauges(scope, self.certs)
 
 
 class TlsOptions(NamedTuple):
@@ -628,6 +643,7 @@ class UpstreamTls:
     def __init__(self, cfg: UpstreamTlsContext, path: str, scope: Scope) -> None:
         self.context = _build_context(cfg.common_tls_context, False, path, scope)
         self.certs = _cert_source(cfg.common_tls_context)
+        _expiry_gauges(scope, self.certs)
         # An empty sni sends none (asyncio would otherwise send the address it connects to).
         self._options = TlsOptions(self.context, cfg.sni)
 

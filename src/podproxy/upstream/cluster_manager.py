@@ -19,6 +19,7 @@ from podproxy.http.http1 import codec
 from podproxy.http.http1.pool import HostPool
 from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 from podproxy.stats import Counter, Gauge, Store
+from podproxy.tls import UpstreamTls
 from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.discovery import CLUSTER_TYPES, DNS_TYPES
 from podproxy.upstream.dns import (
@@ -79,6 +80,8 @@ class ClusterManager:
         self.clusters: dict[str, Cluster] = {}
         self.pushed = pushed
         self._discoveries: list[Any] = []
+        # Each TLS cluster's context, by cluster name (pools connect with it; admin /certs).
+        self.tls: dict[str, UpstreamTls] = {}
 
     def add_cluster(self, cfg: Any, path: str) -> Cluster:
         """Build a cluster from its typed config; unsupported types fail here, clearly."""
@@ -126,6 +129,12 @@ class ClusterManager:
             ),
             idle_timeout=idle_timeout,
         )
+        tls_cfg = cfg.tls() if hasattr(cfg, "tls") else None
+        tls = None
+        if tls_cfg is not None:
+            tls = self.tls[cfg.name] = UpstreamTls(
+                tls_cfg, f"{path}.transport_socket.typed_config", info.scope
+            )
         pool_factory: Callable[[Host], HostPool] = lambda host: HostPool(  # noqa: E731
             host,
             info.stats,
@@ -135,6 +144,7 @@ class ClusterManager:
             buffer_limit=info.per_connection_buffer_limit_bytes,
             max_response_headers_bytes=max_headers_kb * 1024,
             max_response_headers_count=max_headers_count,
+            tls=tls,
         )
         cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
         if self.pushed:
