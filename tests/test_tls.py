@@ -157,12 +157,13 @@ def test_certs_json_shape(server: Issued, ca: CertificateAuthority) -> None:
     (entry,) = out["certificates"]
     (leaf,) = entry["cert_chain"]
     assert leaf["path"] == "<inline>"
-    assert leaf["serial_number"] == format(server.cert.serial_number, "x")
+    serial = format(server.cert.serial_number, "x")
+    assert leaf["serial_number"] == ("0" + serial if len(serial) % 2 else serial)
     assert leaf["days_until_expiration"] == "10"
     assert leaf["subject_alt_names"][0] == {"dns": "localhost"}
     assert leaf["subject_alt_names"][2] == {"ip_address": "127.0.0.1"}
     assert leaf["expiration_time"] == server.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert [c["serial_number"] for c in entry["ca_cert"]] == [format(ca.cert.serial_number, "x")]
+    assert [int(c["serial_number"], 16) for c in entry["ca_cert"]] == [ca.cert.serial_number]
 
 
 # --- ClientHello ----------------------------------------------------------------------------

@@ -660,13 +660,19 @@ def _rfc3339(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _serial_hex(serial: int) -> str:
+    # Envoy prints the serial as BN_bn2hex does, whole bytes (`0a26…`), lower-cased.
+    text = format(serial, "x")
+    return "0" + text if len(text) % 2 else text
+
+
 def certificate_details(path: str, der: bytes, now: dt.datetime) -> dict[str, Any]:
     """admin.v3.CertificateDetails as proto3 JSON."""
     info = parse_certificate(der)
     days = max(0, (info.not_after - now).days)
     return {
         "path": path,
-        "serial_number": format(info.serial_number, "x"),
+        "serial_number": _serial_hex(info.serial_number),
         "subject_alt_names": [{k: v} for k, v in info.subject_alt_names if k != "email"],
         "days_until_expiration": str(days),
         "valid_from": _rfc3339(info.not_before),
