@@ -9,6 +9,7 @@ Certificates are made at test time (tests/tls_certs.py); nothing here holds a ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import re
@@ -492,3 +493,68 @@ async def test_both_reject(listener_change: dict[str, Any], tmp_path: Path, pki:
     )
     assert envoy.returncode != 0
     assert pod.returncode != 0
+
+
+async def split_hello_request(port: int, sni: str, pause: float) -> bytes:
+    """A TLS request whose ClientHello arrives in two pieces `pause` seconds apart; the
+    response bytes (empty if the proxy closed)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = outgoing.read()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(hello[:10])
+        await writer.drain()
+        await asyncio.sleep(pause)
+        writer.write(hello[10:])
+        for _ in range(10):
+            data = await asyncio.wait_for(reader.read(65536), 5.0)
+            if not data:
+                return b""
+            incoming.write(data)
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+        obj.write(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        writer.write(outgoing.read())
+        got = b""
+        for _ in range(20):
+            data = await asyncio.wait_for(reader.read(65536), 5.0)
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                while chunk := obj.read(65536):
+                    got += chunk
+                break  # close_notify: the response is complete
+            except ssl.SSLWantReadError:
+                continue
+            except ssl.SSLZeroReturnError:
+                break
+        return got
+    finally:
+        writer.close()
+
+
+async def test_client_hello_in_pieces_and_listener_filters_timeout(both: Any, pki: Pki) -> None:
+    listener = sni_listener(pki)
+    listener["listener_filters_timeout"] = "1s"
+    b: Both = await both(bootstrap(listener))
+    for which, port in b.ports().items():
+        got = await split_hello_request(port, "a.example.com", 0.3)
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"chain a\n"), which
+    # A client that sends nothing: closed when the listener filters time out.
+    for which, port in b.ports().items():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 10.0) == b"", which
+        writer.close()
+    stat = "^listener\\.127.*\\.downstream_pre_cx_timeout$"
+    assert await b.stats("envoy", stat) == await b.stats("podproxy", stat)
+    assert await b.stats("podproxy", stat) == {"downstream_pre_cx_timeout": 1}
