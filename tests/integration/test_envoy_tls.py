@@ -28,6 +28,7 @@ import yaml
 from tls_certs import CertificateAuthority, server_cert
 
 from integration.backends import ProxyProcess
+from integration.scripted import ScriptedRequest, ScriptedUpstream
 from integration.sidebyside import ENVOY, free_port, start_envoy
 
 pytestmark = pytest.mark.envoy
@@ -558,3 +559,33 @@ async def test_client_hello_in_pieces_and_listener_filters_timeout(both: Any, pk
     stat = "^listener\\.127.*\\.downstream_pre_cx_timeout$"
     assert await b.stats("envoy", stat) == await b.stats("podproxy", stat)
     assert await b.stats("podproxy", stat) == {"downstream_pre_cx_timeout": 1}
+
+
+async def test_tls_listener_forwards_https_scheme(
+    both: Any, pki: Pki, loopback_ip: Callable[[int], str]
+) -> None:
+    """A request that came over TLS goes upstream with x-forwarded-proto: https."""
+
+    async def answer(req: ScriptedRequest) -> None:
+        req.conn.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async with ScriptedUpstream(answer, loopback_ip(2)) as up:
+        host, port = up.address
+        plain = cluster("up", host, port, {})
+        del plain["transport_socket"]
+        b: Both = await both(
+            bootstrap(
+                {
+                    "filter_chains": [
+                        {
+                            "transport_socket": tls({"tls_certificates": certs(pki.a)}),
+                            "filters": [hcm("in", cluster="up")],
+                        }
+                    ]
+                },
+                [plain],
+            )
+        )
+        for which, port in b.ports().items():
+            assert await curl(port, "a.example.com", "--cacert", pki.ca) == (True, "ok"), which
+        assert [r.header(b"x-forwarded-proto") for r in up.requests] == [b"https", b"https"]
