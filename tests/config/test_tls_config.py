@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tls_certs import CertificateAuthority, server_cert
 
+from podproxy.config.convert import to_v3_yaml
 from podproxy.config.loader import load
 from podproxy.config.schema import SanType, TlsProtocol
 from podproxy.errors import ConfigErrors
@@ -262,3 +267,41 @@ def test_environment_variable_data_source(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("PODPROXY_TEST_CA")
     (err,) = errors_of(bootstrap(cluster=cluster))
     assert "Environment variable doesn't exist: PODPROXY_TEST_CA" in err
+
+
+@pytest.mark.envoy
+def test_v2_tls_converts_to_v3_envoy_accepts(
+    tmp_path: Path, envoy_validate: Callable[[str], subprocess.CompletedProcess[str]]
+) -> None:
+    ca = CertificateAuthority()
+    cert, key = server_cert(ca, "a.example.com").write(tmp_path, "a")
+    ca_path = ca.write(tmp_path)
+    v2 = bootstrap(
+        {
+            "filter_chains": [
+                chain(
+                    tls_context={
+                        "common_tls_context": {
+                            "tls_certificates": [
+                                {
+                                    "certificate_chain": {"filename": cert},
+                                    "private_key": {"filename": key},
+                                }
+                            ],
+                            "validation_context": {
+                                "trusted_ca": {"filename": ca_path},
+                                "verify_subject_alt_name": ["client"],
+                            },
+                        }
+                    },
+                    filter_chain_match={"sni_domains": ["a.example.com"]},
+                )
+            ],
+            "listener_filters": [{"name": "envoy.listener.tls_inspector", "config": {}}],
+        },
+        {"tls_context": {"sni": "pod"}},
+    )
+    text = to_v3_yaml(load(config_yaml=v2))
+    assert " tls_context:" not in text and "verify_subject_alt_name" not in text
+    done = envoy_validate(text)
+    assert done.returncode == 0, done.stderr
