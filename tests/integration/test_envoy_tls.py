@@ -589,3 +589,36 @@ async def test_tls_listener_forwards_https_scheme(
         for which, port in b.ports().items():
             assert await curl(port, "a.example.com", "--cacert", pki.ca) == (True, "ok"), which
         assert [r.header(b"x-forwarded-proto") for r in up.requests] == [b"https", b"https"]
+
+
+async def plain_get(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5.0)
+    writer.close()
+    return data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("default", [True, False])
+async def test_without_tls_inspector_the_default_chain_or_nothing(
+    both: Any, pki: Pki, default: bool
+) -> None:
+    """No tls_inspector: every connection is raw_buffer with no server name, so a chain that
+    wants `tls` never matches; the default chain (if any) serves it, else it is closed."""
+    listener: dict[str, Any] = {
+        "filter_chains": [
+            {
+                "filter_chain_match": {"transport_protocol": "tls"},
+                "transport_socket": tls({"tls_certificates": certs(pki.a)}),
+                "filters": [hcm("tls", "tls\n")],
+            }
+        ]
+    }
+    if default:
+        listener["default_filter_chain"] = {"filters": [hcm("default", "default\n")]}
+    b: Both = await both(bootstrap(listener))
+    for which, port in b.ports().items():
+        assert await plain_get(port) == (b"default\n" if default else b""), which
+    stat = "^listener\\.127.*\\.no_filter_chain_match$"
+    assert await b.stats("envoy", stat) == await b.stats("podproxy", stat)
+    assert await b.stats("podproxy", stat) == {"no_filter_chain_match": 0 if default else 1}
