@@ -1365,10 +1365,11 @@ class RouteAction(Message):
 
 
 class DataSource(Message):
-    UNSUPPORTED = _names("environment_variable watched_directory")
+    UNSUPPORTED = _names("watched_directory")
     filename: Str | None = None
     inline_bytes: Str | None = None
     inline_string: Str | None = None
+    environment_variable: Annotated[Str, Field(min_length=1)] | None = None
     _data: bytes = PrivateAttr(b"")
 
     @field_validator("filename")
@@ -1385,8 +1386,14 @@ class DataSource(Message):
 
     @model_validator(mode="after")
     def _load(self) -> DataSource:
-        _one_of(self, ("filename", "inline_bytes", "inline_string"))
-        if self.inline_string is not None:
+        _one_of(self, ("filename", "inline_bytes", "inline_string", "environment_variable"))
+        if self.environment_variable is not None:
+            # Read once at load, as Envoy's DataSource::read; a missing one is an error there.
+            value = os.environ.get(self.environment_variable)
+            if value is None:
+                raise ValueError(f"Environment variable doesn't exist: {self.environment_variable}")
+            self._data = value.encode()
+        elif self.inline_string is not None:
             self._data = self.inline_string.encode()
         elif self.inline_bytes is not None:
             self._data = base64.b64decode(self.inline_bytes)
@@ -2012,23 +2019,356 @@ class NetworkFilter(Message):
     typed_config: HttpConnectionManager
 
 
-class FilterChain(Message):
+# --- TLS: transport sockets, filter chain matching, listener filters (issue 11 §4) ---------
+#
+# extensions/transport_sockets/tls/v3/{tls,common,secret}.proto,
+# config/listener/v3/listener_components.proto (FilterChainMatch), and the tls_inspector
+# listener filter. podproxy.tls builds `ssl` contexts from these; what Python's ssl cannot do
+# (several certificates per context, several ECDH curves, verifying SANs inside the handshake)
+# is either an error here or documented in the README's TLS section.
+
+DOWNSTREAM_TLS_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+UPSTREAM_TLS_TYPE = TYPE_URL_PREFIX + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+TLS_INSPECTOR_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+# Transport socket names (the `tls`/`raw_buffer` aliases are still registered in Envoy).
+TLS_SOCKET_NAMES = frozenset({"envoy.transport_sockets.tls", "tls"})
+RAW_BUFFER_NAMES = frozenset({"envoy.transport_sockets.raw_buffer", "raw_buffer"})
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+
+
+class TlsProtocol(Enum):
+    """tls.v3.TlsParameters.TlsProtocol; TLS_AUTO is each side's default (podproxy.tls)."""
+
+    TLS_AUTO = 0
+    TLSv1_0 = 1
+    TLSv1_1 = 2
+    TLSv1_2 = 3
+    TLSv1_3 = 4
+
+
+class SanType(Enum):
+    """tls.v3.SubjectAltNameMatcher.SanType."""
+
+    SAN_TYPE_UNSPECIFIED = 0
+    EMAIL = 1
+    DNS = 2
+    URI = 3
+    IP_ADDRESS = 4
+    OTHER_NAME = 5
+
+
+def _tls_protocol(value: object) -> TlsProtocol:
+    # Proto enum names are case-sensitive in their digits and `v`: `TLSv1_2`, read with
+    # Envoy's case-insensitive enum parsing (so `tlsv1_2` works too).
+    if isinstance(value, str) and value.isascii():
+        for member in TlsProtocol:
+            if member.name.upper() == value.upper():
+                return member
+    return _enum_parser(TlsProtocol)(value)
+
+
+TlsProtocolField = Annotated[TlsProtocol, BeforeValidator(_tls_protocol)]
+SanTypeField = Annotated[SanType, BeforeValidator(_enum_parser(SanType))]
+
+
+class TlsParameters(Message):
+    UNSUPPORTED = _names("signature_algorithms compliance_policies")
+    tls_minimum_protocol_version: TlsProtocolField = TlsProtocol.TLS_AUTO
+    tls_maximum_protocol_version: TlsProtocolField = TlsProtocol.TLS_AUTO
+    # BoringSSL cipher names (`[A|B]` equal-preference groups allowed); checked and
+    # translated to OpenSSL's by podproxy.tls, which knows the SSL library.
+    cipher_suites: tuple[Str, ...] = ()
+    ecdh_curves: tuple[Str, ...] = ()
+
+
+class TlsCertificate(Message):
     UNSUPPORTED = _names(
         """
-        filter_chain_match use_proxy_proto metadata transport_socket
-        transport_socket_connect_timeout
+        ocsp_staple signed_certificate_timestamp pkcs12 watched_directory
+        private_key_provider
         """
     )
+    certificate_chain: DataSource
+    private_key: DataSource
+    password: DataSource | None = None
+
+
+class SubjectAltNameMatcher(Message):
+    san_type: SanTypeField
+    matcher: StringMatcher
+    oid: Str = ""
+
+    @field_validator("san_type")
+    @classmethod
+    def _type(cls, value: SanType) -> SanType:
+        # proto: enum {defined_only: true not_in: 0}; OTHER_NAME needs an ASN.1 decoder.
+        if value is SanType.SAN_TYPE_UNSPECIFIED:
+            raise PydanticCustomError("enum", "san_type must be set")
+        if value is SanType.OTHER_NAME:
+            raise _unsupported_value(value)
+        return value
+
+
+_HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class CertificateValidationContext(Message):
+    UNSUPPORTED = _names(
+        """
+        system_root_certs watched_directory require_signed_certificate_timestamp crl
+        allow_expired_certificate trust_chain_verification custom_validator_config
+        only_verify_leaf_cert_crl max_verify_depth ca_certificate_provider_instance
+        """
+    )
+    trusted_ca: DataSource | None = None
+    match_typed_subject_alt_names: tuple[SubjectAltNameMatcher, ...] = ()
+    # Deprecated in v3 (any SAN type); v2's verify_subject_alt_name becomes exact matchers
+    # here (config.normalize).
+    match_subject_alt_names: tuple[StringMatcher, ...] = ()
+    verify_certificate_hash: tuple[Str, ...] = ()
+    verify_certificate_spki: tuple[Str, ...] = ()
+
+    @field_validator("verify_certificate_hash")
+    @classmethod
+    def _hashes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Hex SHA-256 of the DER certificate, colons allowed (`DF:6F:...`).
+        for h in value:
+            if not _HEX_SHA256.match(h.replace(":", "")):
+                raise PydanticCustomError(
+                    "base64",
+                    "expected a hex SHA-256 certificate hash, got {got}",
+                    {"got": show(h)},
+                )
+        return tuple(h.replace(":", "").lower() for h in value)
+
+    @field_validator("verify_certificate_spki")
+    @classmethod
+    def _pins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Base64 SHA-256 of the DER SubjectPublicKeyInfo (44 characters).
+        for pin in value:
+            try:
+                ok = len(base64.b64decode(pin, validate=True)) == 32
+            except binascii.Error:
+                ok = False
+            if not ok:
+                raise PydanticCustomError(
+                    "base64",
+                    "expected a base64 SHA-256 SPKI pin, got {got}",
+                    {"got": show(pin)},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _san_needs_ca(self) -> CertificateValidationContext:
+        # Envoy (DefaultCertValidator::initializeSslContexts) refuses SAN checks without a CA.
+        if self.trusted_ca is None and (
+            self.match_typed_subject_alt_names or self.match_subject_alt_names
+        ):
+            raise ValueError(
+                "SAN-based verification of peer certificates without trusted CA is insecure "
+                "and not allowed"
+            )
+        return self
+
+
+class CommonTlsContext(Message):
+    UNSUPPORTED = _names(
+        """
+        tls_certificate_sds_secret_configs tls_certificate_provider_instance
+        tls_certificate_certificate_provider tls_certificate_certificate_provider_instance
+        validation_context_sds_secret_config combined_validation_context
+        validation_context_certificate_provider
+        validation_context_certificate_provider_instance key_log custom_handshaker
+        custom_tls_certificate_selector
+        """
+    )
+    tls_params: TlsParameters = TlsParameters()
+    # Envoy servers may hold several (chosen by SNI and key type); Python's ssl loads one
+    # chain per context, so podproxy takes at most one: several is a clear error.
+    tls_certificates: Annotated[tuple[TlsCertificate, ...], Field(max_length=1)] = ()
+    validation_context: CertificateValidationContext | None = None
+    alpn_protocols: tuple[Str, ...] = ()
+
+
+class DownstreamTlsContext(TypedMessage):
+    TYPE_URL = DOWNSTREAM_TLS_TYPE
+    UNSUPPORTED = _names(
+        """
+        require_sni session_ticket_keys session_ticket_keys_sds_secret_config
+        disable_stateless_session_resumption disable_stateful_session_resumption
+        session_timeout ocsp_staple_policy full_scan_certs_on_sni_mismatch
+        prefer_client_ciphers tls_session_ticket_keys
+        """
+    )
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    require_client_certificate: StrictBool = False
+
+    @model_validator(mode="after")
+    def _server_cert(self) -> DownstreamTlsContext:
+        if not self.common_tls_context.tls_certificates:
+            raise ValueError("a listener's TLS context needs a certificate: set tls_certificates")
+        vc = self.common_tls_context.validation_context
+        if self.require_client_certificate and (vc is None or vc.trusted_ca is None):
+            # Python's ssl asks for a client certificate only to verify it against a CA.
+            raise ValueError(
+                "require_client_certificate needs validation_context.trusted_ca in podproxy"
+            )
+        if (
+            vc is not None
+            and vc.trusted_ca is None
+            and (vc.verify_certificate_hash or vc.verify_certificate_spki)
+        ):
+            raise ValueError(
+                "validation_context: pinning client certificates without trusted_ca is not "
+                "supported by podproxy (Python's ssl only requests certificates it verifies)"
+            )
+        return self
+
+
+class UpstreamTlsContext(TypedMessage):
+    TYPE_URL = UPSTREAM_TLS_TYPE
+    UNSUPPORTED = _names(
+        """
+        allow_renegotiation max_session_keys enforce_rsa_key_usage auto_host_sni
+        auto_sni_san_validation
+        """
+    )
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    sni: Annotated[Str, Field(max_length=255)] = ""
+
+
+class RawBuffer(TypedMessage):
+    TYPE_URL = RAW_BUFFER_TYPE
+
+
+class TlsInspector(TypedMessage):
+    TYPE_URL = TLS_INSPECTOR_TYPE
+    UNSUPPORTED = _names(
+        """
+        enable_ja3_fingerprinting enable_ja4_fingerprinting initial_read_buffer_size
+        max_client_hello_size close_connection_on_client_hello_parsing_errors
+        """
+    )
+
+
+DownstreamSocketConfig = _typed_union(
+    {DOWNSTREAM_TLS_TYPE: DownstreamTlsContext, RAW_BUFFER_TYPE: RawBuffer}
+)
+UpstreamSocketConfig = _typed_union(
+    {UPSTREAM_TLS_TYPE: UpstreamTlsContext, RAW_BUFFER_TYPE: RawBuffer}
+)
+TYPED_CONFIGS.update(
+    {
+        DOWNSTREAM_TLS_TYPE: DownstreamTlsContext,
+        UPSTREAM_TLS_TYPE: UpstreamTlsContext,
+        RAW_BUFFER_TYPE: RawBuffer,
+        TLS_INSPECTOR_TYPE: TlsInspector,
+    }
+)
+
+
+class _TransportSocket(Message):
+    """core.v3.TransportSocket. Envoy picks the socket by its typed_config's type; without
+    one, the name must be raw_buffer's (config.normalize fills in TLS types by name)."""
+
+    name: Annotated[Str, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _kind(self) -> _TransportSocket:
+        typed = getattr(self, "typed_config", None)
+        if typed is None and self.name not in RAW_BUFFER_NAMES:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: Envoy transport socket not supported by podproxy yet "
+                "(envoy.transport_sockets.tls or raw_buffer, with a typed_config)",
+                {"got": show(self.name)},
+            )
+        return self
+
+
+class DownstreamTransportSocket(_TransportSocket):
+    typed_config: DownstreamSocketConfig | None = None  # type: ignore[valid-type]
+
+    def tls(self) -> DownstreamTlsContext | None:
+        tc = self.typed_config
+        return tc if isinstance(tc, DownstreamTlsContext) else None
+
+
+class UpstreamTransportSocket(_TransportSocket):
+    typed_config: UpstreamSocketConfig | None = None  # type: ignore[valid-type]
+
+    def tls(self) -> UpstreamTlsContext | None:
+        tc = self.typed_config
+        return tc if isinstance(tc, UpstreamTlsContext) else None
+
+
+def _server_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    # Envoy (filter_chain_manager_impl.cc): only a leading `*.` wildcard, lower-cased
+    # comparison is left to matching; anything else with `*` is refused at load.
+    for name in value:
+        if "*" in name and not (name.startswith("*.") and "*" not in name[2:]):
+            raise PydanticCustomError(
+                "unsupported",
+                'partial wildcards are not supported in "server_names", got {got}',
+                {"got": show(name)},
+            )
+    return value
+
+
+class FilterChainMatch(Message):
+    UNSUPPORTED = _names(
+        """
+        destination_port prefix_ranges address_suffix suffix_len
+        direct_source_prefix_ranges source_type source_prefix_ranges source_ports
+        """
+    )
+    server_names: Annotated[tuple[Str, ...], AfterValidator(_server_names)] = ()
+    transport_protocol: Str = ""
+    application_protocols: tuple[Str, ...] = ()
+
+
+class ListenerFilter(Message):
+    UNSUPPORTED = _names("filter_disabled config_discovery")
+    name: Str
+    typed_config: TlsInspector | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value != TLS_INSPECTOR_NAME:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: Envoy listener filter not supported by podproxy yet",
+                {"got": show(value)},
+            )
+        return value
+
+
+# --- end of TLS models ----------------------------------------------------------------------
+
+
+class FilterChain(Message):
+    UNSUPPORTED = _names("use_proxy_proto metadata transport_socket_connect_timeout")
     name: Str = ""
+    filter_chain_match: FilterChainMatch | None = None
     filters: Annotated[tuple[NetworkFilter, ...], Field(min_length=1, max_length=1)]
+    transport_socket: DownstreamTransportSocket | None = None
+
+    def tls(self) -> DownstreamTlsContext | None:
+        ts = self.transport_socket
+        return ts.tls() if ts is not None else None
 
 
 class Listener(Message):
     UNSUPPORTED = _names(
         """
         additional_addresses stat_prefix fcds_config filter_chain_matcher use_original_dst
-        default_filter_chain metadata deprecated_v1 drain_type listener_filters
-        listener_filters_timeout continue_on_listener_filters_timeout transparent freebind
+        metadata deprecated_v1 drain_type transparent freebind
         socket_options tcp_fast_open_queue_length udp_listener_config
         api_listener connection_balance_config reuse_port enable_reuse_port access_log
         tcp_backlog_size max_connections_to_accept_per_socket_event bind_to_port
@@ -2038,11 +2378,41 @@ class Listener(Message):
     )
     name: Str = ""
     address: Address
-    filter_chains: Annotated[tuple[FilterChain, ...], Field(min_length=1, max_length=1)]
+    filter_chains: tuple[FilterChain, ...] = ()
+    # Used when no filter chain matches (Envoy 1.19+).
+    default_filter_chain: FilterChain | None = None
+    listener_filters: tuple[ListenerFilter, ...] = ()
+    # Envoy: a connection whose listener filters have not finished by then is closed (or
+    # goes on to chain selection with what is known, if continue_on_...); 0 disables it.
+    listener_filters_timeout: ZeroDisables = 15.0
+    continue_on_listener_filters_timeout: StrictBool = False
     per_connection_buffer_limit_bytes: UInt = 1048576
     # Metadata in podproxy: Envoy reads it for tracing (span direction), original_dst on Windows
     # and `/drain_listeners?inboundonly`, none of which podproxy has (README).
     traffic_direction: TrafficDirectionField = TrafficDirection.UNSPECIFIED
+
+    @model_validator(mode="after")
+    def _chains(self) -> Listener:
+        if not self.filter_chains and self.default_filter_chain is None:
+            raise ValueError("no filter chains specified")
+        seen: set[tuple[tuple[str, ...], str, tuple[str, ...]]] = set()
+        for chain in self.filter_chains:
+            m = chain.filter_chain_match or FilterChainMatch()
+            key = (
+                tuple(sorted(n.lower() for n in m.server_names)),
+                m.transport_protocol,
+                tuple(sorted(m.application_protocols)),
+            )
+            if key in seen:
+                # Envoy's words (filter_chain_manager_impl.cc addFilterChains).
+                raise ValueError("multiple filter chains with the same matching rules are defined")
+            seen.add(key)
+        return self
+
+    def all_filter_chains(self) -> tuple[FilterChain, ...]:
+        """The filter chains, then the default one if any."""
+        extra = (self.default_filter_chain,) if self.default_filter_chain is not None else ()
+        return self.filter_chains + extra
 
 
 class Locality(Message):
@@ -2214,7 +2584,7 @@ class Cluster(Message):
         health_checks max_requests_per_connection circuit_breakers
         upstream_http_protocol_options dns_resolution_config outlier_detection
         cleanup_interval upstream_bind_config lb_subset_config ring_hash_lb_config
-        maglev_lb_config original_dst_lb_config round_robin_lb_config transport_socket
+        maglev_lb_config original_dst_lb_config round_robin_lb_config
         metadata upstream_connection_options
         close_connections_on_host_health_failure ignore_health_on_host_removal filters
         load_balancing_policy lrs_server lrs_report_endpoint_metrics track_timeout_budgets
@@ -2249,6 +2619,11 @@ class Cluster(Message):
     typed_extension_protocol_options: dict[str, UpstreamHttpProtocolOptions] = {}
     common_lb_config: CommonLbConfig = CommonLbConfig()
     least_request_lb_config: LeastRequestLbConfig = LeastRequestLbConfig()
+    transport_socket: UpstreamTransportSocket | None = None
+
+    def tls(self) -> UpstreamTlsContext | None:
+        ts = self.transport_socket
+        return ts.tls() if ts is not None else None
 
     @field_validator("typed_extension_protocol_options")
     @classmethod

@@ -78,6 +78,8 @@ class ConnectionTracker:
         # whose first read is the HTTP/2 preface becomes one.
         self.h2_connection_class: Any = None
         self.h2_settings: Any = None
+        # A TLS chain offering h2 by ALPN: a connection that negotiated it is HTTP/2.
+        self.alpn_h2 = False
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
         # The server fails health checks (admin /healthcheck/fail); `drain_new`: a connection
@@ -223,6 +225,11 @@ class DownstreamConnection(asyncio.Protocol):
             ls.downstream_cx_active.value += 1
         self.tracker.connections.add(self)
         tracker = self.tracker
+        if tracker.alpn_h2:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._become_h2(b"")
+                return
         if tracker.drain_new:
             if tracker.draining:
                 st.downstream_cx_drain_close.value += 1
@@ -250,8 +257,9 @@ class DownstreamConnection(asyncio.Protocol):
 
     def _become_h2(self, data: bytes) -> None:
         """codec_type AUTO, and the first read starts with the HTTP/2 preface (Envoy looks at
-        its first 12 bytes, on the first read only): hand the transport to an HTTP/2
-        connection, which takes over this connection's count and its bytes."""
+        its first 12 bytes, on the first read only), or TLS negotiated h2 by ALPN: hand the
+        transport to an HTTP/2 connection, which takes over this connection's count and the
+        bytes read (`data`)."""
         transport = self.transport
         assert transport is not None
         tracker = self.tracker

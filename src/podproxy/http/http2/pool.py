@@ -29,6 +29,7 @@ from podproxy.http.http2.codec import DEFAULT_SETTINGS, Http2Settings
 from podproxy.http.http2.upstream import ClientStream, H2UpstreamConnection
 
 if TYPE_CHECKING:
+    from podproxy.tls import UpstreamTls
     from podproxy.upstream.cluster import ClusterStats
     from podproxy.upstream.host import Host
 
@@ -61,7 +62,7 @@ class H2HostPool:
         max_requests_per_connection: int | None = None,
         buffer_limit: int | None = None,
         scheme: bytes = b"http",
-        tls: Any = None,
+        tls: UpstreamTls | None = None,
     ) -> None:
         self.host = host
         self.stats = stats
@@ -224,16 +225,18 @@ class H2HostPool:
         started = time.monotonic()
         err: UpstreamError | None = None
         conn: H2UpstreamConnection | None = None
-        kwargs: dict[str, Any] = {}
-        if self.tls is not None:
-            kwargs = self.tls.connect_kwargs(self.host)
+        # connect_timeout runs until the transport is connected: with TLS, the handshake.
+        ssl, server_hostname = (
+            self.tls.ssl_options(self.host) if self.tls is not None else (None, None)
+        )
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: H2UpstreamConnection(self, self.settings, self.scheme),
                     self.host.address,
                     self.host.port,
-                    **kwargs,
+                    ssl=ssl,
+                    server_hostname=server_hostname,
                 )
         except TimeoutError:
             st.upstream_cx_connect_timeout.value += 1
