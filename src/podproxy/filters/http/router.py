@@ -51,6 +51,8 @@ _REWRITE_MARKS = frozenset({b"x-envoy-original-path", b"x-envoy-original-host"})
 
 # Request headers the forwarder rewrites itself; dropped from the copy loop.
 _REQ_HANDLED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# The one `te` a request keeps upstream (RFC 9110 §10.1.4; Envoy reduces te to trailers).
+_TE_TRAILERS = b"te: trailers\r\n"
 # Response headers the forwarder rewrites itself.
 _RESP_HANDLED = HOP_BY_HOP | {b"content-length"}
 
@@ -484,7 +486,7 @@ class Forwarder:
                 elif k == b"expect":
                     expect_continue = v.lower() == b"100-continue"
                 elif k == b"te" and v.strip().lower() == b"trailers":
-                    extra.append(b"te: trailers\r\n")
+                    extra.append(_TE_TRAILERS)
                 elif k == b"user-agent" and v:  # handled only with add_user_agent
                     has_user_agent = True
                     out += (k, b": ", v, b"\r\n")
@@ -576,7 +578,9 @@ class Forwarder:
             authority = rewritten
         out[4] = authority
         if chunked:
-            extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
+            # Never with content-length (llhttp); a `te: trailers` stays (gRPC needs it).
+            te = [_TE_TRAILERS] if _TE_TRAILERS in extra else []
+            extra = [b"transfer-encoding: chunked\r\n", *te]
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue
