@@ -268,3 +268,37 @@ async def test_text_response_ending_with_an_empty_chunk_never_ends(pair: StartPa
     assert not envoy.closed and not pod.closed
     body = b"c\r\n" + base64.b64encode(FRAME) + b"\r\n"
     assert envoy.raw.endswith(b"\r\n\r\n" + body) and pod.raw.endswith(b"\r\n\r\n" + body)
+
+
+BRIDGE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_http1_bridge.v3.Config"
+
+
+def bridge(**cfg: Any) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.grpc_http1_bridge",
+        "typed_config": {
+            "@type": BRIDGE_TYPE,
+            **cfg,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "cfg", [{}, {"upgrade_protobuf_to_grpc": True, "ignore_query_parameters": True}]
+)
+@pytest.mark.parametrize("raw", [GRPC_OK, TRAILERS_ONLY, ERROR_PAGE], ids=["ok", "only", "error"])
+async def test_bridge_over_http1(pair: StartPair, cfg: dict[str, Any], raw: bytes) -> None:  # noqa: F811
+    """Without upstream trailers the bridge only holds the response: it comes as it came.
+    Upstream get the request as the options make it (framed protobuf, no query)."""
+    routes = [
+        {"match": {"prefix": "/svc"}, "route": {"cluster": "app"}},
+        {"match": {"prefix": "/grpc-only", "grpc": {}}, "route": {"cluster": "app"}},
+    ]
+    p = await pair(answer_with(raw), hcm=hcm(routes, chain=(bridge(**cfg),)))
+    await same(p, post("/svc/M?x=1", "application/grpc", FRAME))
+    await same(p, post("/svc/M?x=1", "application/x-protobuf", b"abc", chunks=2))
+    # Matched as gRPC only once upgraded (the route is matched again); else no route, and
+    # the 404 is plain for the protobuf client, gRPC-shaped for a gRPC one.
+    await same(p, post("/grpc-only/M", "application/x-protobuf", b"abc"))
+    await same(p, post("/nowhere", "application/x-protobuf", b"abc"))
+    await same(p, post("/nowhere", "application/grpc", FRAME))
