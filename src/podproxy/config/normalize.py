@@ -24,6 +24,8 @@ from podproxy.config.schema import (
     DOWNSTREAM_TLS_TYPE,
     FAULT_TYPE,
     FILE_ACCESS_LOG_TYPE,
+    GRPC_HTTP1_BRIDGE_TYPE,
+    GRPC_WEB_TYPE,
     HCM_TYPE,
     HEALTH_CHECK_TYPE,
     LOCAL_RATELIMIT_TYPE,
@@ -55,6 +57,8 @@ LEGACY_NAMES: dict[str, str] = {
     "envoy.health_check": "envoy.filters.http.health_check",
     "envoy.cors": "envoy.filters.http.cors",
     "envoy.listener.tls_inspector": "envoy.filters.listener.tls_inspector",
+    "envoy.grpc_web": "envoy.filters.http.grpc_web",
+    "envoy.grpc_http1_bridge": "envoy.filters.http.grpc_http1_bridge",
 }
 
 # Extension name → the v3 type URL its typed_config must carry (Envoy ≥ 1.22 looks it up).
@@ -66,6 +70,8 @@ TYPE_URL_BY_NAME: dict[str, str] = {
     "envoy.filters.http.local_ratelimit": LOCAL_RATELIMIT_TYPE,
     "envoy.filters.http.health_check": HEALTH_CHECK_TYPE,
     "envoy.filters.http.cors": CORS_TYPE,
+    "envoy.filters.http.grpc_web": GRPC_WEB_TYPE,
+    "envoy.filters.http.grpc_http1_bridge": GRPC_HTTP1_BRIDGE_TYPE,
     "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
     "envoy.access_loggers.stdout": STDOUT_ACCESS_LOG_TYPE,
     "envoy.access_loggers.stderr": STDERR_ACCESS_LOG_TYPE,
@@ -87,6 +93,9 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.BufferPerRoute": BUFFER_PER_ROUTE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.health_check.v2.HealthCheck": HEALTH_CHECK_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.cors.v2.Cors": CORS_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.grpc_web.v2.GrpcWeb": GRPC_WEB_TYPE,
+    TYPE_URL_PREFIX
+    + "envoy.config.filter.http.grpc_http1_bridge.v2.Config": GRPC_HTTP1_BRIDGE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
     TYPE_URL_PREFIX + "envoy.api.v2.auth.DownstreamTlsContext": DOWNSTREAM_TLS_TYPE,
     TYPE_URL_PREFIX + "envoy.api.v2.auth.UpstreamTlsContext": UPSTREAM_TLS_TYPE,

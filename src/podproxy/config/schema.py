@@ -51,6 +51,10 @@ HEALTH_CHECK_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.health_chec
 LOCAL_RATELIMIT_TYPE = TYPE_URL_PREFIX + (
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 )
+GRPC_WEB_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+GRPC_HTTP1_BRIDGE_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config"
+)
 ROUTE_FILTER_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.route.v3.FilterConfig"
 FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_ACCESS_LOG_TYPE = (
@@ -1677,6 +1681,23 @@ class Cors(TypedMessage):
     TYPE_URL = CORS_TYPE
 
 
+class GrpcWeb(TypedMessage):
+    """The gRPC-Web filter (envoy.filters.http.grpc_web): no settings (an empty message)."""
+
+    TYPE_URL = GRPC_WEB_TYPE
+
+
+class GrpcHttp1Bridge(TypedMessage):
+    """The gRPC HTTP/1.1 bridge (envoy.filters.http.grpc_http1_bridge.v3.Config)."""
+
+    TYPE_URL = GRPC_HTTP1_BRIDGE_TYPE
+    # An `application/x-protobuf` request becomes a gRPC call (its body framed as one
+    # message), and the response body loses its frame header again.
+    upgrade_protobuf_to_grpc: StrictBool = False
+    # A bridged request's query string is cut off its path (gRPC servers know no queries).
+    ignore_query_parameters: StrictBool = False
+
+
 class RegexMatchAndSubstitute(Message):
     pattern: RegexMatcher
     substitution: Str
@@ -1729,6 +1750,8 @@ HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
     "envoy.filters.http.cors": Cors,
     "envoy.filters.http.health_check": HealthCheck,
     "envoy.filters.http.local_ratelimit": LocalRateLimit,
+    "envoy.filters.http.grpc_web": GrpcWeb,
+    "envoy.filters.http.grpc_http1_bridge": GrpcHttp1Bridge,
 }
 # What each takes in typed_per_filter_config (v3 type URL → model).
 PER_ROUTE_CONFIGS: dict[str, type[TypedMessage]] = {

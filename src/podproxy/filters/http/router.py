@@ -54,6 +54,8 @@ _REWRITE_MARKS = frozenset({b"x-envoy-original-path", b"x-envoy-original-host"})
 
 # Request headers the forwarder rewrites itself; dropped from the copy loop.
 _REQ_HANDLED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# The one `te` a request keeps upstream (RFC 9110 §10.1.4; Envoy reduces te to trailers).
+_TE_TRAILERS = b"te: trailers\r\n"
 # Response headers the forwarder rewrites itself.
 _RESP_HANDLED = HOP_BY_HOP | {b"content-length"}
 
@@ -659,7 +661,7 @@ class Forwarder:
             extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
         if te_trailers:
             # gRPC needs it end to end (a gRPC server refuses a call without it).
-            extra.append(b"te: trailers\r\n")
+            extra.append(_TE_TRAILERS)
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue

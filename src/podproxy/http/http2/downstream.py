@@ -133,10 +133,15 @@ class ServerStream(H2Stream):
             return
         conn = self.conn
         held = self.held
+        fields = [(k, v) for k, v in trailers if k[:1] != b":"]
         if held is not None:
             self.held = None
-            conn.send_headers(self, held, False)
-        conn.send_trailers(self, [(k, v) for k, v in trailers if k[:1] != b":"])
+            conn.send_headers(self, held, not fields)
+        if fields:
+            conn.send_trailers(self, fields)
+        elif not self.ended_out:
+            # A filter took them all (grpc_web framed them into the body): no empty HEADERS.
+            conn.send_data(self, b"", True)
 
     def drain_on_response(self) -> None:
         conn = self.conn
