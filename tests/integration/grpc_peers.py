@@ -78,10 +78,17 @@ def _bidi(pod: str) -> Callable[[Iterator[bytes], grpc.ServicerContext], Iterato
 class GrpcPod:
     """A grpcio server on `address:port` (its name in answers: `address:port`)."""
 
-    def __init__(self, address: str, port: int = 0) -> None:
+    def __init__(
+        self, address: str, port: int = 0, *, tls: tuple[bytes, bytes] | None = None
+    ) -> None:
+        """`tls`: (key PEM, certificate PEM) to serve over TLS (ALPN h2) instead of h2c."""
         self.address = address
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        self.port = self.server.add_insecure_port(f"{address}:{port}")
+        if tls is None:
+            self.port = self.server.add_insecure_port(f"{address}:{port}")
+        else:
+            creds = grpc.ssl_server_credentials([tls])
+            self.port = self.server.add_secure_port(f"{address}:{port}", creds)
         name = f"{address}:{self.port}"
         self.name = name
         handlers = {
@@ -107,13 +114,21 @@ class GrpcPod:
 class Client:
     """A grpcio channel (one HTTP/2 connection) to `host:port` and its callables."""
 
-    def __init__(self, host: str, port: int, **options: Any) -> None:
+    def __init__(
+        self, host: str, port: int, *, root_ca: bytes | None = None, **options: Any
+    ) -> None:
+        """`root_ca`: connect over TLS, trusting that CA (PEM)."""
         opts = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             *options.items(),
         ]
-        self.channel = grpc.insecure_channel(f"{host}:{port}", options=opts)
+        target = f"{host}:{port}"
+        if root_ca is None:
+            self.channel = grpc.insecure_channel(target, options=opts)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_ca)
+            self.channel = grpc.secure_channel(target, creds, options=opts)
         path = f"/{SERVICE}/"
         self.unary = self.channel.unary_unary(path + "Unary")
         self.sleep = self.channel.unary_unary(path + "Sleep")

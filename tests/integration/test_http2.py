@@ -13,12 +13,15 @@ import asyncio
 import collections
 import json
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
+import yaml
+from tls_certs import CertificateAuthority, server_cert
 
 from integration.backends import Backend, raw_exchange
 from integration.grpc_peers import Client, GrpcPod, in_thread
@@ -302,4 +305,113 @@ async def test_http1_client_to_grpc_pod_gets_status_in_headers(
     )
     raw = await raw_exchange(*pp.address, missing)
     assert b"grpc-status: 12" in raw.partition(b"\r\n\r\n")[0]
+    assert pp.errors == []
+
+
+def _tls_chain(cert: str, key: str, alpn: list[str]) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {"certificate_chain": {"filename": cert}, "private_key": {"filename": key}}
+                ],
+                "alpn_protocols": alpn,
+            },
+        },
+    }
+
+
+async def test_grpc_over_tls_both_sides_and_http1_on_the_same_listener(
+    proxy: StartProxy, loopback_ip: Callable[[int], str], tmp_path: Any
+) -> None:
+    """A TLS listener offering h2 and http/1.1 by ALPN: a gRPC client (h2) and curl (http/1.1)
+    on one port; the cluster speaks HTTP/2 over TLS to pods that require it, verifying their
+    certificates against the CA."""
+    ca = CertificateAuthority()
+    listener_cert = server_cert(ca)
+    cert, key = listener_cert.write(tmp_path, "listener")
+    ca_path = ca.write(tmp_path)
+    pods = []
+    for i in range(2):
+        address = loopback_ip(i)
+        issued = ca.issue("pod", ips=(address,))
+        pods.append(GrpcPod(address, tls=(issued.key_pem, issued.cert_pem)).start())
+    try:
+        upstream_tls = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                "UpstreamTlsContext",
+                "common_tls_context": {"validation_context": {"trusted_ca": {"filename": ca_path}}},
+            },
+        }
+        endpoints = [(p.address, p.port) for p in pods]
+        config = yaml.safe_load(
+            bootstrap([cluster("pods", endpoints, **H2, transport_socket=upstream_tls)])
+        )
+        chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+        chain["transport_socket"] = _tls_chain(cert, key, ["h2", "http/1.1"])
+        pp = await proxy(yaml.safe_dump(config))
+        client = Client("127.0.0.1", pp.port, root_ca=ca.cert_pem)
+        try:
+
+            def calls() -> collections.Counter[str]:
+                seen: collections.Counter[str] = collections.Counter()
+                for i in range(20):
+                    seen[client.unary(b"%d" % i, timeout=10).split(b"|")[0].decode()] += 1
+                return seen
+
+            seen = await in_thread(calls)
+        finally:
+            client.close()
+        assert seen == {p.name: 10 for p in pods}
+        # HTTP/1.1 on the same listener (ALPN http/1.1): the same pods cannot answer it
+        # (they speak gRPC only), but the proxy does, over HTTP/1.1.
+        rc, out, err = await _curl(
+            "--cacert", ca_path, "--http1.1", "-i", f"https://127.0.0.1:{pp.port}/x"
+        )
+        assert rc == 0, err
+        assert out.startswith("HTTP/1.1 ")
+        assert pp.counter("http.ingress_http.downstream_cx_http2_total") == 1
+        assert pp.counter("http.ingress_http.downstream_cx_http1_total") == 1
+        assert pp.counter("cluster.pods.upstream_cx_http2_total") == 2
+        assert pp.errors == []
+    finally:
+        for pod in pods:
+            pod.stop(0)
+
+
+async def test_pod_shutting_down_gracefully_loses_no_call(
+    proxy: StartProxy, grpc_pods: Any, grpc_client: Any
+) -> None:
+    """A pod that stops gracefully (grpcio's stop(grace): GOAWAY, then the calls in flight
+    are answered) while one client connection keeps calling: every call succeeds. Calls in
+    flight on the going pod finish there; later ones go to the other pod (its connection is
+    draining, and a new one is refused)."""
+    pods = grpc_pods(2)
+    pp = await proxy(grpc_config(pods))
+    client = grpc_client(pp.port)
+    results: list[bytes | str] = []
+
+    def calls() -> None:
+        for i in range(150):
+            try:
+                results.append(client.unary(b"%d" % i, timeout=10))
+            except grpc.RpcError as exc:
+                results.append(f"{exc.code()}: {exc.details()}")
+            if i == 50:
+                # Mid-load, on a thread of its own: the going pod's calls keep coming.
+                stopper.start()
+            time.sleep(0.002)
+
+    stopper = threading.Thread(target=pods[0].stop, args=(2.0,))
+    await in_thread(calls)
+    stopper.join(10)
+    failed = [r for r in results if isinstance(r, str)]
+    assert failed == []
+    names = collections.Counter(r.split(b"|")[0] for r in results if isinstance(r, bytes))
+    assert names[pods[1].name.encode()] > 75  # the rest went to the pod that stayed
     assert pp.errors == []

@@ -9,6 +9,7 @@ as Envoy does: scalars replace, mappings merge, lists concatenate.
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,8 +178,10 @@ def _user_path(path: str, aliases: dict[str, str]) -> str:
 def _model_at(loc: Sequence[int | str]) -> type[Message] | None:
     """The config model that the mapping at `loc` is validated as."""
     model: type[BaseModel] = Bootstrap
+    map_key = False  # the part is a key of a map field (typed_extension_protocol_options)
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or map_key:
+            map_key = False
             continue
         if part in TYPED_CONFIGS:
             model = TYPED_CONFIGS[part]
@@ -188,6 +191,7 @@ def _model_at(loc: Sequence[int | str]) -> type[Message] | None:
         found = message_in(info.annotation) if info is not None else None
         if found is None:
             return None
+        map_key = info is not None and typing.get_origin(info.annotation) is dict
         model = found
     return model if issubclass(model, Message) else None
 

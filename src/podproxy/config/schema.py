@@ -2663,13 +2663,18 @@ class Cluster(Message):
         return value
 
     @model_validator(mode="after")
-    def _one_protocol_style(self) -> Cluster:
-        if self.typed_extension_protocol_options and (
-            self.http2_protocol_options is not None or self.http_protocol_options is not None
+    def _one_protocol(self) -> Cluster:
+        # Envoy's createOptions: the typed extension, when given, wins over the deprecated
+        # fields; without it, both deprecated fields need USE_DOWNSTREAM_PROTOCOL.
+        if (
+            not self.typed_extension_protocol_options
+            and self.http_protocol_options is not None
+            and self.http2_protocol_options is not None
+            and self.protocol_selection is ProtocolSelection.USE_CONFIGURED_PROTOCOL
         ):
             raise ValueError(
-                "typed_extension_protocol_options cannot be combined with the deprecated "
-                "http_protocol_options / http2_protocol_options (Envoy rejects it too)"
+                "both http_protocol_options and http2_protocol_options may only be configured "
+                "with protocol_selection USE_DOWNSTREAM_PROTOCOL (as Envoy says)"
             )
         return self
 
@@ -2873,6 +2878,8 @@ def message_in(annotation: object) -> type[Message] | None:
     """The model a field's annotation holds, through `| None`, `Annotated` and tuples."""
     if isinstance(annotation, type) and issubclass(annotation, Message):
         return annotation
+    if typing.get_origin(annotation) is dict:
+        return message_in(typing.get_args(annotation)[1])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated, tuple):
         for arg in typing.get_args(annotation):
             found = message_in(arg)
