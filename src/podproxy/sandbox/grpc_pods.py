@@ -3,7 +3,8 @@
 A `GrpcPod` serves the small service `podproxy.sandbox.Pods` through grpcio's generic handlers
 with bytes (de)serialisers, so no protoc or protobuf is involved: `Hello` (unary) answers the
 pod's name, `Watch` (server streaming) answers N messages, `Chat` (bidirectional) answers each
-message it gets. Every answer message starts with the pod's name, and the pod's name is also sent
+message it gets; `x-delay: <seconds>` request metadata makes `Hello` answer slowly (for drain
+scenarios). Every answer message starts with the pod's name, and the pod's name is also sent
 as `x-pod` initial metadata. A pod counts its calls and the peers (client connections) they came
 on, and stops as grpcio's graceful stop does: GOAWAY, no new calls, in-flight calls finish within
 the grace period.
@@ -11,6 +12,7 @@ the grace period.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -28,6 +30,7 @@ CHAT: Final = f"/{SERVICE_NAME}/Chat"
 MAX_WATCH: Final = 100  # messages one Watch may ask for
 MAX_CHAT: Final = 1000  # messages one Chat may send
 MAX_MESSAGE: Final = 64 * 1024  # bytes of one request message
+MAX_DELAY: Final = 60.0  # cap on `x-delay`, as the HTTP pods cap `?delay=`
 
 # grpcio sets SO_REUSEPORT by default, which would let a second pod bind a taken ip:port and
 # split its connections silently; each pod owns its address, as a pod's network namespace does.
@@ -142,6 +145,9 @@ class GrpcPod:
     async def _hello(self, request: bytes, context: Any) -> bytes:
         self._count("Hello", context)
         await context.send_initial_metadata(self._metadata)
+        delay = _delay_of(context.invocation_metadata())
+        if delay > 0:
+            await asyncio.sleep(delay)
         return self._name_bytes
 
     async def _watch(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
@@ -159,9 +165,7 @@ class GrpcPod:
         for i in range(n):
             yield b"%s %d/%d" % (self._name_bytes, i + 1, n)
 
-    async def _chat(
-        self, requests: AsyncIterator[bytes], context: Any
-    ) -> AsyncIterator[bytes]:
+    async def _chat(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         self._count("Chat", context)
         await context.send_initial_metadata(self._metadata)
         seen = 0
@@ -172,3 +176,13 @@ class GrpcPod:
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"Chat takes at most {MAX_CHAT} messages"
                 )
             yield self._name_bytes + b" " + message
+
+
+def _delay_of(metadata: Any) -> float:
+    for key, value in metadata or ():
+        if key == "x-delay":
+            try:
+                return min(max(float(value), 0.0), MAX_DELAY)
+            except ValueError:
+                return 0.0
+    return 0.0
