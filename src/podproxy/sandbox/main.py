@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import signal
 import sys
@@ -58,11 +59,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         p.error("--replicas must be between 0 and 200")
     if a.rps <= 0 or a.rps > 5000:
         p.error("--rps must be in (0, 5000]")
-    if a.grpc:
-        try:
-            import grpc  # type: ignore[import-untyped]  # noqa: F401
-        except ImportError:
-            p.error("--grpc needs grpcio (pip install grpcio)")
+    if a.grpc and importlib.util.find_spec("grpc") is None:
+        p.error("--grpc needs grpcio (pip install grpcio)")
     opts = Options(
         replicas=a.replicas,
         script=script,
