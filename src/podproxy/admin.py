@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from podproxy import stats as _stats
 from podproxy.runtime import NoAdminLayer, Runtime, runtime_json
 from podproxy.stats import Store
+from podproxy.tls import CertSource, certs_json
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.host import HealthFlag, Host, health_flags_str
 
@@ -73,6 +74,7 @@ class AdminContext(Protocol):
     def node_info(self) -> dict[str, Any]: ...
     def request_shutdown(self) -> None: ...
     def reopen_logs(self) -> None: ...
+    def tls_certificates(self) -> list[CertSource]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ class Admin:
                 ("format", "File format to use; One of (text, json)"),
             ),
         )
+        self.add_handler("/certs", "print certs on machine", self._certs)
         self.add_handler("/config_dump", "dump current Envoy configs", self._config_dump)
         self.add_handler(
             "/healthcheck/fail",
@@ -335,6 +338,10 @@ class Admin:
             ]
         }
         return json_response(dump)
+
+    def _certs(self, req: AdminRequest) -> AdminResponse:
+        # admin.v3.Certificates, one entry per TLS context (source/server/admin/admin.cc).
+        return json_response(certs_json(self.ctx.tls_certificates()))
 
     def _listeners(self, req: AdminRequest) -> AdminResponse:
         listeners = self.ctx.listeners()

@@ -52,6 +52,8 @@ class UpstreamError(PodproxyError):
     reset_reason = "connection termination"
     flag = "UC"
     status = 503
+    # The host did not process the request (an HTTP/2 refused stream): safe to send again.
+    refused = False
 
 
 class UpstreamConnectError(UpstreamError):
@@ -69,6 +71,21 @@ class UpstreamResetError(UpstreamError):
 
     reset_reason = "connection termination"
     flag = "UC"
+
+
+class UpstreamRemoteReset(UpstreamResetError):
+    """The host reset the stream (HTTP/2 RST_STREAM): Envoy's "remote reset"."""
+
+    reset_reason = "remote reset"
+    flag = "UR"
+
+
+class UpstreamRefusedStream(UpstreamRemoteReset):
+    """The host refused the stream (REFUSED_STREAM, or above its GOAWAY's last stream id):
+    it did not process it."""
+
+    reset_reason = "remote refused stream reset"
+    refused = True
 
 
 class UpstreamProtocolError(UpstreamError):

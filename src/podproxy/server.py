@@ -34,6 +34,7 @@ from podproxy.http.stream import Exchange
 from podproxy.listener import BoundListener, LocalInfo, build_http_listener
 from podproxy.runtime import Runtime, RuntimeStats
 from podproxy.stats import Counter, Gauge, Store
+from podproxy.tls import CertSource
 from podproxy.upstream.cluster import Cluster
 from podproxy.upstream.cluster_manager import ClusterManager
 from podproxy.upstream.dns import DnspythonResolver, Resolver, resolver_config_from_cluster
@@ -254,6 +255,12 @@ class Server:
 
     def listeners(self) -> list[tuple[str, str]]:
         return [(lst.name, lst.address_str) for lst in self.http_listeners]
+
+    def tls_certificates(self) -> list[CertSource]:
+        """Every TLS context's certificates, for admin `/certs`: clusters', then listeners'
+        (the order Envoy creates them in)."""
+        out = [t.certs for t in self.cluster_manager.tls.values()]
+        return out + [t.certs for lst in self.http_listeners for t in lst.tls_contexts]
 
     def local_info(self) -> LocalInfo:
         """Envoy's LocalInfo: `--service-cluster` / `--service-node`, when given, override the

@@ -170,9 +170,9 @@ def test_enum_case_rules_stay_strict_otherwise() -> None:
         ("type",),
         "EDS: Envoy value not supported by podproxy yet",
     )
-    assert one_error(HttpConnectionManager, {**HCM_MIN, "codec_type": "http2"}) == (
+    assert one_error(HttpConnectionManager, {**HCM_MIN, "codec_type": "http3"}) == (
         ("codec_type",),
-        "HTTP2: Envoy value not supported by podproxy yet",
+        "HTTP3: Envoy value not supported by podproxy yet",
     )
 
 
@@ -355,10 +355,10 @@ def test_hcm_defaults_and_zero_disables() -> None:
     assert hcm.common_http_protocol_options.idle_timeout is None
 
 
-def test_hcm_rejects_http2_and_other_filters() -> None:
-    assert one_error(HttpConnectionManager, {**HCM_MIN, "codec_type": "HTTP2"}) == (
+def test_hcm_rejects_http3_and_other_filters() -> None:
+    assert one_error(HttpConnectionManager, {**HCM_MIN, "codec_type": "HTTP3"}) == (
         ("codec_type",),
-        "HTTP2: Envoy value not supported by podproxy yet",
+        "HTTP3: Envoy value not supported by podproxy yet",
     )
     data = {
         **HCM_MIN,

@@ -23,6 +23,7 @@ from podproxy.http.filter import (
     STOP_ALL_ITERATION_AND_BUFFER,
     STOP_ITERATION,
     STOP_ITERATION_AND_BUFFER,
+    STOP_ITERATION_NO_BUFFER,
     FilterCallbacks,
     HttpFilter,
 )
@@ -547,3 +548,80 @@ def test_a_local_reply_once_the_response_began_resets_the_stream_once() -> None:
     assert isinstance(conn, Conn)
     assert [r[:2] for r in conn.replies] == [(503, b"late")]
     assert log == [("router", "reset"), ("a", "destroy")]
+
+
+def test_injected_body_replaces_the_piece_a_filter_took() -> None:
+    """What a body-rewriting filter does (grpc_web): take each piece, pass on another."""
+    log: Log = []
+
+    def upper(f: Scripted) -> int:
+        data = log[-1][2]
+        f.callbacks.inject_decoded_data(f, data.upper().encode(), False)
+        return STOP_ITERATION_NO_BUFFER
+
+    def upper_out(f: Scripted) -> int:
+        data = log[-1][2]
+        f.callbacks.inject_encoded_data(f, data.upper().encode(), data == "z")
+        return STOP_ITERATION_NO_BUFFER
+
+    h, _ = chain(log, {"a": {"decode_data": upper, "encode_data": upper_out}, "b": {}})
+    ex = stream()
+    h.on_request_head(ex)
+    h.on_request_body(ex, b"abc")
+    fm = fm_of(ex)
+    # Headers stopped at the filter: the injected body moves them on first.
+    fm.encode_headers(ResponseHead(200, [], True, None, True), False, Sink(log))
+    fm.encode_data(b"z", True)
+    assert [e for e in log if e[1] != "destroy"] == [
+        ("a", "decode_headers"),
+        ("b", "decode_headers"),
+        ("router", "headers"),
+        ("a", "decode_data", "abc"),
+        ("b", "decode_data", "ABC"),
+        ("router", "data", "ABC"),
+        ("b", "encode_headers"),
+        ("a", "encode_headers"),
+        ("sink", "head", "200", "False"),
+        ("b", "encode_data", "z"),
+        ("a", "encode_data", "z"),
+        ("sink", "body", "Z", "True"),
+    ]
+
+
+def test_injected_body_moves_on_headers_the_filter_stopped() -> None:
+    log: Log = []
+
+    def hold(f: Scripted) -> int:
+        return STOP_ITERATION
+
+    def release(f: Scripted) -> int:
+        f.callbacks.inject_encoded_data(f, b"new", True)
+        return STOP_ITERATION_NO_BUFFER
+
+    h, _ = chain(log, {"a": {"encode_headers": hold, "encode_data": release}})
+    ex = stream(body=False)
+    h.on_request_head(ex)
+    log.clear()
+    fm = fm_of(ex)
+    fm.encode_headers(ResponseHead(503, [], True, None, True), False, Sink(log))
+    fm.encode_data(b"old", True)
+    assert log[:4] == [
+        ("a", "encode_headers"),
+        ("a", "encode_data", "old"),
+        ("sink", "head", "503", "False"),
+        ("sink", "body", "new", "True"),
+    ]
+
+
+def test_clear_route_cache_matches_the_route_again() -> None:
+    log: Log = []
+    routes = [Route(), Route()]
+    h, _ = chain(log, {"a": {}})
+    h.match_route = lambda ex: routes.pop(0)
+    ex = stream(body=False)
+    h.on_request_head(ex)
+    fm = fm_of(ex)
+    first = fm.route()
+    assert fm.route() is first
+    fm.clear_route_cache()
+    assert fm.route() is not first and not routes

@@ -238,12 +238,13 @@ async def test_refused_requests_and_the_lingering_close(
 async def test_http2_preface_on_an_http1_listener(
     side_by_side: Callable[..., Awaitable[SideBySide]],
 ) -> None:
-    """codec AUTO: Envoy speaks HTTP/2; podproxy (no HTTP/2 yet) closes. Neither answers in
-    HTTP/1, and nothing reaches the upstream."""
+    """codec AUTO: both speak HTTP/2 to a client that opens with the preface (their first
+    frame is SETTINGS), keep the connection open, and send nothing upstream."""
     sbs = await side_by_side(echo)
     envoy, pod = await sbs.both([b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], wait=1.0)
-    assert not envoy.raw.startswith(b"HTTP/1") and envoy.raw  # a SETTINGS frame
-    assert pod.raw == b"" and pod.closed
+    for got in (envoy, pod):
+        assert got.raw[3:4] == b"\x04" and got.raw[8:9] == b"\x00"  # SETTINGS on stream 0
+    assert envoy.closed == pod.closed is False
     assert envoy.upstream == pod.upstream == []
 
 

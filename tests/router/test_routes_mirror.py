@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from podproxy.config.schema import RouteConfiguration
-from podproxy.router.routes import Route, build_route_table, grpc_timeout_value
+from podproxy.router.routes import Route, build_route_table
 
 
 class FixedRuntime:
@@ -172,29 +172,24 @@ def test_header_mutations_apply_in_order() -> None:
     assert headers == [(b"x-c", b"3"), (b"x-b", b"2")]
 
 
-def test_max_stream_duration_and_grpc_timeout_line() -> None:
+def test_max_stream_duration_and_grpc_timeouts() -> None:
     r = compile_one({"cluster": "a", "max_stream_duration": {"max_stream_duration": "1.5s"}})
     assert r.max_stream_duration == 1.5
-    assert r.grpc_timeout_line == b"grpc-timeout: 1500m\r\n"
+    # A max_stream_duration message turns the route timeout off (Envoy's usingNewTimeouts:
+    # no x-envoy-expected-rq-timeout-ms either, checked side by side).
+    assert r.timeout is None and r.timeout_header == b""
+    assert r.grpc_timeouts is not None and r.grpc_timeouts.max_stream_duration_ms == 1500
     off = compile_one({"cluster": "a", "max_stream_duration": {"max_stream_duration": "0s"}})
     assert off.max_stream_duration == 0.0
-    assert off.grpc_timeout_line == b""
     unset = compile_one({"cluster": "a", "max_stream_duration": {}})
     assert unset.max_stream_duration is None
-
-
-@pytest.mark.parametrize(
-    ("seconds", "want"),
-    [
-        (0.001, b"1m"),
-        (99_999.999, b"99999999m"),
-        (100_000.0, b"100000S"),
-        (200_000_000.0, b"3333333M"),
-        (10_000_000_000.0, b"2777777H"),
-    ],
-)
-def test_grpc_timeout_value(seconds: float, want: bytes) -> None:
-    assert grpc_timeout_value(seconds) == want
+    assert unset.grpc_timeouts is not None and unset.grpc_timeouts.new_timeouts
+    legacy = compile_one({"cluster": "a", "timeout": "2s", "max_grpc_timeout": "0s"})
+    assert legacy.timeout is None and legacy.grpc_timeouts is not None
+    assert legacy.grpc_timeouts.route_timeout_ms == 2000
+    assert legacy.grpc_timeouts.max_grpc_timeout_ms == 0
+    plain = compile_one({"cluster": "a", "timeout": "2s"})
+    assert plain.grpc_timeouts is None and plain.timeout == 2.0
 
 
 def test_attempt_count_settings_from_the_virtual_host() -> None:
@@ -231,17 +226,19 @@ def test_policy_errors(policy: dict[str, Any], message: str) -> None:
     assert message in str(info.value)
 
 
-def test_unsupported_fields_are_errors() -> None:
-    with pytest.raises(ValidationError, match="not supported by podproxy yet"):
-        compile_one(
-            {
-                "cluster": "app",
-                "max_stream_duration": {
-                    "max_stream_duration": "1s",
-                    "grpc_timeout_header_max": "0s",
-                },
-            }
-        )
+def test_grpc_timeout_header_fields_are_accepted() -> None:
+    r = compile_one(
+        {
+            "cluster": "app",
+            "max_stream_duration": {
+                "max_stream_duration": "1s",
+                "grpc_timeout_header_max": "0s",
+                "grpc_timeout_header_offset": "0.05s",
+            },
+        }
+    )
+    assert r.grpc_timeouts is not None
+    assert (r.grpc_timeouts.header_max_ms, r.grpc_timeouts.header_offset_ms) == (0, 50)
 
 
 HCM = (

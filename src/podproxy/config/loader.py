@@ -271,9 +271,12 @@ def _translate(err: Any, aliases: dict[str, str]) -> ConfigError:
 
 def _hcms(b: Bootstrap) -> Iterator[tuple[str, HttpConnectionManager]]:
     for i, listener in enumerate(b.static_resources.listeners):
-        for j, chain in enumerate(listener.filter_chains):
+        chains = [(f"filter_chains[{j}]", c) for j, c in enumerate(listener.filter_chains)]
+        if listener.default_filter_chain is not None:
+            chains.append(("default_filter_chain", listener.default_filter_chain))
+        for where, chain in chains:
             for k, flt in enumerate(chain.filters):
-                path = f"static_resources.listeners[{i}].filter_chains[{j}].filters[{k}]"
+                path = f"static_resources.listeners[{i}].{where}.filters[{k}]"
                 yield f"{path}.typed_config", flt.typed_config
 
 

@@ -21,16 +21,23 @@ from podproxy.config.schema import (
     CARES_TYPE,
     CORS_TYPE,
     DNS_CLUSTER_TYPE,
+    DOWNSTREAM_TLS_TYPE,
     FAULT_TYPE,
     FILE_ACCESS_LOG_TYPE,
+    GRPC_HTTP1_BRIDGE_TYPE,
+    GRPC_WEB_TYPE,
     HCM_TYPE,
     HEALTH_CHECK_TYPE,
     LOCAL_RATELIMIT_TYPE,
+    RAW_BUFFER_TYPE,
     ROUTER_TYPE,
     STDERR_ACCESS_LOG_TYPE,
     STDOUT_ACCESS_LOG_TYPE,
+    TLS_INSPECTOR_TYPE,
+    TLS_SOCKET_NAMES,
     TYPE_URL_PREFIX,
     TYPED_CONFIGS,
+    UPSTREAM_TLS_TYPE,
     Bootstrap,
     Message,
     enum_name,
@@ -49,6 +56,9 @@ LEGACY_NAMES: dict[str, str] = {
     "envoy.buffer": "envoy.filters.http.buffer",
     "envoy.health_check": "envoy.filters.http.health_check",
     "envoy.cors": "envoy.filters.http.cors",
+    "envoy.listener.tls_inspector": "envoy.filters.listener.tls_inspector",
+    "envoy.grpc_web": "envoy.filters.http.grpc_web",
+    "envoy.grpc_http1_bridge": "envoy.filters.http.grpc_http1_bridge",
 }
 
 # Extension name → the v3 type URL its typed_config must carry (Envoy ≥ 1.22 looks it up).
@@ -60,12 +70,17 @@ TYPE_URL_BY_NAME: dict[str, str] = {
     "envoy.filters.http.local_ratelimit": LOCAL_RATELIMIT_TYPE,
     "envoy.filters.http.health_check": HEALTH_CHECK_TYPE,
     "envoy.filters.http.cors": CORS_TYPE,
+    "envoy.filters.http.grpc_web": GRPC_WEB_TYPE,
+    "envoy.filters.http.grpc_http1_bridge": GRPC_HTTP1_BRIDGE_TYPE,
     "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
     "envoy.access_loggers.stdout": STDOUT_ACCESS_LOG_TYPE,
     "envoy.access_loggers.stderr": STDERR_ACCESS_LOG_TYPE,
     "envoy.cluster.dns": DNS_CLUSTER_TYPE,
     "envoy.clusters.dns": DNS_CLUSTER_TYPE,
     "envoy.network.dns_resolver.cares": CARES_TYPE,
+    "envoy.filters.listener.tls_inspector": TLS_INSPECTOR_TYPE,
+    "envoy.transport_sockets.raw_buffer": RAW_BUFFER_TYPE,
+    "raw_buffer": RAW_BUFFER_TYPE,
 }
 
 # v2 type URLs → v3 type URLs.
@@ -78,7 +93,12 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX + "envoy.config.filter.http.buffer.v2.BufferPerRoute": BUFFER_PER_ROUTE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.health_check.v2.HealthCheck": HEALTH_CHECK_TYPE,
     TYPE_URL_PREFIX + "envoy.config.filter.http.cors.v2.Cors": CORS_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.grpc_web.v2.GrpcWeb": GRPC_WEB_TYPE,
+    TYPE_URL_PREFIX
+    + "envoy.config.filter.http.grpc_http1_bridge.v2.Config": GRPC_HTTP1_BRIDGE_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
+    TYPE_URL_PREFIX + "envoy.api.v2.auth.DownstreamTlsContext": DOWNSTREAM_TLS_TYPE,
+    TYPE_URL_PREFIX + "envoy.api.v2.auth.UpstreamTlsContext": UPSTREAM_TLS_TYPE,
 }
 
 # The v2 bootstrap `runtime` message's fields (envoy.config.bootstrap.v2.Runtime).
@@ -87,6 +107,8 @@ V2_RUNTIME_FIELDS = frozenset({"symlink_root", "subdirectory", "override_subdire
 # Renamed fields: message kind → {v2 name: v3 name}.
 RENAMED_FIELDS: dict[str, dict[str, str]] = {
     "RouteAction": {"host_rewrite": "host_rewrite_literal"},
+    # sni_domains: the pre-1.7 name, deprecated for server_names in v2.
+    "FilterChainMatch": {"sni_domains": "server_names"},
 }
 
 # Renamed enum values: (message kind, field) → {v2 name: v3 name}.
@@ -296,12 +318,62 @@ class _Walker:
         self.alias(f"{path}.headers[0]", f"{path}.endpoint")
 
     def listener(self, listener: dict[str, Any], path: str) -> None:
-        for i, chain in _items(listener, "filter_chains"):
+        chains = [(f"{path}.filter_chains[{i}]", c) for i, c in _items(listener, "filter_chains")]
+        default = _dict(listener, "default_filter_chain")
+        if default is not None:
+            chains.append((f"{path}.default_filter_chain", default))
+        for cpath, chain in chains:
             for j, flt in _items(chain, "filters"):
-                fpath = f"{path}.filter_chains[{i}].filters[{j}]"
+                fpath = f"{cpath}.filters[{j}]"
                 typed = self.extension(flt, fpath)
                 if typed is not None and typed.get("@type") == HCM_TYPE:
                     self.hcm(typed, f"{fpath}.typed_config")
+            match = _dict(chain, "filter_chain_match")
+            if match is not None:
+                self.rename("FilterChainMatch", match, f"{cpath}.filter_chain_match")
+            self.transport_socket(chain, cpath, DOWNSTREAM_TLS_TYPE)
+        for i, flt in _items(listener, "listener_filters"):
+            self.extension(flt, f"{path}.listener_filters[{i}]")
+
+    def transport_socket(self, owner: dict[str, Any], path: str, tls_type: str) -> None:
+        """v2 `tls_context` → `transport_socket` (envoy.transport_sockets.tls), and the TLS
+        context's type filled in by name: Downstream on a filter chain, Upstream on a
+        cluster (`tls_type`), which one the name alone cannot say."""
+        if "tls_context" in owner:
+            ctx = owner.pop("tls_context")
+            if "transport_socket" in owner:
+                self.error(f"{path}.tls_context", "cannot be combined with transport_socket")
+                return
+            if isinstance(ctx, dict):
+                ctx = {"@type": tls_type, **ctx}
+            owner["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+            self.alias(f"{path}.transport_socket.typed_config", f"{path}.tls_context")
+            self.alias(f"{path}.transport_socket", f"{path}.tls_context")
+        ts = _dict(owner, "transport_socket")
+        if ts is None:
+            return
+        tpath = f"{path}.transport_socket"
+        typed = self.extension(ts, tpath)
+        if ts.get("name") in TLS_SOCKET_NAMES:
+            if "typed_config" not in ts:
+                ts["typed_config"] = typed = {"@type": tls_type}
+            elif typed is not None and "@type" not in typed:
+                ts["typed_config"] = typed = {"@type": tls_type, **typed}
+        common = _dict(typed, "common_tls_context") if typed is not None else None
+        vc = _dict(common, "validation_context") if common is not None else None
+        if vc is not None and "verify_subject_alt_name" in vc:
+            # v2's exact SAN strings → v3's matchers (Envoy's v2 → v3 upgrade did the same).
+            vpath = f"{tpath}.typed_config.common_tls_context.validation_context"
+            names = vc.pop("verify_subject_alt_name")
+            if "match_subject_alt_names" in vc:
+                self.error(
+                    f"{vpath}.verify_subject_alt_name",
+                    "cannot be combined with match_subject_alt_names",
+                )
+                return
+            names = names if isinstance(names, list) else [names]
+            vc["match_subject_alt_names"] = [{"exact": n} for n in names]
+            self.alias(f"{vpath}.match_subject_alt_names", f"{vpath}.verify_subject_alt_name")
 
     def hcm(self, hcm: dict[str, Any], path: str) -> None:
         for i, flt in _items(hcm, "http_filters"):
@@ -367,6 +439,7 @@ class _Walker:
 
     def cluster(self, cluster: dict[str, Any], path: str) -> None:
         self.rename("Cluster", cluster, path)
+        self.transport_socket(cluster, path, UPSTREAM_TLS_TYPE)
         ct = _dict(cluster, "cluster_type")
         if ct is not None:
             typed = self.extension(ct, f"{path}.cluster_type")

@@ -51,6 +51,10 @@ HEALTH_CHECK_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.health_chec
 LOCAL_RATELIMIT_TYPE = TYPE_URL_PREFIX + (
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 )
+GRPC_WEB_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"
+GRPC_HTTP1_BRIDGE_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config"
+)
 ROUTE_FILTER_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.route.v3.FilterConfig"
 FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_ACCESS_LOG_TYPE = (
@@ -306,6 +310,13 @@ class HeaderAppendAction(Enum):
     OVERWRITE_IF_EXISTS = 3
 
 
+class ProtocolSelection(Enum):
+    """Cluster.ClusterProtocolSelection (deprecated `protocol_selection`)."""
+
+    USE_CONFIGURED_PROTOCOL = 0
+    USE_DOWNSTREAM_PROTOCOL = 1
+
+
 class RedirectResponseCode(Enum):
     """route.v3.RedirectAction.RedirectResponseCode, with the status each name stands for."""
 
@@ -333,6 +344,9 @@ ClusterNotFoundResponseCodeField = Annotated[
 ]
 TrafficDirectionField = Annotated[TrafficDirection, BeforeValidator(_enum_parser(TrafficDirection))]
 FaultDelayTypeField = Annotated[FaultDelayType, BeforeValidator(_enum_parser(FaultDelayType))]
+ProtocolSelectionField = Annotated[
+    ProtocolSelection, BeforeValidator(_enum_parser(ProtocolSelection))
+]
 DenominatorTypeField = Annotated[DenominatorType, BeforeValidator(_enum_parser(DenominatorType))]
 HeaderAppendActionField = Annotated[
     HeaderAppendAction, BeforeValidator(_enum_parser(HeaderAppendAction))
@@ -714,6 +728,99 @@ class Http1ProtocolOptions(Message):
     )
     accept_http_10: StrictBool = False
     default_host_for_http_10: Str | None = None
+
+
+class Http2ProtocolOptions(Message):
+    """core.v3.Http2ProtocolOptions (HCM and cluster `http2_protocol_options`), with Envoy's
+    current defaults (reference/envoy-hcm.md §5.2)."""
+
+    UNSUPPORTED = _names(
+        """
+        allow_connect allow_metadata max_metadata_size custom_settings_parameters
+        connection_keepalive use_oghttp2_codec enable_huffman_encoding
+        max_consecutive_inbound_frames_with_empty_payload max_inbound_priority_frames_per_stream
+        max_inbound_window_update_frames_per_data_frame_sent
+        """
+    )
+    hpack_table_size: Annotated[UInt, Field(le=4294967295)] = 4096
+    max_concurrent_streams: Annotated[UInt, Field(ge=1, le=2147483647)] = 1024
+    initial_stream_window_size: Annotated[UInt, Field(ge=65535, le=2147483647)] = 16777216
+    initial_connection_window_size: Annotated[UInt, Field(ge=65535, le=2147483647)] = 25165824
+    max_outbound_frames: Annotated[UInt, Field(ge=1)] = 10000
+    max_outbound_control_frames: Annotated[UInt, Field(ge=1)] = 1000
+    # h2 (the HTTP/2 library) treats every invalid message as a connection error, which is
+    # Envoy's default; resetting only the stream is not available.
+    stream_error_on_invalid_http_messaging: StrictBool = False
+    override_stream_error_on_invalid_http_message: StrictBool | None = None
+
+    @field_validator("stream_error_on_invalid_http_messaging")
+    @classmethod
+    def _stream_error(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(
+                "unsupported",
+                "true: resetting only the stream on an invalid HTTP/2 message is not "
+                "supported by podproxy yet (the connection is closed, Envoy's default)",
+            )
+        return value
+
+    @field_validator("override_stream_error_on_invalid_http_message")
+    @classmethod
+    def _override(cls, value: bool | None) -> bool | None:
+        return None if value is None else cls._stream_error(value)
+
+
+class ExplicitHttpConfig(Message):
+    """HttpProtocolOptions.explicit_http_config: exactly one protocol."""
+
+    UNSUPPORTED = _names("http3_protocol_options")
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ExplicitHttpConfig:
+        if (self.http_protocol_options is None) == (self.http2_protocol_options is None):
+            raise ValueError(
+                "explicit_http_config: exactly one of http_protocol_options and "
+                "http2_protocol_options"
+            )
+        return self
+
+
+class UseDownstreamHttpConfig(Message):
+    """HttpProtocolOptions.use_downstream_protocol_config: the client's protocol upstream."""
+
+    UNSUPPORTED = _names("http3_protocol_options")
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+
+
+class UpstreamHttpProtocolOptions(TypedMessage):
+    """extensions.upstreams.http.v3.HttpProtocolOptions, a cluster's
+    `typed_extension_protocol_options` entry: which protocol its pools speak."""
+
+    TYPE_URL = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    UNSUPPORTED = _names(
+        """
+        auto_config upstream_http_protocol_options http_filters header_validation_config
+        outlier_detection hash_policy retry_policy request_mirror_policies
+        """
+    )
+    common_http_protocol_options: HttpProtocolOptions | None = None
+    explicit_http_config: ExplicitHttpConfig | None = None
+    use_downstream_protocol_config: UseDownstreamHttpConfig | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> UpstreamHttpProtocolOptions:
+        if (self.explicit_http_config is None) == (self.use_downstream_protocol_config is None):
+            raise ValueError(
+                "exactly one of explicit_http_config and use_downstream_protocol_config "
+                "(auto_config is not supported by podproxy yet)"
+            )
+        return self
+
+
+UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 class GoogleRE2(Message):
@@ -1167,23 +1274,58 @@ MirrorPolicies = tuple[RequestMirrorPolicy, ...]
 
 class MaxStreamDuration(Message):
     """route.v3.RouteAction.MaxStreamDuration: the route's max_stream_duration replaces the
-    connection manager's for the stream (0 turns it off); unset leaves the HCM's."""
+    connection manager's for the stream (0 turns it off); unset leaves the HCM's. With
+    `grpc_timeout_header_max` a request's valid grpc-timeout decides its duration instead
+    (capped by it, 0 = no cap, then less `grpc_timeout_header_offset`). Setting this message
+    turns the route's `timeout` and legacy gRPC fields off (Envoy's usingNewTimeouts)."""
 
     max_stream_duration: OptDuration = None
     grpc_timeout_header_max: OptDuration = None
     grpc_timeout_header_offset: OptDuration = None
 
-    @field_validator("grpc_timeout_header_max", "grpc_timeout_header_offset")
-    @classmethod
-    def _no_grpc_header(cls, value: float | None) -> float | None:
-        if value is not None:
-            # These make each stream's deadline come from its own grpc-timeout header
-            # (parsed, capped and offset per request): not done yet.
-            raise PydanticCustomError(
-                "unsupported",
-                "deadlines from the grpc-timeout header are not supported by podproxy yet",
-            )
-        return value
+
+# The upgrade type of an HTTP/1.1 CONNECT request (Envoy treats CONNECT as an upgrade).
+CONNECT_UPGRADE = "connect"
+
+
+def _connect_unsupported() -> PydanticCustomError:
+    return PydanticCustomError(
+        "unsupported",
+        "CONNECT: proxying CONNECT requests is not supported by podproxy yet (a CONNECT "
+        "request is answered 404, as Envoy answers it without this upgrade type)",
+    )
+
+
+class RouteUpgradeConfig(Message):
+    """route.v3.RouteAction.UpgradeConfig: turns one upgrade type on or off for the route,
+    overriding the connection manager's `upgrade_configs` (on here is enough, even for a type
+    the HCM does not list: Envoy's createUpgradeFilterChain, checked with Envoy 1.40)."""
+
+    upgrade_type: Annotated[Str, Field(min_length=1)]
+    enabled: StrictBool = True
+    connect_config: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _connect(self) -> RouteUpgradeConfig:
+        if self.upgrade_type.lower() == CONNECT_UPGRADE:
+            raise _connect_unsupported()
+        if self.connect_config is not None:
+            # Envoy's RouteEntryImplBase, word for word.
+            raise ValueError(f"Non-CONNECT upgrade type {self.upgrade_type} has ConnectConfig")
+        return self
+
+
+def _route_upgrades(value: tuple[RouteUpgradeConfig, ...]) -> tuple[RouteUpgradeConfig, ...]:
+    seen: set[str] = set()
+    for u in value:
+        key = u.upgrade_type.lower()  # Envoy keys the route's upgrade map lower-cased
+        if key in seen:
+            raise ValueError(f"Duplicate upgrade {u.upgrade_type}")
+        seen.add(key)
+    return value
+
+
+RouteUpgradeConfigs = Annotated[tuple[RouteUpgradeConfig, ...], AfterValidator(_route_upgrades)]
 
 
 class RouteAction(Message):
@@ -1194,7 +1336,7 @@ class RouteAction(Message):
         append_x_forwarded_host
         flush_timeout early_data_policy retry_policy retry_policy_typed_config
         priority rate_limits include_vh_rate_limits hash_policy
-        max_grpc_timeout grpc_timeout_offset upgrade_configs internal_redirect_policy
+        internal_redirect_policy
         internal_redirect_action max_internal_redirects hedge_policy
         """
     )
@@ -1212,6 +1354,11 @@ class RouteAction(Message):
     cors: RouteCorsPolicy | None = None  # deprecated in v3; see RouteCorsPolicy
     request_mirror_policies: MirrorPolicies = ()
     max_stream_duration: MaxStreamDuration | None = None
+    # Deprecated in v3 (still honoured by Envoy 1.40): for a gRPC request, the route timeout
+    # is its grpc-timeout, capped at max_grpc_timeout (0 = no cap) after the offset.
+    max_grpc_timeout: OptDuration = None
+    grpc_timeout_offset: OptDuration = None
+    upgrade_configs: RouteUpgradeConfigs = ()
 
     @model_validator(mode="after")
     def _host_rewrite(self) -> RouteAction:
@@ -1222,10 +1369,11 @@ class RouteAction(Message):
 
 
 class DataSource(Message):
-    UNSUPPORTED = _names("environment_variable watched_directory")
+    UNSUPPORTED = _names("watched_directory")
     filename: Str | None = None
     inline_bytes: Str | None = None
     inline_string: Str | None = None
+    environment_variable: Annotated[Str, Field(min_length=1)] | None = None
     _data: bytes = PrivateAttr(b"")
 
     @field_validator("filename")
@@ -1242,8 +1390,14 @@ class DataSource(Message):
 
     @model_validator(mode="after")
     def _load(self) -> DataSource:
-        _one_of(self, ("filename", "inline_bytes", "inline_string"))
-        if self.inline_string is not None:
+        _one_of(self, ("filename", "inline_bytes", "inline_string", "environment_variable"))
+        if self.environment_variable is not None:
+            # Read once at load, as Envoy's DataSource::read; a missing one is an error there.
+            value = os.environ.get(self.environment_variable)
+            if value is None:
+                raise ValueError(f"Environment variable doesn't exist: {self.environment_variable}")
+            self._data = value.encode()
+        elif self.inline_string is not None:
             self._data = self.inline_string.encode()
         elif self.inline_bytes is not None:
             self._data = base64.b64decode(self.inline_bytes)
@@ -1286,17 +1440,18 @@ class FaultDelay(Message):
 
 
 class FaultAbort(Message):
-    """envoy.extensions.filters.http.fault.v3.FaultAbort. (grpc_status waits for the gRPC
-    form of local replies.)"""
+    """envoy.extensions.filters.http.fault.v3.FaultAbort: an HTTP status, a gRPC status (the
+    reply is then HTTP 200, and a gRPC request gets it as grpc-status), or the request's own
+    x-envoy-fault-abort-request / x-envoy-fault-abort-grpc-request headers."""
 
-    UNSUPPORTED = _names("grpc_status")
     http_status: Annotated[UInt, Field(ge=200, lt=600)] | None = None
+    grpc_status: UInt | None = None
     header_abort: dict[str, Any] | None = None
     percentage: FractionalPercent = FractionalPercent()
 
     @model_validator(mode="after")
     def _one(self) -> FaultAbort:
-        _one_of(self, ("http_status", "header_abort"))
+        _one_of(self, ("http_status", "grpc_status", "header_abort"))
         if self.header_abort:
             raise ValueError("header_abort: takes no fields")
         return self
@@ -1471,17 +1626,6 @@ class LocalRateLimit(TypedMessage):
             raise ValueError("local rate limit token bucket fill timer must be >= 50ms")
         return value
 
-    @field_validator("rate_limited_as_resource_exhausted")
-    @classmethod
-    def _grpc(cls, value: bool) -> bool:
-        if value:
-            raise PydanticCustomError(
-                "unsupported",
-                "gRPC local replies (RESOURCE_EXHAUSTED) not supported by podproxy yet",
-                {},
-            )
-        return value
-
 
 class LocalRateLimitPerRoute(LocalRateLimit):
     """A LocalRateLimit in typed_per_filter_config: it must have its own bucket."""
@@ -1537,6 +1681,23 @@ class Cors(TypedMessage):
     TYPE_URL = CORS_TYPE
 
 
+class GrpcWeb(TypedMessage):
+    """The gRPC-Web filter (envoy.filters.http.grpc_web): no settings (an empty message)."""
+
+    TYPE_URL = GRPC_WEB_TYPE
+
+
+class GrpcHttp1Bridge(TypedMessage):
+    """The gRPC HTTP/1.1 bridge (envoy.filters.http.grpc_http1_bridge.v3.Config)."""
+
+    TYPE_URL = GRPC_HTTP1_BRIDGE_TYPE
+    # An `application/x-protobuf` request becomes a gRPC call (its body framed as one
+    # message), and the response body loses its frame header again.
+    upgrade_protobuf_to_grpc: StrictBool = False
+    # A bridged request's query string is cut off its path (gRPC servers know no queries).
+    ignore_query_parameters: StrictBool = False
+
+
 class RegexMatchAndSubstitute(Message):
     pattern: RegexMatcher
     substitution: Str
@@ -1589,6 +1750,8 @@ HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
     "envoy.filters.http.cors": Cors,
     "envoy.filters.http.health_check": HealthCheck,
     "envoy.filters.http.local_ratelimit": LocalRateLimit,
+    "envoy.filters.http.grpc_web": GrpcWeb,
+    "envoy.filters.http.grpc_http1_bridge": GrpcHttp1Bridge,
 }
 # What each takes in typed_per_filter_config (v3 type URL → model).
 PER_ROUTE_CONFIGS: dict[str, type[TypedMessage]] = {
@@ -1752,18 +1915,60 @@ class HttpFilter(Message):
         return tc if isinstance(tc, Router) else Router()
 
 
+class UpgradeConfig(Message):
+    """HttpConnectionManager.UpgradeConfig: an upgrade type (matched case-insensitively with
+    the request's `upgrade` header) the connection manager lets through, unless `enabled` is
+    false or the route says otherwise (RouteAction.upgrade_configs)."""
+
+    upgrade_type: Annotated[Str, Field(min_length=1)]
+    filters: tuple[HttpFilter, ...] = ()
+    enabled: StrictBool = True
+
+    @field_validator("upgrade_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        if value.lower() == CONNECT_UPGRADE:
+            raise _connect_unsupported()
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, value: tuple[HttpFilter, ...]) -> tuple[HttpFilter, ...]:
+        if value:
+            # Envoy runs such an upgrade through this chain instead of http_filters.
+            raise PydanticCustomError(
+                "unsupported",
+                "a filter chain of its own per upgrade type is not supported by podproxy yet: "
+                "leave filters out, and the upgrade goes through the http_filters",
+            )
+        return value
+
+
+def _hcm_upgrades(value: tuple[UpgradeConfig, ...]) -> tuple[UpgradeConfig, ...]:
+    seen: set[str] = set()
+    for u in value:
+        key = u.upgrade_type.lower()
+        if key in seen:
+            # Envoy's HttpConnectionManagerConfig, word for word.
+            raise ValueError(
+                f"Error: multiple upgrade configs with the same name: '{u.upgrade_type}'"
+            )
+        seen.add(key)
+    return value
+
+
 class HttpConnectionManager(TypedMessage):
     TYPE_URL = HCM_TYPE
     UNSUPPORTED = _names(
         """
         rds scoped_routes tracing http1_safe_max_connection_duration
-        http2_protocol_options http3_protocol_options
+        http3_protocol_options
         stream_flush_timeout access_log_flush_interval
         flush_access_log_on_new_request access_log_options original_ip_detection_extensions
         early_header_mutation_extensions internal_address_config via
         forward_client_cert_details set_current_client_cert_details
         forward_client_cert_matcher proxy_100_continue
-        represent_ipv4_remote_address_as_ipv4_mapped_ipv6 upgrade_configs normalize_path
+        represent_ipv4_remote_address_as_ipv4_mapped_ipv6 normalize_path
         merge_slashes path_with_escaped_slashes_action request_id_extension
         local_reply_config strip_matching_host_port strip_any_host_port
         stream_error_on_invalid_http_message path_normalization_options
@@ -1797,12 +2002,14 @@ class HttpConnectionManager(TypedMessage):
     max_request_headers_kb: Annotated[UInt, Field(ge=1, le=8192)] = 60
     common_http_protocol_options: DownstreamHttpProtocolOptions = DownstreamHttpProtocolOptions()
     http_protocol_options: Http1ProtocolOptions = Http1ProtocolOptions()
+    http2_protocol_options: Http2ProtocolOptions = Http2ProtocolOptions()
     access_log: tuple[AccessLog, ...] = ()
+    upgrade_configs: Annotated[tuple[UpgradeConfig, ...], AfterValidator(_hcm_upgrades)] = ()
 
     @field_validator("codec_type")
     @classmethod
     def _codec(cls, value: CodecType) -> CodecType:
-        if value in (CodecType.HTTP2, CodecType.HTTP3):
+        if value is CodecType.HTTP3:
             raise _unsupported_value(value)
         return value
 
@@ -1835,23 +2042,356 @@ class NetworkFilter(Message):
     typed_config: HttpConnectionManager
 
 
-class FilterChain(Message):
+# --- TLS: transport sockets, filter chain matching, listener filters (issue 11 §4) ---------
+#
+# extensions/transport_sockets/tls/v3/{tls,common,secret}.proto,
+# config/listener/v3/listener_components.proto (FilterChainMatch), and the tls_inspector
+# listener filter. podproxy.tls builds `ssl` contexts from these; what Python's ssl cannot do
+# (several certificates per context, several ECDH curves, verifying SANs inside the handshake)
+# is either an error here or documented in the README's TLS section.
+
+DOWNSTREAM_TLS_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+UPSTREAM_TLS_TYPE = TYPE_URL_PREFIX + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER_TYPE = TYPE_URL_PREFIX + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+TLS_INSPECTOR_TYPE = TYPE_URL_PREFIX + (
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+# Transport socket names (the `tls`/`raw_buffer` aliases are still registered in Envoy).
+TLS_SOCKET_NAMES = frozenset({"envoy.transport_sockets.tls", "tls"})
+RAW_BUFFER_NAMES = frozenset({"envoy.transport_sockets.raw_buffer", "raw_buffer"})
+TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
+
+
+class TlsProtocol(Enum):
+    """tls.v3.TlsParameters.TlsProtocol; TLS_AUTO is each side's default (podproxy.tls)."""
+
+    TLS_AUTO = 0
+    TLSv1_0 = 1
+    TLSv1_1 = 2
+    TLSv1_2 = 3
+    TLSv1_3 = 4
+
+
+class SanType(Enum):
+    """tls.v3.SubjectAltNameMatcher.SanType."""
+
+    SAN_TYPE_UNSPECIFIED = 0
+    EMAIL = 1
+    DNS = 2
+    URI = 3
+    IP_ADDRESS = 4
+    OTHER_NAME = 5
+
+
+def _tls_protocol(value: object) -> TlsProtocol:
+    # Proto enum names are case-sensitive in their digits and `v`: `TLSv1_2`, read with
+    # Envoy's case-insensitive enum parsing (so `tlsv1_2` works too).
+    if isinstance(value, str) and value.isascii():
+        for member in TlsProtocol:
+            if member.name.upper() == value.upper():
+                return member
+    return _enum_parser(TlsProtocol)(value)
+
+
+TlsProtocolField = Annotated[TlsProtocol, BeforeValidator(_tls_protocol)]
+SanTypeField = Annotated[SanType, BeforeValidator(_enum_parser(SanType))]
+
+
+class TlsParameters(Message):
+    UNSUPPORTED = _names("signature_algorithms compliance_policies")
+    tls_minimum_protocol_version: TlsProtocolField = TlsProtocol.TLS_AUTO
+    tls_maximum_protocol_version: TlsProtocolField = TlsProtocol.TLS_AUTO
+    # BoringSSL cipher names (`[A|B]` equal-preference groups allowed); checked and
+    # translated to OpenSSL's by podproxy.tls, which knows the SSL library.
+    cipher_suites: tuple[Str, ...] = ()
+    ecdh_curves: tuple[Str, ...] = ()
+
+
+class TlsCertificate(Message):
     UNSUPPORTED = _names(
         """
-        filter_chain_match use_proxy_proto metadata transport_socket
-        transport_socket_connect_timeout
+        ocsp_staple signed_certificate_timestamp pkcs12 watched_directory
+        private_key_provider
         """
     )
+    certificate_chain: DataSource
+    private_key: DataSource
+    password: DataSource | None = None
+
+
+class SubjectAltNameMatcher(Message):
+    san_type: SanTypeField
+    matcher: StringMatcher
+    oid: Str = ""
+
+    @field_validator("san_type")
+    @classmethod
+    def _type(cls, value: SanType) -> SanType:
+        # proto: enum {defined_only: true not_in: 0}; OTHER_NAME needs an ASN.1 decoder.
+        if value is SanType.SAN_TYPE_UNSPECIFIED:
+            raise PydanticCustomError("enum", "san_type must be set")
+        if value is SanType.OTHER_NAME:
+            raise _unsupported_value(value)
+        return value
+
+
+_HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class CertificateValidationContext(Message):
+    UNSUPPORTED = _names(
+        """
+        system_root_certs watched_directory require_signed_certificate_timestamp crl
+        allow_expired_certificate trust_chain_verification custom_validator_config
+        only_verify_leaf_cert_crl max_verify_depth ca_certificate_provider_instance
+        """
+    )
+    trusted_ca: DataSource | None = None
+    match_typed_subject_alt_names: tuple[SubjectAltNameMatcher, ...] = ()
+    # Deprecated in v3 (any SAN type); v2's verify_subject_alt_name becomes exact matchers
+    # here (config.normalize).
+    match_subject_alt_names: tuple[StringMatcher, ...] = ()
+    verify_certificate_hash: tuple[Str, ...] = ()
+    verify_certificate_spki: tuple[Str, ...] = ()
+
+    @field_validator("verify_certificate_hash")
+    @classmethod
+    def _hashes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Hex SHA-256 of the DER certificate, colons allowed (`DF:6F:...`).
+        for h in value:
+            if not _HEX_SHA256.match(h.replace(":", "")):
+                raise PydanticCustomError(
+                    "base64",
+                    "expected a hex SHA-256 certificate hash, got {got}",
+                    {"got": show(h)},
+                )
+        return tuple(h.replace(":", "").lower() for h in value)
+
+    @field_validator("verify_certificate_spki")
+    @classmethod
+    def _pins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Base64 SHA-256 of the DER SubjectPublicKeyInfo (44 characters).
+        for pin in value:
+            try:
+                ok = len(base64.b64decode(pin, validate=True)) == 32
+            except binascii.Error:
+                ok = False
+            if not ok:
+                raise PydanticCustomError(
+                    "base64",
+                    "expected a base64 SHA-256 SPKI pin, got {got}",
+                    {"got": show(pin)},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _san_needs_ca(self) -> CertificateValidationContext:
+        # Envoy (DefaultCertValidator::initializeSslContexts) refuses SAN checks without a CA.
+        if self.trusted_ca is None and (
+            self.match_typed_subject_alt_names or self.match_subject_alt_names
+        ):
+            raise ValueError(
+                "SAN-based verification of peer certificates without trusted CA is insecure "
+                "and not allowed"
+            )
+        return self
+
+
+class CommonTlsContext(Message):
+    UNSUPPORTED = _names(
+        """
+        tls_certificate_sds_secret_configs tls_certificate_provider_instance
+        tls_certificate_certificate_provider tls_certificate_certificate_provider_instance
+        validation_context_sds_secret_config combined_validation_context
+        validation_context_certificate_provider
+        validation_context_certificate_provider_instance key_log custom_handshaker
+        custom_tls_certificate_selector
+        """
+    )
+    tls_params: TlsParameters = TlsParameters()
+    # Envoy servers may hold several (chosen by SNI and key type); Python's ssl loads one
+    # chain per context, so podproxy takes at most one: several is a clear error.
+    tls_certificates: Annotated[tuple[TlsCertificate, ...], Field(max_length=1)] = ()
+    validation_context: CertificateValidationContext | None = None
+    alpn_protocols: tuple[Str, ...] = ()
+
+
+class DownstreamTlsContext(TypedMessage):
+    TYPE_URL = DOWNSTREAM_TLS_TYPE
+    UNSUPPORTED = _names(
+        """
+        require_sni session_ticket_keys session_ticket_keys_sds_secret_config
+        disable_stateless_session_resumption disable_stateful_session_resumption
+        session_timeout ocsp_staple_policy full_scan_certs_on_sni_mismatch
+        prefer_client_ciphers tls_session_ticket_keys
+        """
+    )
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    require_client_certificate: StrictBool = False
+
+    @model_validator(mode="after")
+    def _server_cert(self) -> DownstreamTlsContext:
+        if not self.common_tls_context.tls_certificates:
+            raise ValueError("a listener's TLS context needs a certificate: set tls_certificates")
+        vc = self.common_tls_context.validation_context
+        if self.require_client_certificate and (vc is None or vc.trusted_ca is None):
+            # Python's ssl asks for a client certificate only to verify it against a CA.
+            raise ValueError(
+                "require_client_certificate needs validation_context.trusted_ca in podproxy"
+            )
+        if (
+            vc is not None
+            and vc.trusted_ca is None
+            and (vc.verify_certificate_hash or vc.verify_certificate_spki)
+        ):
+            raise ValueError(
+                "validation_context: pinning client certificates without trusted_ca is not "
+                "supported by podproxy (Python's ssl only requests certificates it verifies)"
+            )
+        return self
+
+
+class UpstreamTlsContext(TypedMessage):
+    TYPE_URL = UPSTREAM_TLS_TYPE
+    UNSUPPORTED = _names(
+        """
+        allow_renegotiation max_session_keys enforce_rsa_key_usage auto_host_sni
+        auto_sni_san_validation
+        """
+    )
+    common_tls_context: CommonTlsContext = CommonTlsContext()
+    sni: Annotated[Str, Field(max_length=255)] = ""
+
+
+class RawBuffer(TypedMessage):
+    TYPE_URL = RAW_BUFFER_TYPE
+
+
+class TlsInspector(TypedMessage):
+    TYPE_URL = TLS_INSPECTOR_TYPE
+    UNSUPPORTED = _names(
+        """
+        enable_ja3_fingerprinting enable_ja4_fingerprinting initial_read_buffer_size
+        max_client_hello_size close_connection_on_client_hello_parsing_errors
+        """
+    )
+
+
+DownstreamSocketConfig = _typed_union(
+    {DOWNSTREAM_TLS_TYPE: DownstreamTlsContext, RAW_BUFFER_TYPE: RawBuffer}
+)
+UpstreamSocketConfig = _typed_union(
+    {UPSTREAM_TLS_TYPE: UpstreamTlsContext, RAW_BUFFER_TYPE: RawBuffer}
+)
+TYPED_CONFIGS.update(
+    {
+        DOWNSTREAM_TLS_TYPE: DownstreamTlsContext,
+        UPSTREAM_TLS_TYPE: UpstreamTlsContext,
+        RAW_BUFFER_TYPE: RawBuffer,
+        TLS_INSPECTOR_TYPE: TlsInspector,
+    }
+)
+
+
+class _TransportSocket(Message):
+    """core.v3.TransportSocket. Envoy picks the socket by its typed_config's type; without
+    one, the name must be raw_buffer's (config.normalize fills in TLS types by name)."""
+
+    name: Annotated[Str, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _kind(self) -> _TransportSocket:
+        typed = getattr(self, "typed_config", None)
+        if typed is None and self.name not in RAW_BUFFER_NAMES:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: Envoy transport socket not supported by podproxy yet "
+                "(envoy.transport_sockets.tls or raw_buffer, with a typed_config)",
+                {"got": show(self.name)},
+            )
+        return self
+
+
+class DownstreamTransportSocket(_TransportSocket):
+    typed_config: DownstreamSocketConfig | None = None  # type: ignore[valid-type]
+
+    def tls(self) -> DownstreamTlsContext | None:
+        tc = self.typed_config
+        return tc if isinstance(tc, DownstreamTlsContext) else None
+
+
+class UpstreamTransportSocket(_TransportSocket):
+    typed_config: UpstreamSocketConfig | None = None  # type: ignore[valid-type]
+
+    def tls(self) -> UpstreamTlsContext | None:
+        tc = self.typed_config
+        return tc if isinstance(tc, UpstreamTlsContext) else None
+
+
+def _server_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    # Envoy (filter_chain_manager_impl.cc): only a leading `*.` wildcard, lower-cased
+    # comparison is left to matching; anything else with `*` is refused at load.
+    for name in value:
+        if "*" in name and not (name.startswith("*.") and "*" not in name[2:]):
+            raise PydanticCustomError(
+                "unsupported",
+                'partial wildcards are not supported in "server_names", got {got}',
+                {"got": show(name)},
+            )
+    return value
+
+
+class FilterChainMatch(Message):
+    UNSUPPORTED = _names(
+        """
+        destination_port prefix_ranges address_suffix suffix_len
+        direct_source_prefix_ranges source_type source_prefix_ranges source_ports
+        """
+    )
+    server_names: Annotated[tuple[Str, ...], AfterValidator(_server_names)] = ()
+    transport_protocol: Str = ""
+    application_protocols: tuple[Str, ...] = ()
+
+
+class ListenerFilter(Message):
+    UNSUPPORTED = _names("filter_disabled config_discovery")
+    name: Str
+    typed_config: TlsInspector | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value != TLS_INSPECTOR_NAME:
+            raise PydanticCustomError(
+                "unsupported",
+                "{got}: Envoy listener filter not supported by podproxy yet",
+                {"got": show(value)},
+            )
+        return value
+
+
+# --- end of TLS models ----------------------------------------------------------------------
+
+
+class FilterChain(Message):
+    UNSUPPORTED = _names("use_proxy_proto metadata transport_socket_connect_timeout")
     name: Str = ""
+    filter_chain_match: FilterChainMatch | None = None
     filters: Annotated[tuple[NetworkFilter, ...], Field(min_length=1, max_length=1)]
+    transport_socket: DownstreamTransportSocket | None = None
+
+    def tls(self) -> DownstreamTlsContext | None:
+        ts = self.transport_socket
+        return ts.tls() if ts is not None else None
 
 
 class Listener(Message):
     UNSUPPORTED = _names(
         """
         additional_addresses stat_prefix fcds_config filter_chain_matcher use_original_dst
-        default_filter_chain metadata deprecated_v1 drain_type listener_filters
-        listener_filters_timeout continue_on_listener_filters_timeout transparent freebind
+        metadata deprecated_v1 drain_type transparent freebind
         socket_options tcp_fast_open_queue_length udp_listener_config
         api_listener connection_balance_config reuse_port enable_reuse_port access_log
         tcp_backlog_size max_connections_to_accept_per_socket_event bind_to_port
@@ -1861,11 +2401,41 @@ class Listener(Message):
     )
     name: Str = ""
     address: Address
-    filter_chains: Annotated[tuple[FilterChain, ...], Field(min_length=1, max_length=1)]
+    filter_chains: tuple[FilterChain, ...] = ()
+    # Used when no filter chain matches (Envoy 1.19+).
+    default_filter_chain: FilterChain | None = None
+    listener_filters: tuple[ListenerFilter, ...] = ()
+    # Envoy: a connection whose listener filters have not finished by then is closed (or
+    # goes on to chain selection with what is known, if continue_on_...); 0 disables it.
+    listener_filters_timeout: ZeroDisables = 15.0
+    continue_on_listener_filters_timeout: StrictBool = False
     per_connection_buffer_limit_bytes: UInt = 1048576
     # Metadata in podproxy: Envoy reads it for tracing (span direction), original_dst on Windows
     # and `/drain_listeners?inboundonly`, none of which podproxy has (README).
     traffic_direction: TrafficDirectionField = TrafficDirection.UNSPECIFIED
+
+    @model_validator(mode="after")
+    def _chains(self) -> Listener:
+        if not self.filter_chains and self.default_filter_chain is None:
+            raise ValueError("no filter chains specified")
+        seen: set[tuple[tuple[str, ...], str, tuple[str, ...]]] = set()
+        for chain in self.filter_chains:
+            m = chain.filter_chain_match or FilterChainMatch()
+            key = (
+                tuple(sorted(n.lower() for n in m.server_names)),
+                m.transport_protocol,
+                tuple(sorted(m.application_protocols)),
+            )
+            if key in seen:
+                # Envoy's words (filter_chain_manager_impl.cc addFilterChains).
+                raise ValueError("multiple filter chains with the same matching rules are defined")
+            seen.add(key)
+        return self
+
+    def all_filter_chains(self) -> tuple[FilterChain, ...]:
+        """The filter chains, then the default one if any."""
+        extra = (self.default_filter_chain,) if self.default_filter_chain is not None else ()
+        return self.filter_chains + extra
 
 
 class Locality(Message):
@@ -2035,11 +2605,10 @@ class Cluster(Message):
         """
         transport_socket_matches transport_socket_matcher alt_stat_name eds_cluster_config
         health_checks max_requests_per_connection circuit_breakers
-        upstream_http_protocol_options http_protocol_options http2_protocol_options
-        typed_extension_protocol_options dns_resolution_config outlier_detection
+        upstream_http_protocol_options dns_resolution_config outlier_detection
         cleanup_interval upstream_bind_config lb_subset_config ring_hash_lb_config
-        maglev_lb_config original_dst_lb_config round_robin_lb_config transport_socket
-        metadata protocol_selection upstream_connection_options
+        maglev_lb_config original_dst_lb_config round_robin_lb_config
+        metadata upstream_connection_options
         close_connections_on_host_health_failure ignore_health_on_host_removal filters
         load_balancing_policy lrs_server lrs_report_endpoint_metrics track_timeout_budgets
         upstream_config track_cluster_stats preconnect_policy
@@ -2064,8 +2633,70 @@ class Cluster(Message):
     wait_for_warm_on_init: StrictBool = True
     per_connection_buffer_limit_bytes: UInt = 1048576
     common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
+    # The deprecated per-protocol fields: http2_protocol_options, even `{}`, makes the
+    # cluster speak HTTP/2 (prior knowledge); typed_extension_protocol_options is their
+    # successor (reference/envoy-hcm.md §5.3).
+    http_protocol_options: Http1ProtocolOptions | None = None
+    http2_protocol_options: Http2ProtocolOptions | None = None
+    protocol_selection: ProtocolSelectionField = ProtocolSelection.USE_CONFIGURED_PROTOCOL
+    typed_extension_protocol_options: dict[str, UpstreamHttpProtocolOptions] = {}
     common_lb_config: CommonLbConfig = CommonLbConfig()
     least_request_lb_config: LeastRequestLbConfig = LeastRequestLbConfig()
+    transport_socket: UpstreamTransportSocket | None = None
+
+    def tls(self) -> UpstreamTlsContext | None:
+        ts = self.transport_socket
+        return ts.tls() if ts is not None else None
+
+    @field_validator("typed_extension_protocol_options")
+    @classmethod
+    def _protocol_options(
+        cls, value: dict[str, UpstreamHttpProtocolOptions]
+    ) -> dict[str, UpstreamHttpProtocolOptions]:
+        for key in value:
+            if key != UPSTREAM_HTTP_OPTIONS_KEY:
+                raise PydanticCustomError(
+                    "unsupported",
+                    "{got}: protocol options extension not supported by podproxy yet (only {want})",
+                    {"got": key, "want": UPSTREAM_HTTP_OPTIONS_KEY},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_protocol_style(self) -> Cluster:
+        if self.typed_extension_protocol_options and (
+            self.http2_protocol_options is not None or self.http_protocol_options is not None
+        ):
+            raise ValueError(
+                "typed_extension_protocol_options cannot be combined with the deprecated "
+                "http_protocol_options / http2_protocol_options (Envoy rejects it too)"
+            )
+        return self
+
+    def upstream_protocol(self) -> tuple[str, Http2ProtocolOptions | None]:
+        """What the cluster's pools speak: "http1", "http2", or "downstream" (the client's
+        protocol: use_downstream_protocol_config / USE_DOWNSTREAM_PROTOCOL), with the
+        HTTP/2 options to use for HTTP/2."""
+        opts = self.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS_KEY)
+        if opts is not None:
+            if opts.explicit_http_config is not None:
+                h2 = opts.explicit_http_config.http2_protocol_options
+                return ("http2", h2) if h2 is not None else ("http1", None)
+            down = opts.use_downstream_protocol_config
+            assert down is not None
+            return "downstream", down.http2_protocol_options or Http2ProtocolOptions()
+        if self.protocol_selection is ProtocolSelection.USE_DOWNSTREAM_PROTOCOL:
+            return "downstream", self.http2_protocol_options or Http2ProtocolOptions()
+        if self.http2_protocol_options is not None:
+            return "http2", self.http2_protocol_options
+        return "http1", None
+
+    def http_options(self) -> HttpProtocolOptions:
+        """common_http_protocol_options, from the typed extension when given there."""
+        opts = self.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS_KEY)
+        if opts is not None and opts.common_http_protocol_options is not None:
+            return opts.common_http_protocol_options
+        return self.common_http_protocol_options
 
     @field_validator("dns_min_refresh_rate", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from podproxy.http.stream import (
     ResponseHead,
     StreamHandler,
 )
+from podproxy.http.upgrade import UpgradePolicy
 from podproxy.runtime import Runtime
 from podproxy.stats import Counter, Gauge, Histogram
 
@@ -45,6 +46,8 @@ class HttpConnManagerStats:
     downstream_cx_active: Gauge
     downstream_cx_http1_total: Counter
     downstream_cx_http1_active: Gauge
+    downstream_cx_http2_total: Counter
+    downstream_cx_http2_active: Gauge
     downstream_cx_destroy: Counter
     downstream_cx_destroy_remote: Counter
     downstream_cx_destroy_local: Counter
@@ -59,6 +62,7 @@ class HttpConnManagerStats:
     downstream_cx_length_ms: Histogram
     downstream_rq_total: Counter
     downstream_rq_http1_total: Counter
+    downstream_rq_http2_total: Counter
     downstream_rq_active: Gauge
     downstream_rq_completed: Counter
     downstream_rq_1xx: Counter
@@ -74,9 +78,12 @@ class HttpConnManagerStats:
     downstream_rq_header_timeout: Counter
     downstream_rq_idle_timeout: Counter
     downstream_rq_ws_on_non_ws_route: Counter
+    downstream_cx_upgrades_total: Counter
+    downstream_cx_upgrades_active: Gauge
     downstream_cx_delayed_close_timeout: Counter
     downstream_cx_max_duration_reached: Counter
     downstream_rq_max_duration_reached: Counter
+    downstream_rq_too_many_premature_resets: Counter
     # router filter (same prefix in Envoy)
     no_route: Counter
     no_cluster: Counter
@@ -122,8 +129,12 @@ class ConnectionManagerConfig:
         drain_timeout: float = 5.0,
         runtime: Runtime | None = None,
         remote_from_xff: int | None = None,
+        upgrades: UpgradePolicy | None = None,
     ) -> None:
         self.stats = stats
+        # The HCM's and the routes' upgrade_configs; None when neither has any, so every
+        # upgrade request gets the answer Envoy gives without them (403, CONNECT 404).
+        self.upgrades = upgrades
         # Where Envoy finds a stream's remote address (read by access logs only): this many
         # entries from the right of the client's x-forwarded-for, or (None) the peer.
         self.remote_from_xff = remote_from_xff
@@ -134,6 +145,7 @@ class ConnectionManagerConfig:
         # An HTTP/2 preface is answered 400 by an HTTP1 codec; AUTO (until podproxy speaks
         # HTTP/2) closes without an HTTP/1 answer.
         self.http2_preface_status: int | None = 400 if codec_type == "HTTP1" else None
+        self.codec_type = codec_type
         # HCM delayed_close_timeout: after a reply to a request it did not read to the end,
         # the connection waits this long for the client to close first (None: close at once).
         self.delayed_close_timeout = delayed_close_timeout
@@ -540,6 +552,26 @@ class FilterManager:
             raise RuntimeError("add_decoded_data outside decode_trailers")
         self.d_added.append(data)
 
+    def inject_decoded_data(self, f: HttpFilter, data: bytes, end_stream: bool) -> None:
+        """Body from filter `f` to the filters after it, in place of the piece it took with
+        STOP_ITERATION_NO_BUFFER (Envoy's injectDecodedDataToFilterChain): how a filter that
+        rewrites the body (grpc_web's base64 decoding) passes on what it made."""
+        if self.replied or self.done:
+            return
+        i = self.filters.index(f)
+        if i == self.d_at:
+            # The headers stopped at `f`: they go on first, as when it returns CONTINUE.
+            self._hold(i + 1, data, end_stream)
+            self._headers_from(i + 1)
+            return
+        self._data_from(i + 1, data, end_stream)
+
+    def clear_route_cache(self) -> None:
+        """A filter changed what routing reads (Envoy's clearRouteCache): the route is matched
+        again when next asked for (by the router at the latest). The chain stays as it is."""
+        self.routed = False
+        self.matched = None
+
     def _hold(self, at: int, data: bytes, end_stream: bool) -> None:
         """Body that must wait before filter `at` for the headers; the client's reading
         pauses meanwhile (Envoy's watermark), so what waits is bounded."""
@@ -746,6 +778,25 @@ class FilterManager:
             raise RuntimeError("add_encoded_data outside encode_trailers")
         self.e_added.append(data)
 
+    def inject_encoded_data(self, f: HttpFilter, data: bytes, end_stream: bool) -> None:
+        """Response body from filter `f` to the filters before it (and the client), in place
+        of the piece it took with STOP_ITERATION_NO_BUFFER (Envoy's
+        injectEncodedDataToFilterChain): grpc_web's base64 encoding, its grpc-message rewrite."""
+        if self.done or self.e_head is None:
+            return
+        i = self.filters.index(f)
+        if end_stream:
+            self.e_end = True
+        if i == self.e_at:
+            # The headers stopped at `f`: they go on first, then this body.
+            if data:
+                self.e_pending.append(data)
+            self.e_pending_end = self.e_pending_end or end_stream
+            self.e_pending_at = i - 1
+            self._encode_headers_from(i - 1)
+            return
+        self._encode_data_from(i - 1, data, end_stream)
+
     def continue_encoding(self) -> None:
         if self.done or self.e_head is None:
             return
@@ -856,13 +907,17 @@ class LocalReplySink:
     def _send(self) -> None:
         head = self.head
         assert head is not None
-        extra = [(k, v) for k, v in head.headers if k not in _LOCAL_REPLY_OWN]
+        body = b"".join(self.body)
+        # A reply with no body has no content-type of the writer's, but keeps one a filter
+        # set (grpc_web's application/grpc-web+proto on the replies it turns into gRPC-Web).
+        own = _LOCAL_REPLY_OWN if body else _LOCAL_REPLY_LENGTH
+        extra = [(k, v) for k, v in head.headers if k not in own]
         content_type = head.get(b"content-type") or b"text/plain"
         ex = self.ex
         ex.conn.send_local_reply(
             ex,
             head.status,
-            b"".join(self.body),
+            body,
             flags=self.flags,
             close=self.close,
             extra=extra,
@@ -872,6 +927,7 @@ class LocalReplySink:
 
 # Fields the local-reply writer sets itself.
 _LOCAL_REPLY_OWN = frozenset({b"content-length", b"content-type"})
+_LOCAL_REPLY_LENGTH = frozenset({b"content-length"})
 
 
 def local_reply(

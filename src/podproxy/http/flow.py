@@ -14,6 +14,7 @@ PEER_WRITE_BLOCKED = 1  # the other side's transport buffer is over its high-wat
 PIPELINE_QUEUED = 2  # requests are queued behind the active one
 HANDLER_HOLD = 4  # the handler is not ready for more body (e.g. still connecting upstream)
 FILTER_HOLD = 8  # an HTTP filter holds the request's headers: its body waits (filter chain)
+UPGRADE_HOLD = 16  # bytes sent after an upgrade request wait for its 101 (http1.tunnel)
 
 # Transport write buffer limits: above HIGH the peer's reading is paused until below LOW.
 # Envoy's per_connection_buffer_limit_bytes defaults to 1 MiB; the kernel buffers more.

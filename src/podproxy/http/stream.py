@@ -114,11 +114,28 @@ _GRPC_UNKNOWN = 2
 _GRPC_MESSAGE_PLAIN = frozenset(range(0x20, 0x7F)) - {0x25}
 
 
-def grpc_local_reply(status: int, body: bytes) -> Headers:
+# gRPC status codes local replies name (grpc/status.h WellKnownGrpcStatus).
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_RESOURCE_EXHAUSTED = 8
+
+
+def given_grpc_status(extra: Headers | None) -> bytes | None:
+    """The grpc-status a local reply's headers already carry (a filter's own gRPC status:
+    Envoy's prepareLocalReply keeps a grpc-status it finds there), or None."""
+    if extra:
+        for k, v in extra:
+            if k == b"grpc-status":
+                return v
+    return None
+
+
+def grpc_local_reply(status: int, body: bytes, grpc_status: bytes | None = None) -> Headers:
     """The fields of Envoy's local reply to a gRPC request (trailers-only, answered 200 with
-    no body): the gRPC status that `status` maps to, and the body as grpc-message."""
-    grpc_status = _GRPC_STATUS_OF_HTTP.get(status, _GRPC_UNKNOWN)
-    fields: Headers = [(b"grpc-status", b"%d" % grpc_status)]
+    no body): `grpc_status` when given, else the gRPC status that `status` maps to, and the
+    body as grpc-message."""
+    if grpc_status is None:
+        grpc_status = b"%d" % _GRPC_STATUS_OF_HTTP.get(status, _GRPC_UNKNOWN)
+    fields: Headers = [(b"grpc-status", grpc_status)]
     if body:
         if all(b in _GRPC_MESSAGE_PLAIN for b in body):
             message = body
@@ -130,6 +147,29 @@ def grpc_local_reply(status: int, body: bytes) -> Headers:
     return fields
 
 
+# What a gRPC local reply sets itself, dropped from the reply's other headers.
+_GRPC_REPLY_OWN = frozenset({b"content-type", b"grpc-status"})
+# onStreamMaxDurationReached gives a gRPC client DEADLINE_EXCEEDED (not 504's UNAVAILABLE).
+DEADLINE_EXCEEDED_FIELDS: Headers = [(b"grpc-status", b"%d" % GRPC_DEADLINE_EXCEEDED)]
+
+
+def grpc_shaped_reply(
+    request_headers: Sequence[tuple[bytes, bytes]],
+    status: int,
+    body: bytes,
+    extra: Headers | None,
+) -> tuple[int, bytes, Headers | None]:
+    """A local reply as Envoy's sendLocalReply sends it to a gRPC request (200, trailers-only:
+    a head with no body, the status as grpc-status, the body as grpc-message; a grpc-status
+    the reply carries already, a filter's own, is the one sent); any other request's reply
+    as it is. Both codecs answer through this."""
+    given = given_grpc_status(extra)
+    if (status == 200 and given is None) or not is_grpc_request(request_headers):
+        return status, body, extra
+    grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body, given)]
+    return 200, b"", grpc + [(k, v) for k, v in extra or () if k not in _GRPC_REPLY_OWN]
+
+
 class StreamConnection(Protocol):
     """What a stream's handler may ask of the downstream connection that carries it."""
 
@@ -139,6 +179,8 @@ class StreamConnection(Protocol):
     draining: bool
 
     def write(self, data: bytes) -> None: ...
+    def write_trailers(self, ex: Exchange, trailers: Headers) -> None: ...
+    def max_duration_reached(self, ex: Exchange) -> None: ...
     def drain_on_response(self) -> None: ...
     def response_head_sent(self, ex: Exchange, status: int) -> None: ...
     def finish(self, ex: Exchange, keep_alive: bool) -> None: ...

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from podproxy.http.stream import first_value, is_grpc_request
+from podproxy.router.grpc_timeout import GrpcTimeoutPolicy
 
 Headers = Sequence[tuple[bytes, bytes]]
 HeaderPredicate = Callable[[Headers], bool]
@@ -281,17 +282,6 @@ class MirrorPolicy:
         return authority[:i] + b"-shadow" + authority[i:]
 
 
-def grpc_timeout_value(seconds: float) -> bytes:
-    """Grpc::Common::toGrpcTimeout: whole milliseconds in the largest unit (m, S, M, H) that
-    keeps the value to 8 digits."""
-    value = int(seconds * 1000)
-    for unit in b"mSMH":
-        if value <= 99_999_999 or unit == ord("H"):
-            return b"%d%c" % (min(value, 99_999_999), unit)
-        value //= 1000 if unit == ord("m") else 60
-    raise AssertionError("unreachable")
-
-
 @dataclass(frozen=True, slots=True)
 class Route:
     """A compiled route: how it matches and what it does.
@@ -337,14 +327,18 @@ class Route:
     # The route's max_stream_duration, overriding the connection manager's for the stream
     # (0.0: none at all); None leaves the manager's. Read by the connection's timeout sweep.
     max_stream_duration: float | None = None
-    # For gRPC requests on a route with max_stream_duration: the `grpc-timeout` line sent
-    # upstream instead of the client's (b"" when the duration is 0: the header goes).
-    grpc_timeout_line: bytes = b""
+    # A route with gRPC-aware timeouts (max_grpc_timeout, or a max_stream_duration message):
+    # its timeouts are decided per request (`timeout` is then None and `timeout_header` holds
+    # only the attempt count); None for every other route, which pays nothing for them.
+    grpc_timeouts: GrpcTimeoutPolicy | None = None
     # The virtual host's include_request_attempt_count: `x-envoy-attempt-count: 1\r\n`
     # (also folded into `timeout_header`, so the common path adds nothing), else b"".
     attempt_count_line: bytes = b""
     # The virtual host's include_attempt_count_in_response.
     attempt_count_in_response: bool = False
+    # RouteAction.upgrade_configs: lower-cased upgrade type -> enabled, overriding the
+    # connection manager's (http.upgrade); None when the route has none.
+    upgrades: Mapping[bytes, bool] | None = None
 
     def choose_cluster(self, headers: Headers) -> tuple[Route, str | None]:
         """For a route without a fixed cluster: the route entry that serves this request
@@ -746,6 +740,14 @@ def compile_route(
     )
     msd = getattr(a, "max_stream_duration", None)
     max_duration = msd.max_stream_duration if msd is not None else None
+    grpc_timeouts = GrpcTimeoutPolicy.of(
+        a.timeout,
+        getattr(a, "max_grpc_timeout", None),
+        getattr(a, "grpc_timeout_offset", None),
+        msd,
+    )
+    # With a gRPC-aware policy the router decides the timeout and its header per request.
+    timeout = a.timeout if grpc_timeouts is None else None
     attempt_line = (
         b"x-envoy-attempt-count: 1\r\n"
         if getattr(vhost, "include_request_attempt_count", False)
@@ -759,12 +761,12 @@ def compile_route(
         auto_host_rewrite=bool(getattr(a, "auto_host_rewrite", False)),
         prefix=prefix,
         prefix_rewrite=a.prefix_rewrite.encode() if a.prefix_rewrite is not None else None,
-        timeout=a.timeout,
+        timeout=timeout,
         idle_timeout=a.idle_timeout,
         cluster_not_found_status=status,
         timeout_header=(
-            b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(a.timeout * 1000)
-            if a.timeout is not None
+            b"x-envoy-expected-rq-timeout-ms: %d\r\n" % int(timeout * 1000)
+            if timeout is not None
             else b""
         )
         + attempt_line,
@@ -776,11 +778,13 @@ def compile_route(
         response_mutation=response_mutation,
         mirrors=mirrors,
         max_stream_duration=max_duration,
-        grpc_timeout_line=(
-            b"grpc-timeout: " + grpc_timeout_value(max_duration) + b"\r\n" if max_duration else b""
-        ),
+        grpc_timeouts=grpc_timeouts,
         attempt_count_line=attempt_line,
         attempt_count_in_response=bool(getattr(vhost, "include_attempt_count_in_response", False)),
+        upgrades={
+            u.upgrade_type.lower().encode(): u.enabled for u in getattr(a, "upgrade_configs", ())
+        }
+        or None,
     )
     wc = getattr(a, "weighted_clusters", None)
     if wc is None:

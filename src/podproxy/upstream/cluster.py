@@ -24,6 +24,7 @@ class ClusterStats:
     upstream_cx_total: Counter
     upstream_cx_active: Gauge
     upstream_cx_http1_total: Counter
+    upstream_cx_http2_total: Counter
     upstream_cx_connect_fail: Counter
     upstream_cx_connect_timeout: Counter
     upstream_cx_none_healthy: Counter
@@ -126,6 +127,7 @@ class Cluster:
         info: ClusterInfo,
         lb: LoadBalancer,
         pool_factory: PoolFactory,
+        h2_pool_factory: PoolFactory | None = None,
     ) -> None:
         self.info = info
         self.lb = lb
@@ -133,6 +135,11 @@ class Cluster:
         # Keyed by the Host object: a LOGICAL_DNS host keeps its pool when its address moves.
         self.pools: dict[Host, Any] = {}
         self._pool_factory = pool_factory
+        # A cluster that speaks the client's protocol (use_downstream_protocol_config) has a
+        # second set of pools, HTTP/2, for requests that came over HTTP/2.
+        self.by_downstream = h2_pool_factory is not None
+        self.h2_pools: dict[Host, Any] = {}
+        self._h2_pool_factory = h2_pool_factory
         self.initialized = False
         self._init_callbacks: list[Callable[[], None]] = []
         self.discovery: Any = None
@@ -153,15 +160,26 @@ class Cluster:
         st.membership_healthy.set(len(host_set.healthy_hosts))
         st.max_host_weight.set(max((h.weight for h in host_set.hosts), default=0))
         for h in removed:
-            pool = self.pools.pop(h, None)
-            if pool is not None:
-                pool.drain()
+            for pools in (self.pools, self.h2_pools):
+                pool = pools.pop(h, None)
+                if pool is not None:
+                    pool.drain()
 
-    def pool_for(self, host: Host) -> Any:
+    def pool_for(self, host: Host, http2: bool = False) -> Any:
+        """`host`'s pool; `http2`: the request came over HTTP/2 (read only by a cluster that
+        speaks the client's protocol)."""
+        if http2 and self._h2_pool_factory is not None:
+            pool = self.h2_pools.get(host)
+            if pool is None:
+                pool = self.h2_pools[host] = self._h2_pool_factory(host)
+            return pool
         pool = self.pools.get(host)
         if pool is None:
             pool = self.pools[host] = self._pool_factory(host)
         return pool
+
+    def all_pools(self) -> list[Any]:
+        return [*self.pools.values(), *self.h2_pools.values()]
 
     def mark_initialized(self) -> None:
         """Discovery finished its first round (warming is over for this cluster)."""

@@ -17,8 +17,11 @@ from typing import Any
 from podproxy.errors import ConfigError
 from podproxy.http.http1 import codec
 from podproxy.http.http1.pool import HostPool
+from podproxy.http.http2.codec import http2_settings
+from podproxy.http.http2.pool import H2HostPool
 from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 from podproxy.stats import Counter, Gauge, Store
+from podproxy.tls import UpstreamTls
 from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.discovery import CLUSTER_TYPES, DNS_TYPES
 from podproxy.upstream.dns import (
@@ -79,6 +82,8 @@ class ClusterManager:
         self.clusters: dict[str, Cluster] = {}
         self.pushed = pushed
         self._discoveries: list[Any] = []
+        # Each TLS cluster's context, by cluster name (pools connect with it; admin /certs).
+        self.tls: dict[str, UpstreamTls] = {}
 
     def add_cluster(self, cfg: Any, path: str) -> Cluster:
         """Build a cluster from its typed config; unsupported types fail here, clearly."""
@@ -107,7 +112,8 @@ class ClusterManager:
         max_duration: float | None = None
         max_headers_kb = codec.DEFAULT_MAX_RESPONSE_HEADERS_BYTES // 1024
         max_headers_count = DEFAULT_MAX_HEADERS_COUNT
-        chpo = getattr(cfg, "common_http_protocol_options", None)
+        http_options = getattr(cfg, "http_options", None)
+        chpo = http_options() if http_options is not None else None
         if chpo is not None:
             idle_timeout = chpo.idle_timeout
             max_duration = chpo.max_connection_duration
@@ -126,6 +132,12 @@ class ClusterManager:
             ),
             idle_timeout=idle_timeout,
         )
+        tls_cfg = cfg.tls() if hasattr(cfg, "tls") else None
+        tls = None
+        if tls_cfg is not None:
+            tls = self.tls[cfg.name] = UpstreamTls(
+                tls_cfg, f"{path}.transport_socket.typed_config", info.scope
+            )
         pool_factory: Callable[[Host], HostPool] = lambda host: HostPool(  # noqa: E731
             host,
             info.stats,
@@ -135,8 +147,41 @@ class ClusterManager:
             buffer_limit=info.per_connection_buffer_limit_bytes,
             max_response_headers_bytes=max_headers_kb * 1024,
             max_response_headers_count=max_headers_count,
+            tls=tls,
         )
-        cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
+        protocol, h2_options = (
+            cfg.upstream_protocol() if hasattr(cfg, "upstream_protocol") else ("http1", None)
+        )
+        h2_pool_factory: Callable[[Host], H2HostPool] | None = None
+        if h2_options is not None:
+            settings = http2_settings(h2_options, max_headers_kb * 1024)
+            if (
+                tls is not None
+                and tls_cfg is not None
+                and protocol == "http2"
+                and not tls_cfg.common_tls_context.alpn_protocols
+            ):
+                # Envoy offers the pool's protocol when the context names none: a pod
+                # speaking HTTP/2 over TLS (gRPC) requires ALPN h2.
+                tls.context.set_alpn_protocols(["h2"])
+            h2_pool_factory = lambda host: H2HostPool(  # noqa: E731
+                host,
+                info.stats,
+                connect_timeout=info.connect_timeout,
+                settings=settings,
+                idle_timeout=idle_timeout,
+                max_connection_duration=max_duration,
+                buffer_limit=info.per_connection_buffer_limit_bytes,
+                scheme=b"https" if tls is not None else b"http",
+                tls=tls,
+            )
+        if protocol == "http2":
+            assert h2_pool_factory is not None
+            cluster = Cluster(info, lb_factory(**lb_kwargs), h2_pool_factory)
+        elif protocol == "downstream":
+            cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory, h2_pool_factory)
+        else:
+            cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
         if self.pushed:
             factory(cluster, cfg, path, resolver=None, random=self.random)  # config checks only
             cluster.discovery = PushedDiscovery(cluster)
@@ -177,5 +222,5 @@ class ClusterManager:
     def shutdown(self) -> None:
         for c in self.clusters.values():
             c.discovery.stop()
-            for pool in c.pools.values():
+            for pool in c.all_pools():
                 pool.close()

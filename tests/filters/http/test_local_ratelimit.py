@@ -183,12 +183,6 @@ def test_config_loads_with_envoy_defaults() -> None:
             f"{FILTER}.descriptors: Envoy field not supported by podproxy yet",
         ),
         (
-            {"stat_prefix": "rl", "rate_limited_as_resource_exhausted": True},
-            None,
-            f"{FILTER}.rate_limited_as_resource_exhausted: gRPC local replies"
-            " (RESOURCE_EXHAUSTED) not supported by podproxy yet",
-        ),
-        (
             {"stat_prefix": "rl", "status": {"code": 999}},
             None,
             f"{FILTER}.status.code: expected an HTTP status Envoy's StatusCode defines"
@@ -230,7 +224,6 @@ def test_config_loads_with_envoy_defaults() -> None:
         "no-fill-interval",
         "per-route-without-bucket",
         "descriptors",
-        "grpc-resource-exhausted",
         "status-undefined",
         "status-empty",
         "too-many-headers",

@@ -454,3 +454,37 @@ def test_head_limit_does_not_depend_on_how_the_bytes_arrive(
         i for i, size in enumerate(sizes) if size + len(b"content-length: %d\r\n" % body) > limit
     ]
     assert whole == ((over[0], 431) if over else (len(sizes), None))
+
+
+def test_bytes_after_an_upgrade_head_are_kept_for_the_tunnel() -> None:
+    sink = Sink()
+    dec = RequestDecoder(sink)
+    head = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    dec.feed(head + b"\x81\x85frame")
+    assert dec.stopped and dec.upgrade_tail == b"\x81\x85frame"
+    (only,) = _heads(sink.events)
+    assert only.upgrade == b"websocket"
+
+
+@pytest.mark.parametrize("no_body", [False, True], ids=["get", "head"])
+def test_a_101_is_handed_on_with_the_bytes_after_it(no_body: bool) -> None:
+    dec = ResponseDecoder(Sink())
+    dec.expect_response(no_body)
+    with pytest.raises(codec.SwitchingProtocols) as info:
+        dec.feed(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n\x81\x02hi"
+        )
+    assert info.value.head.status == 101
+    assert info.value.head.headers == [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+    assert info.value.tail == b"\x81\x02hi"
+    assert info.value.status_hint == 503  # what it means to a request that asked no upgrade
+
+
+def test_a_101_without_upgrade_switches_to_nothing() -> None:
+    dec = ResponseDecoder(Sink())
+    dec.expect_response(False)
+    with pytest.raises(codec.UnexpectedUpgrade) as info:
+        dec.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\nxx")
+    assert not isinstance(info.value, codec.SwitchingProtocols)
+    assert info.value.status_hint == 503

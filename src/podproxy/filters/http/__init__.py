@@ -7,7 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from podproxy.filters.http import buffer, cors, fault, health_check, local_ratelimit
+from podproxy.filters.http import (
+    buffer,
+    cors,
+    fault,
+    grpc_http1_bridge,
+    grpc_web,
+    health_check,
+    local_ratelimit,
+)
 from podproxy.filters.http.common import FilterContext
 from podproxy.http.filter import FilterFactory
 
@@ -17,4 +25,6 @@ HTTP_FILTERS: dict[str, Callable[[Any, FilterContext], FilterFactory]] = {
     local_ratelimit.NAME: local_ratelimit.build,
     health_check.NAME: health_check.build,
     cors.NAME: cors.build,
+    grpc_web.NAME: grpc_web.build,
+    grpc_http1_bridge.NAME: grpc_http1_bridge.build,
 }

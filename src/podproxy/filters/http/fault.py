@@ -3,7 +3,8 @@
 Per stream: the route's `typed_per_filter_config` replaces the filter's settings; the fault
 applies only to the configured upstream cluster, downstream nodes and headers; a delay stops the
 request's walk for its duration (the body waits, the client's reading pauses), then an abort
-may follow. An abort is a local reply `fault filter abort` with flag FI (delay: DI). Active
+may follow. An abort is a local reply `fault filter abort` with flag FI (delay: DI): an HTTP
+status, or a gRPC status (HTTP 200, and to a gRPC request that grpc-status). Active
 faults are counted once per stream and capped by `max_active_faults` (Envoy's fuzzy limit).
 Runtime keys are read through the HCM's runtime seam with the configured defaults.
 """
@@ -22,7 +23,7 @@ from podproxy.http.filter import (
     FilterCallbacks,
     HttpFilter,
 )
-from podproxy.http.stream import RequestHead
+from podproxy.http.stream import RequestHead, is_grpc_request
 from podproxy.router.routes import header_predicate
 from podproxy.stats import Counter, Gauge, Scope
 
@@ -33,6 +34,7 @@ DELAY_HEADER = b"x-envoy-fault-delay-request"
 DELAY_PERCENT_HEADER = b"x-envoy-fault-delay-request-percentage"
 ABORT_HEADER = b"x-envoy-fault-abort-request"
 ABORT_PERCENT_HEADER = b"x-envoy-fault-abort-request-percentage"
+ABORT_GRPC_HEADER = b"x-envoy-fault-abort-grpc-request"
 
 
 @dataclass(slots=True)
@@ -51,6 +53,7 @@ class FaultSettings:
 
     __slots__ = (
         "abort",
+        "abort_grpc",
         "abort_header",
         "abort_percent",
         "cfg",
@@ -81,11 +84,13 @@ class FaultSettings:
                 self.delay_ms = round(d.fixed_delay * 1000)
         a = cfg.abort
         self.abort: int | None = None
+        self.abort_grpc: int | None = None
         self.abort_header = False
         self.abort_percent: tuple[int, int] | None = None
         if a is not None:
             self.abort_percent = (a.percentage.numerator, a.percentage.denominator.value)
             self.abort = a.http_status
+            self.abort_grpc = a.grpc_status
             self.abort_header = a.header_abort is not None
 
 
@@ -101,6 +106,18 @@ def _header_percent(head: RequestHead, name: bytes, configured: tuple[int, int])
     except ValueError:
         return configured
     return (min(given, num), den) if given >= 0 else configured
+
+
+def _unsigned(value: bytes | None) -> int | None:
+    """An unsigned integer header value as absl::SimpleAtoi reads one (ASCII whitespace
+    around it and a leading `+` allowed), None when absent or not one: Envoy 1.40 ignored
+    `-1` and `junk` in x-envoy-fault-abort-grpc-request and took `0` and `99`."""
+    if value is None:
+        return None
+    text = value.strip(b" \t\n\v\f\r")
+    if text[:1] == b"+":
+        text = text[1:]
+    return int(text) if text.isdigit() else None
 
 
 class FaultConfig:
@@ -207,10 +224,11 @@ class FaultFilter(HttpFilter):
         if s.abort_percent is None:
             return False
         http_status = s.abort
+        grpc_status = s.abort_grpc
         percent = s.abort_percent
         if s.abort_header:
-            # The status a client asks for; without a valid one there is no abort. (The gRPC
-            # header, x-envoy-fault-abort-grpc-request, waits for gRPC local replies.)
+            # The status a client asks for; without a valid one there is no abort. The HTTP
+            # header wins over the gRPC one (fault_config.cc HeaderAbortProvider).
             http_status = None
             value = head.get(ABORT_HEADER)
             if value is not None:
@@ -220,17 +238,35 @@ class FaultFilter(HttpFilter):
                     http_status = None
                 if http_status is not None and not 200 <= http_status < 600:
                     http_status = None
+            grpc_status = None
             if http_status is None:
+                grpc_status = _unsigned(head.get(ABORT_GRPC_HEADER))
+            if http_status is None and grpc_status is None:
                 return False
             percent = _header_percent(head, ABORT_PERCENT_HEADER, percent)
-        if http_status is None or not self.config.enabled(s.cfg.abort_percent_runtime, percent):
+        if http_status is None and grpc_status is None:
             return False
-        status = self.config.runtime.get_integer(s.cfg.abort_http_status_runtime, http_status)
+        if not self.config.enabled(s.cfg.abort_percent_runtime, percent):
+            return False
+        runtime = self.config.runtime
+        headers: list[tuple[bytes, bytes]] | None = None
+        if http_status is not None:
+            status = runtime.get_integer(s.cfg.abort_http_status_runtime, http_status)
+            status = status or http_status
+        else:
+            # Only a gRPC status: Envoy replies 200, and a gRPC client gets the status (a
+            # request of another kind gets the plain 200 `fault filter abort`, checked side by
+            # side with Envoy 1.40).
+            assert grpc_status is not None
+            status = 200
+            code = runtime.get_integer(s.cfg.abort_grpc_status_runtime, grpc_status)
+            if is_grpc_request(head.headers):
+                headers = [(b"grpc-status", b"%d" % (grpc_status if code is None else code))]
         self._activate()
         self.config.count(self.downstream_cluster, "aborts_injected")
         self.callbacks.exchange.add_flag("FI")
         self.callbacks.send_local_reply(
-            status or http_status, ABORT_BODY, details="fault_filter_abort"
+            status, ABORT_BODY, headers=headers, details="fault_filter_abort"
         )
         return True
 

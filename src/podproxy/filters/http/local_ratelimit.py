@@ -1,6 +1,7 @@
 """The local rate limit filter (envoy.filters.http.local_ratelimit): one token per request from
 a token bucket kept in this process; none left, and the request is answered
-`429 local_rate_limited` (flag RL) instead of going on.
+`429 local_rate_limited` (flag RL) instead of going on (a gRPC client: UNAVAILABLE, or
+RESOURCE_EXHAUSTED with `rate_limited_as_resource_exhausted`).
 
 Theory of operation. Each LocalRateLimit config (the filter's own, and each route's or virtual
 host's in `typed_per_filter_config`, which replaces it whole) has its own bucket and its own
@@ -27,7 +28,7 @@ from typing import Any
 
 from podproxy.filters.http.common import FilterContext, Runtime
 from podproxy.http.filter import CONTINUE, STOP_ITERATION, FilterCallbacks, HttpFilter
-from podproxy.http.stream import ResponseHead
+from podproxy.http.stream import GRPC_RESOURCE_EXHAUSTED, ResponseHead, is_grpc_request
 from podproxy.router.routes import HeaderMutation, HeaderToAdd
 from podproxy.stats import Counter, Scope
 
@@ -42,6 +43,7 @@ MIN_FILL_RATE = 1.0 / (365 * 24 * 60 * 60)
 LIMIT_HEADER = b"x-ratelimit-limit"
 REMAINING_HEADER = b"x-ratelimit-remaining"
 RESET_HEADER = b"x-ratelimit-reset"
+_RESOURCE_EXHAUSTED = (b"grpc-status", b"%d" % GRPC_RESOURCE_EXHAUSTED)
 
 Clock = Callable[[], float]
 
@@ -136,6 +138,7 @@ class RateLimitSettings:
         "max_tokens",
         "per_connection",
         "request_headers",
+        "resource_exhausted",
         "response_headers",
         "stats",
         "status",
@@ -161,6 +164,7 @@ class RateLimitSettings:
         self.response_headers = _mutation(cfg.response_headers_to_add)
         self.x_headers = cfg.enable_x_ratelimit_headers.name == "DRAFT_VERSION_03"
         self.per_connection = cfg.local_rate_limit_per_downstream_connection
+        self.resource_exhausted = cfg.rate_limited_as_resource_exhausted
         self.clock = clock
         self.buckets = buckets
         tb = cfg.token_bucket
@@ -257,6 +261,10 @@ class LocalRateLimitFilter(HttpFilter):
         headers: list[tuple[bytes, bytes]] = []
         if s.response_headers is not None:
             s.response_headers.apply(headers)
+        if s.resource_exhausted and is_grpc_request(head.headers):
+            # rate_limited_as_resource_exhausted: a gRPC client gets RESOURCE_EXHAUSTED, not
+            # the UNAVAILABLE that 429 (or any configured status) maps to.
+            headers.append(_RESOURCE_EXHAUSTED)
         self.callbacks.send_local_reply(
             s.status, BODY, headers=headers, details=DETAILS, flags="RL"
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podproxy.errors import UpstreamConnectError, UpstreamError, UpstreamResetError
+from podproxy.filters.http.deadlines import Deadlines
 from podproxy.filters.http.shadow import MirroredRequest, ShadowStream, shadow_head
 from podproxy.http.conn_manager import (
     CONTINUE_100,
@@ -35,8 +36,10 @@ from podproxy.http.http1 import codec
 from podproxy.http.http1.codec import HOP_BY_HOP
 from podproxy.http.http1.logged import LoggedExchange, note_route
 from podproxy.http.http1.pool import HostPool
+from podproxy.http.http1.tunnel import start_tunnel
 from podproxy.http.http1.upstream import UpstreamConnection
 from podproxy.http.stream import Exchange, Headers, ResponseHead, is_grpc_request
+from podproxy.router.grpc_timeout import GRPC_TIMEOUT, GrpcTimeoutPolicy, to_grpc_timeout
 from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
 from podproxy.upstream.cluster import Cluster
@@ -51,6 +54,8 @@ _REWRITE_MARKS = frozenset({b"x-envoy-original-path", b"x-envoy-original-host"})
 
 # Request headers the forwarder rewrites itself; dropped from the copy loop.
 _REQ_HANDLED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# The one `te` a request keeps upstream (RFC 9110 §10.1.4; Envoy reduces te to trailers).
+_TE_TRAILERS = b"te: trailers\r\n"
 # Response headers the forwarder rewrites itself.
 _RESP_HANDLED = HOP_BY_HOP | {b"content-length"}
 
@@ -218,6 +223,8 @@ class Forwarder:
         self._drop_upstream_server = config.server_header_transformation == "OVERWRITE"
         self._add_server = config.server_header_transformation != "PASS_THROUGH"
         self._timeouts: dict[float, TimeoutQueue] = {}
+        # Per-request deadlines of routes with gRPC-aware timeouts (no others add to it).
+        self.deadlines = Deadlines()
         # Decided once: only access-logged HCMs pay for noting what the log reads.
         self._filtered_upstream_request: type[UpstreamRequest] = (
             LoggedFilteredUpstreamRequest if config.access_logged else FilteredUpstreamRequest
@@ -299,7 +306,13 @@ class Forwarder:
         if expect_continue:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             conn.write(CONTINUE_100)
-        pool: HostPool = cluster.pools.get(host) or cluster.pool_for(host)
+        pool: HostPool
+        if cluster.by_downstream:
+            pool = cluster.pool_for(host, head.version == "2")
+        else:
+            pool = cluster.pools.get(host) or cluster.pool_for(host)
+        if chunked and pool.multiplexed:
+            chunked = False  # HTTP/2 frames the body itself
         upstream = pool.take_idle()
         if upstream is not None:
             # The head leaves before the exchange's bookkeeping is made: nothing can answer
@@ -350,10 +363,10 @@ class Forwarder:
                     ex,
                     cluster,
                     host,
-                    cluster.pool_for(host),
+                    cluster.pool_for(host, ex.head.version == "2"),
                     shadow_head(head, policy, self.config.node_address),
                     chunked,
-                    timeout=route.timeout,
+                    timeout=self._shadow_timeout(ex, route),
                     limit=self.config.buffer_limit,
                     loop=ex.conn.loop,
                     on_abandon=ureq.cluster,
@@ -365,6 +378,17 @@ class Forwarder:
         ex.state = state
         for shadow in shadows:
             shadow.start(state)
+
+    @staticmethod
+    def _shadow_timeout(ex: Exchange, route: Route) -> float | None:
+        """A mirror's timeout: the real request's (Envoy's async client gets the router's
+        final timeout), decided per request on a route with gRPC-aware timeouts."""
+        policy = route.grpc_timeouts
+        if policy is None:
+            return route.timeout
+        headers = ex.head.headers
+        ms = policy.router_timeout(is_grpc_request(headers), headers)
+        return ms / 1000 if ms else None
 
     def route_reply_headers(self, ex: Exchange, route: Route) -> Headers | None:
         """The route's response header mutations, for a local reply once the route is known
@@ -451,6 +475,63 @@ class Forwarder:
             and not self.config.suppress_envoy_headers
         )
 
+    def _grpc_timeout_lines(
+        self, headers: Headers, policy: GrpcTimeoutPolicy, out: list[bytes]
+    ) -> list[bytes]:
+        """The timeout headers of a request on a route with gRPC-aware timeouts: `out` (header
+        groups of four from index 6) with the client's grpc-timeout replaced when Envoy
+        replaces it, and x-envoy-expected-rq-timeout-ms (router.cc setTimeoutHeaders).
+
+        Legacy: the router's timeout (from grpc-timeout for a gRPC request) goes in both; 0
+        means none, and then neither is written. New timeouts: the router has no timeout, and
+        a gRPC upstream gets the stream's duration (refreshDurationTimeout), the client's
+        grpc-timeout staying when nothing limits the stream."""
+        grpc = is_grpc_request(headers)
+        value: bytes | None = None
+        ms: int | None = None
+        if policy.new_timeouts:
+            if grpc:
+                ms = policy.stream_duration(headers)
+                if ms is None:
+                    ms = policy.max_stream_duration_ms or None
+                if ms is not None:
+                    value = to_grpc_timeout(ms)
+        else:
+            ms = policy.router_timeout(grpc, headers)
+            if ms and grpc and policy.max_grpc_timeout_ms is not None:
+                value = to_grpc_timeout(ms)
+        if value is not None:
+            kept = out[:6]
+            for n in range(6, len(out), 4):
+                if out[n] != GRPC_TIMEOUT:
+                    kept += out[n : n + 4]
+            out = kept
+            out += (b"grpc-timeout: ", value, b"\r\n")
+        if not policy.new_timeouts and ms and not self.config.suppress_envoy_headers:
+            out += (b"x-envoy-expected-rq-timeout-ms: %d\r\n" % ms,)
+        return out
+
+    def arm_grpc_deadline(self, ureq: UpstreamRequest, policy: GrpcTimeoutPolicy) -> None:
+        """Once the request has been received: its router timeout (legacy: from now, as
+        Envoy's onRequestComplete starts it) or its stream duration from grpc-timeout (new
+        timeouts: from the stream's start) in the deadline heap, as `ureq.timer`, which its
+        completion cancels."""
+        ex = ureq.ex
+        headers = ex.head.headers
+        loop = ex.conn.loop
+        if policy.new_timeouts:
+            ms = policy.stream_duration(headers)
+            if ms is not None:
+                ureq.timer = self.deadlines.add(
+                    ex.start + ms / 1000, ureq, _stream_duration_reached, loop
+                )
+            return
+        ms = policy.router_timeout(is_grpc_request(headers), headers)
+        if ms:
+            ureq.timer = self.deadlines.add(
+                loop.time() + ms / 1000, ureq, UpstreamRequest.on_timeout, loop
+            )
+
     def request_head(self, ex: Exchange, route: Route, host: Host) -> tuple[bytes, bool, bool]:
         """The upstream request head bytes, whether the body goes chunked, and whether the
         client asked for `100-continue`. One pass over the headers, one join."""
@@ -459,6 +540,7 @@ class Forwarder:
         target = head.target
         out: list[bytes] = [head.method, b" ", target, b" HTTP/1.1\r\nhost: ", b"", b"\r\n"]
         extra: list[bytes] = []
+        te_trailers = False
         authority = head.host or b""
         xff: bytes | None = None
         has_xfp = False
@@ -484,7 +566,7 @@ class Forwarder:
                 elif k == b"expect":
                     expect_continue = v.lower() == b"100-continue"
                 elif k == b"te" and v.strip().lower() == b"trailers":
-                    extra.append(b"te: trailers\r\n")
+                    te_trailers = True
                 elif k == b"user-agent" and v:  # handled only with add_user_agent
                     has_user_agent = True
                     out += (k, b": ", v, b"\r\n")
@@ -510,15 +592,15 @@ class Forwarder:
                 if out[n] not in connection_tokens:
                     kept += out[n : n + 4]
             out = kept
-        if route.max_stream_duration is not None and is_grpc_request(head.headers):
-            # A route with max_stream_duration tells a gRPC upstream its deadline, replacing
-            # the client's (conn_manager_impl.cc refreshDurationTimeout); 0 removes it.
-            kept = out[:6]
-            for n in range(6, len(out), 4):
-                if out[n] != b"grpc-timeout":
-                    kept += out[n : n + 4]
-            out = kept
-            out.append(route.grpc_timeout_line)
+        if head.upgrade is not None:
+            # An upgrade the connection manager let through (http1.tunnel) keeps its upgrade
+            # fields, which Envoy forwards as the client sent them.
+            for k, v in head.headers:
+                if k == b"upgrade" or k == b"connection":
+                    out += (k, b": ", v, b"\r\n")
+        policy = route.grpc_timeouts
+        if policy is not None:
+            out = self._grpc_timeout_lines(head.headers, policy, out)
 
         if cfg.use_remote_address:
             # An edge request (conn_manager_utility.cc mutateRequestHeaders): the client is the
@@ -577,9 +659,20 @@ class Forwarder:
         out[4] = authority
         if chunked:
             extra = [b"transfer-encoding: chunked\r\n"]  # never with content-length (llhttp)
+        if te_trailers:
+            # gRPC needs it end to end (a gRPC server refuses a call without it).
+            extra.append(_TE_TRAILERS)
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue
+
+
+def _stream_duration_reached(ureq: UpstreamRequest) -> None:
+    """A stream duration from grpc-timeout ran out: the connection answers as for
+    max_stream_duration (504, or DEADLINE_EXCEEDED to a gRPC client)."""
+    ureq.timer = None
+    if not ureq.done:
+        ureq.ex.conn.max_duration_reached(ureq.ex)
 
 
 def _is_attempt_count(line: bytes) -> bool:
@@ -739,7 +832,7 @@ class UpstreamRequest:
         host.stats.rq_active += 1
         cluster.info.stats.upstream_rq_retry.value += 1
         self.host = host
-        self.pool = cluster.pool_for(host)
+        self.pool = cluster.pool_for(host, self.ex.head.version == "2")
         self.ex.upstream_host = host.key
         self._resend()
         return True
@@ -783,6 +876,9 @@ class UpstreamRequest:
         timeout = self.route.timeout
         if timeout is not None and not self.done:
             self.timer = self.fwd.timeout_queue(timeout).add(self, self.ex.conn.loop)
+        elif self.route.grpc_timeouts is not None and not self.done:
+            # Only routes without a fixed timeout get here (0, or decided per request).
+            self.fwd.arm_grpc_deadline(self, self.route.grpc_timeouts)
         conn = self.conn
         if conn is not None and not self.done:
             if self.body_chunked:
@@ -920,6 +1016,15 @@ class UpstreamRequest:
         )
         ex.conn.finish(ex, keep_alive=keep_alive and ex.head.keep_alive)
 
+    def on_response_trailers(self, trailers: Headers) -> None:
+        """The response's trailers (an HTTP/2 upstream's): the client's codec sends them
+        (HTTP/2) or drops them (HTTP/1, as Envoy's does without enable_trailers). The
+        response's end follows."""
+        if self.done:
+            return
+        self._flush_held_head()
+        self.ex.conn.write_trailers(self.ex, trailers)
+
     def on_upstream_error(self, err: UpstreamError) -> None:
         if self.done:
             return
@@ -928,18 +1033,48 @@ class UpstreamRequest:
             isinstance(err, UpstreamResetError)
             and not self.retried
             and conn is not None
-            and conn.requests_served > 0
             and self.response_head is None
             and self.replay is not None
-            and self.ex.head.method in IDEMPOTENT_METHODS
+            and (
+                err.refused
+                or (conn.requests_served > 0 and self.ex.head.method in IDEMPOTENT_METHODS)
+            )
         ):
             # The keep-alive race: a reused connection closed before any response byte. An
             # idempotent request may be sent again on a fresh one; any other may have been
             # processed already, so it gets the reset reply (README, when a request is resent).
+            # A stream the pod refused (HTTP/2 REFUSED_STREAM, or above its GOAWAY's last
+            # stream) was not processed: any request may go again.
             self.retried = True
             self._resend()
             return
         self._fail(err)
+
+    def on_upgrade(self, conn: UpstreamConnection, head: ResponseHead, tail: bytes) -> bool:
+        """The upstream switched protocols (101). If the request asked for an upgrade, the 101
+        goes to the client (through the encoder filters) and a tunnel (http1.tunnel) takes the
+        exchange over; False otherwise: an unexpected upgrade (Envoy's 503)."""
+        ex = self.ex
+        if self.done or ex.head.upgrade is None:
+            return False
+        if self.timer is not None:
+            # Envoy's router turns the route timeout off once an upgrade completes.
+            self.timer[1] = None
+            self.timer = None
+        self.conn = None
+        self.on_response_head(head)
+        built, self.held_head = self.held_head, None
+        if self.fwd.dynamic_stats:
+            st = self.cluster.info.stats
+            st.upstream_rq_completed.value += 1
+            st.upstream_rq_1xx.value += 1
+            self.cluster.info.code_counter(101).value += 1
+        start_tunnel(ex, conn, head, built, tail, self.route, self._tunnel_ended)
+        return True
+
+    def _tunnel_ended(self) -> None:
+        self._complete()
+        self.host.stats.rq_success += 1
 
     def on_upstream_write_paused(self) -> None:
         flow = self.ex.conn.flow
@@ -1027,7 +1162,7 @@ class FilteredUpstreamRequest(UpstreamRequest):
     (`encode_head` / `encode_body`, the filter manager's sink). Unfiltered streams never
     pay for this."""
 
-    __slots__ = ("ended_in_head",)
+    __slots__ = ("ended_in_head", "trailered")
 
     def on_response_head(self, head: ResponseHead) -> None:
         if self.done:
@@ -1042,11 +1177,17 @@ class FilteredUpstreamRequest(UpstreamRequest):
             or self.ex.head.method == b"HEAD"
         )
         self.ended_in_head = end
+        self.trailered = False
         self.ex.filters.encode_headers(head, end, self)
 
     def on_response_body(self, data: bytes) -> None:
         if not self.done:
             self.ex.filters.encode_data(data, False)
+
+    def on_response_trailers(self, trailers: Headers) -> None:
+        if not self.done:
+            self.trailered = True
+            self.ex.filters.encode_trailers(trailers)
 
     def on_response_end(self) -> None:
         if self.done:
@@ -1058,7 +1199,7 @@ class FilteredUpstreamRequest(UpstreamRequest):
         if self.timer is not None:
             self.timer[1] = None
             self.timer = None
-        if not self.ended_in_head:
+        if not self.ended_in_head and not self.trailered:
             self.ex.filters.encode_data(b"", True)
 
     # the filter manager's sink ---------------------------------------------------------
@@ -1074,8 +1215,9 @@ class FilteredUpstreamRequest(UpstreamRequest):
             super().on_response_end()
 
     def encode_trailers(self, trailers: Headers) -> None:
-        # The response ends: HTTP/1 to the client carries no trailers (Envoy's HTTP/1 codec
-        # without enable_trailers drops them too).
+        # The response ends with them (an HTTP/1 client's codec drops them, as Envoy's
+        # without enable_trailers).
+        super().on_response_trailers(trailers)
         super().on_response_end()
 
 

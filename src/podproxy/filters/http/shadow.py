@@ -115,7 +115,8 @@ class ShadowStream:
         self.host = host
         self.pool = pool
         self.head = head
-        self.body_chunked = body_chunked
+        # A multiplexed (HTTP/2) pool takes the body as it is, without HTTP/1 chunks.
+        self.body_chunked = body_chunked and not getattr(pool, "multiplexed", False)
         self.timeout = timeout
         self.limit = limit
         self.loop = loop

@@ -88,6 +88,18 @@ class _DateCache:
 http_date = _DateCache()
 
 
+class SwitchingProtocols(UnexpectedUpgrade):
+    """An upstream answered `101 Switching Protocols`: what follows its head is another
+    protocol. Raised by `ResponseDecoder.feed` with the head and the bytes after it in that
+    read; the connection decides whether its request asked for an upgrade (then the tunnel
+    takes over) or not (then it is Envoy's 503 for an unexpected upgrade)."""
+
+    def __init__(self, head: ResponseHead, tail: bytes) -> None:
+        super().__init__("unexpected 101 Switching Protocols", 503)
+        self.head = head
+        self.tail = tail
+
+
 class RequestSink(Protocol):
     def on_request_head(self, head: RequestHead) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...
@@ -128,6 +140,7 @@ class RequestDecoder:
         "max_headers_count",
         "sink",
         "stopped",
+        "upgrade_tail",
     )
 
     def __init__(
@@ -163,6 +176,9 @@ class RequestDecoder:
         self.stopped = False
         # In a request head, or between requests (where the next bytes start one).
         self.in_head = True
+        # The bytes after an upgrade request's head in the read that ended it: the start of
+        # the upgraded protocol, which a tunnel passes on (http1.tunnel).
+        self.upgrade_tail = b""
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises `ProtocolError` (with a status hint) on a malformed stream.
@@ -185,6 +201,8 @@ class RequestDecoder:
                     self._reframe_h2c_body()
                 if not data:
                     return
+                if self.stopped:
+                    self.upgrade_tail = data
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
                 if isinstance(cause, ProtocolError):
@@ -514,6 +532,7 @@ class ResponseDecoder:
         "_no_body",
         "_parser",
         "_size",
+        "_switched",
         "_tail",
         "in_message",
         "max_headers_bytes",
@@ -543,6 +562,7 @@ class ResponseDecoder:
         self._body_until_close = False
         self._expecting = False  # a request is outstanding: its response may begin
         self._tail = b""  # no-body mode: the last bytes fed, for a terminator split over reads
+        self._switched: ResponseHead | None = None  # a 101's head, until feed raises it
         self.in_message = False
 
     def expect_response(self, no_body: bool) -> None:
@@ -563,7 +583,18 @@ class ResponseDecoder:
             if isinstance(cause, ProtocolError):
                 raise cause from None
             raise ProtocolError(f"bad response: {exc}", 502) from exc
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops after any 101 (what follows is not HTTP/1.1), at this offset.
+            head = self._switched
+            if head is None:
+                raise ProtocolError(f"bad response: {exc}", 502) from exc
+            self._switched = None
+            raise SwitchingProtocols(head, data[exc.args[0] :]) from None
         except httptools.HttpParserError as exc:
+            if self._switched is not None:
+                # A 101 without `upgrade`: llhttp stops all the same, but httptools does not
+                # say where. It switches to nothing (RFC 9110 §15.2.2 requires the field).
+                raise UnexpectedUpgrade("101 Switching Protocols without upgrade", 503) from exc
             raise ProtocolError(f"bad response: {exc}", 502) from exc
 
     def _feed_heads(self, data: bytes) -> None:
@@ -594,7 +625,15 @@ class ResponseDecoder:
                 if stop < len(data):
                     raise ProtocolError("bytes after the response to HEAD", 502) from None
                 return
+            except httptools.HttpParserUpgrade as exc:
+                head = self._switched  # the response to a HEAD upgrade request was a 101
+                if head is None:
+                    raise ProtocolError(f"bad response: {exc}", 502) from exc
+                self._switched = None
+                raise SwitchingProtocols(head, data[start + exc.args[0] :]) from None
             except httptools.HttpParserError as exc:
+                if self._switched is not None:
+                    raise UnexpectedUpgrade("101 Switching Protocols without upgrade", 503) from exc
                 raise ProtocolError(f"bad response: {exc}", 502) from exc
             start = stop
         self._tail = joined[-3:]
@@ -645,7 +684,10 @@ class ResponseDecoder:
         self.in_message = True
         if status < 200:
             if status == 101:
-                raise UnexpectedUpgrade("unexpected 101 Switching Protocols", 503)
+                # Handed on by `feed` once llhttp stops after it (see SwitchingProtocols).
+                self._switched = ResponseHead(101, headers, False, None, False)
+                self._expecting = False
+                return
             _check_interim(status, headers)
             cb = self.on_informational
             if callable(cb):

@@ -18,18 +18,19 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import cast
+from typing import Any, cast
 
 from podproxy.errors import ProtocolError
 from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
-from podproxy.http.http1 import codec
+from podproxy.http.http1 import codec, tunnel
 from podproxy.http.stream import (
+    DEADLINE_EXCEEDED_FIELDS,
     Exchange,
     Headers,
     RequestHead,
     StreamHandler,
-    grpc_local_reply,
+    grpc_shaped_reply,
     is_grpc_request,
 )
 
@@ -38,6 +39,9 @@ log = logging.getLogger("podproxy.http")
 # Local-reply bodies of the connection manager's timeouts (Envoy 1.40, checked side by side).
 REQUEST_HEADER_TIMEOUT = b"request header timeout"
 DOWNSTREAM_DURATION_TIMEOUT = b"downstream duration timeout"
+
+# What Envoy's AUTO codec looks for in a connection's first read: HTTP/2 (RFC 9113 §3.4).
+H2_PREFACE_START = b"PRI * HTTP/2"
 
 # The stream timeouts the sweep tells apart (`_earliest`).
 _REQUEST_TIMEOUT, _STREAM_IDLE, _MAX_DURATION, _HEADERS = range(4)
@@ -69,6 +73,13 @@ class ConnectionTracker:
         self.connection_class = connection_class
         self.config = config
         self.handler = handler
+        # The HTTP/2 connection type and settings (set by the listener; None: HTTP/1 only).
+        # With codec_type HTTP2 every connection is one; with AUTO an HTTP/1 connection
+        # whose first read is the HTTP/2 preface becomes one.
+        self.h2_connection_class: Any = None
+        self.h2_settings: Any = None
+        # A TLS chain offering h2 by ALPN: a connection that negotiated it is HTTP/2.
+        self.alpn_h2 = False
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
         # The server fails health checks (admin /healthcheck/fail); `drain_new`: a connection
@@ -79,7 +90,9 @@ class ConnectionTracker:
         # Captured once: on Python 3.11 every asyncio.get_running_loop() is a getpid() syscall.
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def protocol_factory(self) -> DownstreamConnection:
+    def protocol_factory(self) -> asyncio.Protocol:
+        if self.config.codec_type == "HTTP2" and self.h2_connection_class is not None:
+            return cast(asyncio.Protocol, self.h2_connection_class(self, self.h2_settings))
         return self.connection_class(self)
 
     def start(self) -> None:
@@ -212,6 +225,11 @@ class DownstreamConnection(asyncio.Protocol):
             ls.downstream_cx_active.value += 1
         self.tracker.connections.add(self)
         tracker = self.tracker
+        if tracker.alpn_h2:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._become_h2(b"")
+                return
         if tracker.drain_new:
             if tracker.draining:
                 st.downstream_cx_drain_close.value += 1
@@ -227,7 +245,35 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             self.decoder.feed(data)
         except ProtocolError as exc:
+            if (
+                exc.status_hint is None
+                and self.io_count == 1
+                and self.tracker.h2_connection_class is not None
+                and data.startswith(H2_PREFACE_START)
+            ):
+                self._become_h2(data)
+                return
             self._protocol_error(exc)
+
+    def _become_h2(self, data: bytes) -> None:
+        """codec_type AUTO, and the first read starts with the HTTP/2 preface (Envoy looks at
+        its first 12 bytes, on the first read only), or TLS negotiated h2 by ALPN: hand the
+        transport to an HTTP/2 connection, which takes over this connection's count and the
+        bytes read (`data`)."""
+        transport = self.transport
+        assert transport is not None
+        tracker = self.tracker
+        tracker.connections.discard(self)
+        st = self.stats
+        # Envoy makes the codec on the first read: this was never an HTTP/1 connection.
+        st.downstream_cx_http1_total.value -= 1
+        st.downstream_cx_http1_active.value -= 1
+        self.closing = True
+        self.transport = None
+        self.decoder.close()
+        h2conn = tracker.h2_connection_class(tracker, tracker.h2_settings)
+        transport.set_protocol(h2conn)
+        h2conn.take_over(transport, data, counted=True)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still gets its response; one that
@@ -337,8 +383,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.active = ex
         self.idle_since = None
         head = ex.head
-        if head.upgrade is not None:
-            self._reject_upgrade(ex)
+        if head.upgrade is not None and not self._upgrade(ex):
             return
         if head.version != "1.1":
             if head.version != "1.0" or not self.config.accept_http_10:
@@ -362,6 +407,21 @@ class DownstreamConnection(asyncio.Protocol):
         if ex.request_complete:
             self.handler.on_request_end(ex)
 
+    def _upgrade(self, ex: Exchange) -> bool:
+        """An upgrade request (or CONNECT): whether it goes on to the handler, as one the
+        HCM's or its route's `upgrade_configs` let through (http.upgrade, http1.tunnel) or
+        one with no route (Envoy's router answers it, 404); else it was answered here."""
+        upgrades = self.config.upgrades
+        if upgrades is None or ex.head.upgrade == b"CONNECT":
+            self._reject_upgrade(ex)
+            return False
+        allowed, routed = upgrades.verdict(ex.head)
+        if routed and not allowed:
+            self._reject_upgrade(ex)
+            return False
+        tunnel.admit(self, ex, allowed)
+        return True
+
     def _reject_upgrade(self, ex: Exchange) -> None:
         """The one place an upgrade request (or CONNECT) is answered, as Envoy answers one
         with no `upgrade_configs`: 403 with no body (CONNECT, which no route matches without a
@@ -382,6 +442,10 @@ class DownstreamConnection(asyncio.Protocol):
             self.io_count += 1
             self.stats.downstream_cx_tx_bytes_total.value += len(data)
             transport.write(data)
+
+    def write_trailers(self, ex: Exchange, trailers: Headers) -> None:
+        """Response trailers: HTTP/1 has no place for them here (Envoy's HTTP/1 codec drops
+        them too without enable_trailers)."""
 
     def response_head_sent(self, ex: Exchange, status: int) -> None:
         ex.status = status
@@ -454,12 +518,8 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if flags != "-":
             ex.add_flag(flags)
-        if status != 200 and is_grpc_request(ex.head.headers):
-            # A gRPC client gets a gRPC status, not an error page (Envoy's sendLocalReply to a
-            # gRPC request: 200, trailers-only, so here a head with no body).
-            grpc = [(b"content-type", b"application/grpc"), *grpc_local_reply(status, body)]
-            extra = grpc + [(k, v) for k, v in extra or () if k != b"content-type"]
-            status, body = 200, b""
+        # A gRPC client gets a gRPC status, not an error page.
+        status, body, extra = grpc_shaped_reply(ex.head.headers, status, body, extra)
         if self.draining:
             self.drain_on_response()
         close = close or not ex.head.keep_alive
@@ -622,7 +682,7 @@ class DownstreamConnection(asyncio.Protocol):
             cfg.stats.downstream_rq_idle_timeout.value += 1
             self._abort(ex, 408, b"stream timeout")
         else:
-            self._max_duration_reached(ex)
+            self.max_duration_reached(ex)
 
     def _head_timed_out(self, now: float, started: float, cfg: ConnectionManagerConfig) -> bool:
         """A request head still arriving: `request_headers_timeout` or `max_stream_duration`
@@ -650,17 +710,20 @@ class DownstreamConnection(asyncio.Protocol):
             self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True)
         return True
 
-    def _max_duration_reached(self, ex: Exchange) -> None:
-        """max_stream_duration, as Envoy 1.40 answers it (checked side by side): 408 while the
-        request is still arriving (then close), 504 once it has arrived and no response has
-        begun (the connection stays), and a reset once the response has begun."""
+    def max_duration_reached(self, ex: Exchange) -> None:
+        """max_stream_duration (or a duration from grpc-timeout), as Envoy 1.40 answers it
+        (checked side by side): 408 while the request is still arriving (then close), 504
+        once it has arrived and no response has begun (the connection stays), and a reset
+        once the response has begun; a gRPC client gets DEADLINE_EXCEEDED."""
         self.stats.downstream_rq_max_duration_reached.value += 1
+        grpc = DEADLINE_EXCEEDED_FIELDS if is_grpc_request(ex.head.headers) else None
         if not ex.request_complete:
-            self._abort(ex, 408, DOWNSTREAM_DURATION_TIMEOUT)
+            self.handler.on_downstream_reset(ex)
+            self.send_local_reply(ex, 408, DOWNSTREAM_DURATION_TIMEOUT, close=True, extra=grpc)
             return
         self.handler.on_downstream_reset(ex)
         if not ex.response_started:
-            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT)
+            self.send_local_reply(ex, 504, DOWNSTREAM_DURATION_TIMEOUT, extra=grpc)
             return
         self.stats.downstream_rq_tx_reset.value += 1
         ex.response_complete = True

@@ -29,10 +29,14 @@ from podproxy.http.http1.upstream import (
 from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 
 if TYPE_CHECKING:
+    from podproxy.tls import UpstreamTls
     from podproxy.upstream.cluster import ClusterStats
     from podproxy.upstream.host import Host
 
 log = logging.getLogger("podproxy.pool")
+
+# `ssl=` and `server_hostname=` of a plaintext connection.
+_PLAINTEXT: tuple[None, None] = (None, None)
 
 
 class PoolWaiter(Protocol):
@@ -45,6 +49,10 @@ class PoolWaiter(Protocol):
 class HostPool:
     """Connections to one host."""
 
+    # One request per connection at a time (the HTTP/2 pool is multiplexed): the router
+    # frames a body of unknown length in HTTP/1 chunks for this pool.
+    multiplexed = False
+
     def __init__(
         self,
         host: Host,
@@ -56,8 +64,11 @@ class HostPool:
         buffer_limit: int | None = None,
         max_response_headers_bytes: int = DEFAULT_MAX_RESPONSE_HEADERS_BYTES,
         max_response_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
+        tls: UpstreamTls | None = None,
     ) -> None:
         self.host = host
+        # The cluster's transport_socket (UpstreamTlsContext): TLS to the host, or None.
+        self.tls = tls
         # The cluster's common_http_protocol_options max_response_headers_kb and
         # max_headers_count: a response over them is a protocol error (502, as Envoy).
         self.max_response_headers_bytes = max_response_headers_bytes
@@ -184,10 +195,19 @@ class HostPool:
         started = time.monotonic()
         err: UpstreamError | None = None
         conn: UpstreamConnection | None = None
+        # Envoy's connect_timeout runs until the transport socket is connected: with TLS,
+        # until the handshake is done.
+        ssl, server_hostname = (
+            self.tls.ssl_options(self.host) if self.tls is not None else _PLAINTEXT
+        )
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.host.address, self.host.port
+                    lambda: UpstreamConnection(self),
+                    self.host.address,
+                    self.host.port,
+                    ssl=ssl,
+                    server_hostname=server_hostname,
                 )
             conn = proto
         except TimeoutError:

@@ -102,6 +102,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.decoder.feed(data)
         except ProtocolError as exc:
+            if isinstance(exc, codec.SwitchingProtocols) and self._switch(exc):
+                return
             self.pool.stats.upstream_cx_protocol_error.value += 1
             self.ended_reusable = None  # bytes after the response: broken, never reused
             if isinstance(exc, UnexpectedUpgrade):
@@ -194,6 +196,16 @@ class UpstreamConnection(asyncio.Protocol):
             stream.on_response_end()
 
     # -----------------------------------------------------------------------------
+    def _switch(self, exc: codec.SwitchingProtocols) -> bool:
+        """A 101: the stream takes the connection over as a tunnel if its request asked for
+        that upgrade (the router's `on_upgrade`, which streams without one do not have);
+        the connection then never goes back to its pool. False: an unexpected upgrade."""
+        accept = getattr(self.stream, "on_upgrade", None)
+        if accept is None or not accept(self, exc.head, exc.tail):
+            return False
+        self.stream = None
+        return True
+
     def _fail(self, err: UpstreamError) -> None:
         stream = self.stream
         self.stream = None

@@ -1,0 +1,435 @@
+"""What both ends of an HTTP/2 connection share: settings, header translation, flow control.
+
+The codec is the `h2` library's state machine driven from an asyncio.Protocol. `H2Endpoint`
+holds what the client and the server side have in common:
+
+- **Settings** from `http2_protocol_options` with Envoy's defaults (`Http2Settings`).
+- **Header translation.** The router speaks HTTP/1 header blocks (`name: value\\r\\n` lines,
+  one join per head: the hot HTTP/1 path never builds anything else), so an HTTP/2 stream turns
+  a block it is given into a header list once, here, and turns the header list it receives
+  into the codec-neutral `RequestHead` / `ResponseHead`. Connection-specific fields (RFC 9113
+  §8.2.2) never cross.
+- **Flow control, both ways, per stream.** Outbound: a stream's body waits in the stream while
+  its window (or the connection's) is closed, or while the socket's buffer is over its
+  high-water mark; past `per_connection_buffer_limit_bytes` of waiting body the stream tells
+  its producer to pause (and to resume below a quarter of it), so a slow stream never stalls
+  its siblings and memory stays bounded. Inbound: the connection window is handed back as
+  bytes arrive (Envoy keeps the connection window open so one paused stream cannot starve the
+  others); a stream's own window only as its consumer takes the data, so a stream whose
+  consumer paused it (`pause_reading`) gets at most its window more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from podproxy.http.flow import WRITE_HIGH_WATER, WRITE_LOW_WATER
+from podproxy.http.stream import Headers
+
+log = logging.getLogger("podproxy.http2")
+
+# RFC 9113 §8.2.2 and the HTTP/1 hop-by-hop fields: never sent on an HTTP/2 stream (`te` is
+# kept only as `trailers`, which gRPC needs).
+CONNECTION_SPECIFIC = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    }
+)
+
+# The window (and h2's 2^31-1 bound): what RFC 9113 lets a WINDOW_UPDATE add at most.
+MAX_WINDOW = 2**31 - 1
+DEFAULT_WINDOW = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """`http2_protocol_options`, with Envoy's current defaults (since 1.36)."""
+
+    hpack_table_size: int = 4096
+    max_concurrent_streams: int = 1024
+    initial_stream_window_size: int = 16 * 1024 * 1024
+    initial_connection_window_size: int = 24 * 1024 * 1024
+    # max_outbound_frames / max_outbound_control_frames: flood protection (connection closed).
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    # Envoy's max_request_headers_kb (downstream) / max_response_headers_kb (upstream).
+    max_header_list_size: int = 60 * 1024
+    # HttpConnectionManager.stream_error_on_invalid_http_message / the option's override:
+    # an invalid message resets its stream only, rather than the connection.
+    stream_error_on_invalid_http_messaging: bool = False
+
+    def local_settings(self, client: bool) -> Settings:
+        values = {
+            SettingCodes.HEADER_TABLE_SIZE: self.hpack_table_size,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.initial_stream_window_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
+            SettingCodes.ENABLE_PUSH: 0,
+        }
+        if not client:
+            # A client's max_concurrent_streams caps what the pool opens (it is not sent:
+            # servers do not open streams since push is off).
+            values[SettingCodes.MAX_CONCURRENT_STREAMS] = self.max_concurrent_streams
+        return Settings(client=client, initial_values=values)
+
+
+DEFAULT_SETTINGS = Http2Settings()
+
+
+def http2_settings(options: Any, max_header_list_size: int) -> Http2Settings:
+    """Settings from a typed `Http2ProtocolOptions` (config.schema)."""
+    return Http2Settings(
+        hpack_table_size=options.hpack_table_size,
+        max_concurrent_streams=options.max_concurrent_streams,
+        initial_stream_window_size=options.initial_stream_window_size,
+        initial_connection_window_size=options.initial_connection_window_size,
+        max_outbound_frames=options.max_outbound_frames,
+        max_outbound_control_frames=options.max_outbound_control_frames,
+        max_header_list_size=max_header_list_size,
+    )
+
+
+def block_fields(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """An HTTP/1 head written by podproxy (`start line\\r\\n` + `name: value\\r\\n`... +
+    `\\r\\n`) as its start line and lower-case field pairs."""
+    lines = block.split(b"\r\n")
+    fields = []
+    for line in lines[1:]:
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        fields.append((name.strip().lower(), value.strip()))
+    return lines[0], fields
+
+
+def response_block_to_h2(block: bytes) -> Headers:
+    """A response head from the router (`HTTP/1.1 200 OK` + fields) as HTTP/2 headers."""
+    start, fields = block_fields(block)
+    status = start.split(b" ", 2)[1]
+    headers: Headers = [(b":status", status)]
+    for name, value in fields:
+        if name not in CONNECTION_SPECIFIC and name != b"te":
+            headers.append((name, value))
+    return headers
+
+
+def request_block_to_h2(block: bytes, scheme: bytes) -> Headers:
+    """A request head from the router (`GET /p HTTP/1.1` + fields, `host` among them) as
+    HTTP/2 headers: the Host becomes :authority (RFC 9113 §8.3.1)."""
+    start, fields = block_fields(block)
+    method, _, rest = start.partition(b" ")
+    path = rest.rpartition(b" ")[0]
+    authority = b""
+    regular: Headers = []
+    for name, value in fields:
+        if name == b"host":
+            authority = value
+        elif name in CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            continue
+        else:
+            regular.append((name, value))
+    headers: Headers = [(b":method", method), (b":scheme", scheme), (b":authority", authority)]
+    if method != b"CONNECT":
+        headers.append((b":path", path))
+    else:
+        headers.pop(1)  # RFC 9113 §8.5: CONNECT carries only :method and :authority
+    headers += regular
+    return headers
+
+
+def headers_to_block_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Trailers or extra fields as HTTP/1 lines (for what reads heads as blocks)."""
+    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+
+
+class H2Stream:
+    """One stream's state on an `H2Endpoint`; the client and server sides subclass it."""
+
+    __slots__ = (
+        "closed",
+        "end_pending",
+        "ended_out",
+        "endpoint",
+        "out",
+        "out_size",
+        "reasons",
+        "sid",
+        "trailers_pending",
+        "unacked",
+        "write_blocked",
+    )
+
+    def __init__(self, endpoint: H2Endpoint, sid: int) -> None:
+        self.endpoint = endpoint
+        self.sid = sid
+        self.out: list[bytes] = []  # body waiting for window or for the socket
+        self.out_size = 0
+        self.end_pending = False  # the body ends once `out` is sent
+        self.trailers_pending: Headers | None = None
+        self.ended_out = False  # END_STREAM sent (or the stream reset)
+        self.write_blocked = False  # the producer was told to pause
+        self.unacked = 0  # received bytes not yet handed back as stream window
+        self.reasons = 0  # FlowControl-like: reading paused for these reasons
+        self.closed = False
+
+    # FlowControl's interface (the router pauses "reading" a stream through `flow`) ------
+    @property
+    def flow(self) -> H2Stream:
+        return self
+
+    def pause_reading(self, reason: int) -> None:
+        self.reasons |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self.reasons & reason:
+            return
+        self.reasons &= ~reason
+        if not self.reasons and self.unacked and not self.closed:
+            self.endpoint.ack_stream(self)
+
+    # what the endpoint tells a stream -------------------------------------------------
+    def on_write_paused(self) -> None:
+        """Its body waits past the buffer limit: its producer should pause."""
+
+    def on_write_resumed(self) -> None:
+        """Its waiting body fell below a quarter of the limit."""
+
+
+class H2Endpoint(asyncio.Protocol):
+    """An HTTP/2 connection over one transport; the client and server sides subclass it."""
+
+    client_side = False
+    # Named by the subclasses' stats (Envoy: `http2.<name>` counters).
+    stats: Any = None
+
+    def __init__(self, settings: Http2Settings, buffer_limit: int | None) -> None:
+        self.settings = settings
+        config = H2Configuration(
+            client_side=self.client_side,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_inbound_headers=True,
+            # Outbound headers are built here from validated input: skip h2's second pass.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self.h2 = H2Connection(config=config)
+        self.h2.local_settings = settings.local_settings(self.client_side)
+        _keep_open_after_goaway(self.h2)
+        # Stream windows and the wait limit are `initial_stream_window_size` at most: the
+        # inbound window is also the most one stream may buffer (as Envoy's soft limit).
+        self.h2.max_inbound_frame_size = self.h2.local_settings.max_frame_size
+        self.streams: dict[int, H2Stream] = {}
+        self.transport: asyncio.Transport | None = None
+        self.write_paused = False
+        limit = buffer_limit or WRITE_HIGH_WATER
+        self.stream_high = limit
+        self.stream_low = limit // 4 if buffer_limit else WRITE_LOW_WATER
+        self.conn_unacked = 0
+        self.closed = False
+        # Streams with body waiting, in the order they began waiting (served round robin).
+        self.waiting: dict[int, H2Stream] = {}
+
+    # transport ------------------------------------------------------------------------
+    def start(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        h2 = self.h2
+        h2.initiate_connection()
+        extra = self.settings.initial_connection_window_size - DEFAULT_WINDOW
+        if extra > 0:
+            h2.increment_flow_control_window(extra)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what h2 has to send."""
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.send_waiting()
+        self.flush()
+
+    # outbound -------------------------------------------------------------------------
+    def send_headers(self, st: H2Stream, headers: Headers, end: bool) -> None:
+        try:
+            self.h2.send_headers(st.sid, headers, end_stream=end)
+        except (ProtocolError, StreamClosedError):
+            st.ended_out = True
+            return
+        if end:
+            st.ended_out = True
+        self.flush()
+
+    def send_data(self, st: H2Stream, data: bytes, end: bool) -> None:
+        """Queue body (and maybe its end) on `st` and send what the windows allow."""
+        if st.ended_out or st.closed:
+            return
+        if data:
+            st.out.append(data)
+            st.out_size += len(data)
+        if end:
+            st.end_pending = True
+        self._send_stream(st)
+        self.flush()
+        if not st.write_blocked and st.out_size > self.stream_high:
+            st.write_blocked = True
+            st.on_write_paused()
+
+    def send_trailers(self, st: H2Stream, trailers: Headers) -> None:
+        """End `st` with trailers, once its body is sent."""
+        if st.ended_out or st.closed:
+            return
+        st.trailers_pending = trailers
+        st.end_pending = True
+        self._send_stream(st)
+        self.flush()
+
+    def _send_stream(self, st: H2Stream) -> None:
+        """Move `st`'s waiting body into h2 as far as the windows and the socket allow."""
+        h2 = self.h2
+        sid = st.sid
+        out = st.out
+        try:
+            while out and not self.write_paused:
+                window = h2.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                chunk = out[0]
+                size = min(window, h2.max_outbound_frame_size)
+                if len(chunk) > size:
+                    out[0] = chunk[size:]
+                    chunk = chunk[:size]
+                else:
+                    out.pop(0)
+                st.out_size -= len(chunk)
+                last = not out and st.end_pending and st.trailers_pending is None
+                h2.send_data(sid, chunk, end_stream=last)
+                if last:
+                    st.ended_out = True
+            if not out and st.end_pending and not st.ended_out:
+                trailers = st.trailers_pending
+                if trailers is not None:
+                    h2.send_headers(sid, trailers, end_stream=True)
+                else:
+                    h2.end_stream(sid)
+                st.ended_out = True
+        except (ProtocolError, StreamClosedError, FlowControlError):
+            # The stream went away meanwhile (reset): its body goes nowhere.
+            out.clear()
+            st.out_size = 0
+            st.ended_out = True
+        if out:
+            self.waiting[sid] = st
+        else:
+            self.waiting.pop(sid, None)
+        if st.write_blocked and st.out_size <= self.stream_low:
+            st.write_blocked = False
+            st.on_write_resumed()
+
+    def send_waiting(self) -> None:
+        """Windows opened (or the socket drained): send the streams' waiting body."""
+        for st in list(self.waiting.values()):
+            if self.write_paused:
+                break
+            self._send_stream(st)
+
+    def reset_stream(self, st: H2Stream, code: int = ErrorCodes.CANCEL) -> None:
+        if not st.closed:
+            st.closed = True
+            st.ended_out = True
+            self.waiting.pop(st.sid, None)
+            with contextlib.suppress(ProtocolError, StreamClosedError):
+                self.h2.reset_stream(st.sid, code)
+            self.flush()
+        self.forget(st)
+
+    def forget(self, st: H2Stream) -> None:
+        st.closed = True
+        st.out.clear()
+        st.out_size = 0
+        self.waiting.pop(st.sid, None)
+        self.streams.pop(st.sid, None)
+
+    # inbound --------------------------------------------------------------------------
+    def received(self, st: H2Stream | None, flow_controlled: int) -> None:
+        """`flow_controlled` bytes of DATA arrived (for `st`, or a stream gone already)."""
+        self.conn_unacked += flow_controlled
+        if st is not None:
+            st.unacked += flow_controlled
+
+    def ack_stream(self, st: H2Stream) -> None:
+        """Hand `st`'s consumed bytes back to the peer as stream window."""
+        n = st.unacked
+        st.unacked = 0
+        try:
+            self.h2.increment_flow_control_window(n, st.sid)
+        except (ProtocolError, StreamClosedError):
+            return
+        self.flush()
+
+    def ack_after_read(self, touched: Iterable[H2Stream]) -> None:
+        """After a read's events: hand back connection window, and the window of streams
+        whose consumer is not paused once half of it is used (fewer WINDOW_UPDATEs)."""
+        half = self.settings.initial_stream_window_size // 2
+        for st in touched:
+            if st.unacked >= half and not st.reasons and not st.closed:
+                n = st.unacked
+                st.unacked = 0
+                with contextlib.suppress(ProtocolError, StreamClosedError):
+                    self.h2.increment_flow_control_window(n, st.sid)
+        if self.conn_unacked >= self.settings.initial_connection_window_size // 2:
+            self.h2.increment_flow_control_window(self.conn_unacked)
+            self.conn_unacked = 0
+
+    def goaway(self, last_stream_id: int, code: int = ErrorCodes.NO_ERROR) -> None:
+        """Send GOAWAY without closing h2's state machine: streams up to `last_stream_id` go
+        on (h2 refuses every frame after a GOAWAY it sends itself)."""
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = code
+        if self.transport is not None and not self.closed:
+            self.transport.write(frame.serialize())
+
+
+def _keep_open_after_goaway(conn: H2Connection) -> None:
+    """Let streams finish after the peer's GOAWAY, as RFC 9113 §6.8 says they may.
+
+    h2 moves its connection state machine to CLOSED on receiving a GOAWAY and then rejects
+    every later frame, so a server's graceful shutdown (gRPC's GOAWAY, then the answers to the
+    calls in flight) would lose those answers. The frame handler for GOAWAY is wrapped to put
+    the state back once the event is made; the endpoint stops opening streams itself."""
+    dispatch = conn._frame_dispatch_table
+    receive = dispatch[GoAwayFrame]
+    machine = conn.state_machine
+
+    def receive_goaway(frame: GoAwayFrame) -> Any:
+        before = machine.state
+        result = receive(frame)
+        if before is not ConnectionState.CLOSED:
+            machine.state = before
+        return result
+
+    dispatch[GoAwayFrame] = receive_goaway
