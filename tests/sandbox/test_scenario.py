@@ -16,6 +16,7 @@ import pytest
 from integration.backends import free_port
 from rich.console import Console
 
+from podproxy.sandbox.grpc_config import GRPC_POD_PORT, GRPC_V3_YAML
 from podproxy.sandbox.main import parse_args
 from podproxy.sandbox.scenario import (
     Action,
@@ -59,6 +60,14 @@ def test_bad_options_are_clear_errors(capsys: pytest.CaptureFixture[str]) -> Non
     assert "bad script step" in capsys.readouterr().err
 
 
+def test_grpc_option_picks_the_grpc_config_and_port() -> None:
+    opts = parse_args(["--grpc"])
+    assert opts.grpc and opts.config_text == GRPC_V3_YAML and opts.pod_port == GRPC_POD_PORT
+    assert parse_args(["--grpc", "--pod-port", "6000"]).pod_port == 6000
+    plain = parse_args([])
+    assert not plain.grpc and plain.pod_port == 8080 and plain.config_text == SEED_V2_YAML
+
+
 def test_parse_membership() -> None:
     text = (
         "httpd::observability_name::httpd\n"
@@ -76,6 +85,14 @@ def config_for(listen: int, admin: int, pod_port: int) -> str:
         .replace("port_value: 8080", f"port_value: {pod_port}")
         .replace("address: 0.0.0.0", "address: 127.0.0.1")
         .replace("/tmp/admin_access.log", "/dev/null")
+    )
+
+
+def grpc_config_for(listen: int, admin: int, pod_port: int) -> str:
+    return (
+        GRPC_V3_YAML.replace("port_value: 10000", f"port_value: {listen}")
+        .replace("port_value: 9901", f"port_value: {admin}")
+        .replace("port_value: 50051", f"port_value: {pod_port}")
     )
 
 
@@ -143,12 +160,60 @@ async def test_kill_is_an_outage_the_proxy_survives(scenario: Scenario) -> None:
         sc.set_ready("httpd-9", False)
 
 
+@pytest.fixture
+async def grpc_scenario(loopback_ip: Callable[[int], str]) -> AsyncIterator[Scenario]:
+    pod_port = free_port(loopback_ip(0))
+    opts = Options(
+        replicas=2,
+        config_text=grpc_config_for(free_port(), free_port(), pod_port),
+        base_ip=loopback_ip(0),
+        pod_port=pod_port,
+        grace=1.0,
+        rps=60,
+        grpc=True,
+    )
+    sc = Scenario(opts)
+    try:
+        await sc.start()
+        yield sc
+    finally:
+        await sc.stop()
+
+
+async def test_grpc_calls_spread_through_the_proxy_and_stay_pinned_through_a_service(
+    grpc_scenario: Scenario,
+) -> None:
+    sc = grpc_scenario
+    grpc = sc.grpc_load
+    assert grpc is not None and grpc.pinned is not None
+    await wait_for(lambda: len(sc.membership) == 2 and len(sc.dns_answer) == 2, 8)
+    await wait_for(lambda: {"grpc-0", "grpc-1"} <= set(grpc.stats.by_pod), 5)
+    stop = asyncio.Event()
+    await handle_key(sc, "+", stop)  # scale up: the one channel's calls reach the new pod
+    await wait_for(lambda: grpc.stats.by_pod["grpc-2"] > 0, 10)
+    await handle_key(sc, "-", stop)  # and leave it again, the Kubernetes way
+    await wait_for(lambda: len(sc.membership) == 2, 10)
+    # The plain Service's one connection never left the pod it was made to.
+    assert len(grpc.service.by_pod) == 1 and grpc.pinned.connections == 1, grpc.service
+    assert grpc.proxy_connections == 1
+    console = Console(width=160, record=True, force_terminal=False)
+    console.print(render(sc))
+    console.print(summary(sc))
+    text = console.export_text()
+    assert "grpc-discovery.mynamespace.svc.cluster.local" in text
+    assert "via plain Service" in text and "1 HTTP/2 connection(s)" in text
+    assert "grpc-2" in text and "terminating" in text
+    assert grpc.stats.errors == 0, grpc.stats.error_reasons
+    assert grpc.service.errors == 0, grpc.service.error_reasons
+
+
 def _run_sandbox(
     tmp_path: Path, loopback: Callable[[int], str], *args: str
 ) -> subprocess.Popen[str]:
     pod_port = free_port(loopback(0))
     cfg = tmp_path / "envoy.yaml"
-    cfg.write_text(config_for(free_port(), free_port(), pod_port))
+    make = grpc_config_for if "--grpc" in args else config_for
+    cfg.write_text(make(free_port(), free_port(), pod_port))
     return subprocess.Popen(
         [
             sys.executable,
@@ -208,6 +273,39 @@ def test_scripted_run_prints_a_summary_and_cleans_up(
     assert proc.returncode == 0, out
     assert "summary" in out and " 0 errors" in out, out
     assert re.search(r"httpd-2 .*stopped", out), out
+    assert _gone(_proxy_pid(out))
+
+
+def test_grpc_scripted_run_prints_both_sides_and_cleans_up(
+    tmp_path: Path, loopback_ip: Callable[[int], str]
+) -> None:
+    proc = _run_sandbox(
+        tmp_path,
+        loopback_ip,
+        "--grpc",
+        "--script",
+        "scale 3 @2s; scale 1 @6s",
+        "--duration",
+        "10s",
+        "--grace",
+        "2s",
+        "--rps",
+        "40",
+    )
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert re.search(
+        r"through podproxy: \d+ calls on 1 channel \(1 HTTP/2 connection\(s\)\), \d+ ok, 0 errors",
+        out,
+    ), out
+    # Scaling to 1 may take the Service's pod away; its client then connects (and picks) again.
+    assert re.search(r"through a plain Service: \d+ calls on [12] connection", out), out
+    assert re.search(r"grpc-2 .*stopped", out), out
     assert _gone(_proxy_pid(out))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from podproxy.sandbox.grpc_config import GRPC_POD_PORT, GRPC_V3_YAML
 from podproxy.sandbox.scenario import Options, Scenario, parse_duration, parse_script
 from podproxy.sandbox.view import events_table, interactive, summary
 
@@ -38,7 +40,13 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--grace", default="7s", help="termination grace period of a removed pod (7s)")
     p.add_argument("--dns-ttl", type=int, default=5, help="TTL of the cluster DNS answers (5)")
     p.add_argument("--base-ip", default="127.0.1.1", help="address of the first pod")
-    p.add_argument("--pod-port", type=int, default=8080)
+    p.add_argument("--pod-port", type=int, help="port of every pod (8080; 50051 with --grpc)")
+    p.add_argument(
+        "--grpc",
+        action="store_true",
+        help="gRPC pods behind grpc-discovery, podproxy with HTTP/2 to them, and one gRPC "
+        "channel of load, shown beside what a plain Service does with the same calls",
+    )
     p.add_argument("-l", "--log-level", default="warning", help="podproxy's log level")
     a = p.parse_args(list(argv))
     try:
@@ -51,6 +59,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         p.error("--replicas must be between 0 and 200")
     if a.rps <= 0 or a.rps > 5000:
         p.error("--rps must be in (0, 5000]")
+    if a.grpc and importlib.util.find_spec("grpc") is None:
+        p.error("--grpc needs grpcio (pip install grpcio)")
     opts = Options(
         replicas=a.replicas,
         script=script,
@@ -59,9 +69,13 @@ def parse_args(argv: Sequence[str]) -> Options:
         grace=grace,
         dns_ttl=a.dns_ttl,
         base_ip=a.base_ip,
-        pod_port=a.pod_port,
+        pod_port=a.pod_port or (GRPC_POD_PORT if a.grpc else 8080),
         log_level=a.log_level,
+        grpc=a.grpc,
     )
+    if a.grpc:
+        opts.config_text = GRPC_V3_YAML
+        opts.config_name = "the gRPC config (h2c listener, HTTP/2 to the pods)"
     if a.config_path:
         try:
             opts.config_text = Path(a.config_path).read_text()
@@ -91,8 +105,10 @@ async def run(opts: Options, console: Console) -> int:
             await interactive(sc, console, stop)
         else:
             console.print(
-                f"podproxy sandbox: {opts.replicas} pod(s), {len(opts.script)} scripted step(s), "
-                f"{opts.rps:g} req/s" + (f" for {opts.duration:g}s" if opts.duration else "")
+                f"podproxy sandbox{' --grpc' if opts.grpc else ''}: {opts.replicas} pod(s), "
+                f"{len(opts.script)} scripted step(s), "
+                f"{opts.rps:g} {'calls' if opts.grpc else 'req'}/s"
+                + (f" for {opts.duration:g}s" if opts.duration else "")
             )
             await stop.wait()
         script.cancel()

@@ -7,6 +7,8 @@ cluster DNS is (`--resolv-conf`, `--dns-server`), as a pod's resolv.conf would; 
 sends steady traffic through it. Scaling follows Kubernetes: a new pod serves first, then
 becomes Ready and enters DNS; a removed pod leaves DNS first (terminating), keeps serving for
 the termination grace period, then stops gracefully. Everything started is stopped on exit.
+With `Options.grpc` the same runs with gRPC pods behind `grpc-discovery`, podproxy on an HTTP/2
+config, and one gRPC channel of load beside a connection-pinned Service (podproxy.sandbox.grpc_*).
 """
 
 from __future__ import annotations
@@ -23,16 +25,27 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 import dns.nameserver
 import dns.resolver
 
 from podproxy.sandbox.cluster_dns import ClusterDNS, write_resolv_conf
+from podproxy.sandbox.grpc_config import (
+    GRPC_CLUSTER,
+    GRPC_LABELS,
+    GRPC_POD_PREFIX,
+    GRPC_SERVICE,
+    GRPC_SERVICE_MANIFEST,
+)
 from podproxy.sandbox.load import LoadGenerator
 from podproxy.sandbox.pods import Pod, pod_ip
 from podproxy.sandbox.seed_config import SEED_V2_YAML
+
+if TYPE_CHECKING:
+    from podproxy.sandbox.grpc_load import GrpcLoad
+    from podproxy.sandbox.grpc_pods import GrpcPod
 
 log = logging.getLogger("podproxy.sandbox")
 
@@ -51,6 +64,23 @@ SERVICE_MANIFEST = {
     },
 }
 READY_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the pods are: the Service selecting them, their names, the proxy cluster's name."""
+
+    manifest: dict[str, Any]
+    service: str
+    labels: dict[str, str]
+    pod_prefix: str
+    cluster: str
+
+
+HTTP_WORKLOAD = Workload(SERVICE_MANIFEST, SERVICE, LABELS, "httpd", "httpd")
+GRPC_WORKLOAD = Workload(
+    GRPC_SERVICE_MANIFEST, GRPC_SERVICE, GRPC_LABELS, GRPC_POD_PREFIX, GRPC_CLUSTER
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,9 @@ class Options:
     grace: float = 7.0
     dns_ttl: int = 5
     log_level: str = "warning"
+    # gRPC pods and load; config_text must then be a config whose cluster speaks HTTP/2
+    # (grpc_config.GRPC_V3_YAML) and pod_port its port.
+    grpc: bool = False
 
 
 @dataclass
@@ -125,7 +158,8 @@ class Scenario:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.dns = ClusterDNS(port=0, ttl=options.dns_ttl)
-        self.pods: dict[str, Pod] = {}
+        self.workload = GRPC_WORKLOAD if options.grpc else HTTP_WORKLOAD
+        self.pods: dict[str, Pod | GrpcPod] = {}
         self.stopping: set[str] = set()
         self.next_index = 0
         self.proxy: subprocess.Popen[bytes] | None = None
@@ -133,9 +167,23 @@ class Scenario:
         self.started_at = 0.0
         self.events: list[Event] = []
         self.listen_host, self.listen_port, self.admin_port = _ports(options.config_text)
-        self.load = LoadGenerator(
-            self.listen_host, self.listen_port, rps=options.rps, connections=options.connections
-        )
+        self.load: LoadGenerator | GrpcLoad
+        # The same object as `load` in gRPC mode, for the view's Service comparison.
+        self.grpc_load: GrpcLoad | None = None
+        if options.grpc:
+            from podproxy.sandbox.grpc_load import GrpcLoad
+
+            self.load = self.grpc_load = GrpcLoad(
+                self.listen_host,
+                self.listen_port,
+                rps=options.rps,
+                concurrency=options.connections,
+                endpoints=self.ready_endpoints,
+            )
+        else:
+            self.load = LoadGenerator(
+                self.listen_host, self.listen_port, rps=options.rps, connections=options.connections
+            )
         self.membership: list[str] = []
         # When each pod entered DNS, to report how long the proxy took to send it traffic.
         self.joined_dns: dict[str, float] = {}
@@ -146,7 +194,7 @@ class Scenario:
     async def start(self) -> None:
         self.started_at = time.monotonic()
         await self.dns.start()
-        self.dns.apply(SERVICE_MANIFEST)
+        self.dns.apply(self.workload.manifest)
         for _ in range(self.options.replicas):
             await self._add_pod()
         self._start_proxy()
@@ -229,10 +277,10 @@ class Scenario:
         host, port = self.dns.address
         resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)]
         resolver.lifetime = 1.0
-        name = f"{SERVICE}.{NAMESPACE}.svc.cluster.local."
+        name = f"{self.workload.service}.{NAMESPACE}.svc.cluster.local."
         while True:
             _, body = await admin_get("127.0.0.1", self.admin_port, "/clusters")
-            self.membership = parse_membership(body)
+            self.membership = parse_membership(body, self.workload.cluster)
             try:
                 ans = await resolver.resolve(name, "A", raise_on_no_answer=False)
                 self.dns_answer = sorted(r.address for r in ans.rrset or [])
@@ -243,20 +291,31 @@ class Scenario:
             await asyncio.sleep(0.5)
 
     # pods -----------------------------------------------------------------------------
-    async def _add_pod(self) -> Pod:
+    async def _add_pod(self) -> Pod | GrpcPod:
         i = self.next_index
         self.next_index += 1
-        name = f"httpd-{i}"
-        pod = Pod(name, pod_ip(self.options.base_ip, i), self.options.pod_port)
+        name = f"{self.workload.pod_prefix}-{i}"
+        ip = pod_ip(self.options.base_ip, i)
+        pod: Pod | GrpcPod
+        if self.options.grpc:
+            from podproxy.sandbox.grpc_pods import GrpcPod
+
+            pod = GrpcPod(name, ip, self.options.pod_port)
+        else:
+            pod = Pod(name, ip, self.options.pod_port)
         await pod.start()
         self.pods[name] = pod
         # Ready (a real pod would pass its readiness probe now): the endpoint enters DNS.
-        self.dns.add_pod(name, NAMESPACE, pod.ip, labels=LABELS, ready=True)
+        self.dns.add_pod(name, NAMESPACE, pod.ip, labels=self.workload.labels, ready=True)
         self.joined_dns[name] = time.monotonic()
         return pod
 
-    def live_pods(self) -> list[Pod]:
+    def live_pods(self) -> list[Pod | GrpcPod]:
         return [p for n, p in self.pods.items() if n not in self.stopping and p.serving]
+
+    def ready_endpoints(self) -> list[str]:
+        """`ip:port` of the pods a Service's EndpointSlice lists as ready (what DNS answers)."""
+        return [f"{p.ip}:{p.port}" for p in self.live_pods() if p.ready]
 
     async def scale(self, replicas: int) -> None:
         live = self.live_pods()
@@ -268,7 +327,7 @@ class Scenario:
             for pod in sorted(live, key=lambda p: _index(p.name))[replicas:]:
                 self._terminate(pod)
 
-    def _terminate(self, pod: Pod) -> None:
+    def _terminate(self, pod: Pod | GrpcPod) -> None:
         """Kubernetes' way: out of DNS at once (terminating), stop after the grace period."""
         self.stopping.add(pod.name)
         self.dns.set_terminating(pod.name, NAMESPACE)
@@ -306,7 +365,7 @@ class Scenario:
         self.dns.set_ready(name, NAMESPACE, ready)
         self.event(f"{name} {'ready: back in DNS' if ready else 'not ready: removed from DNS'}")
 
-    def _pod(self, name: str) -> Pod:
+    def _pod(self, name: str) -> Pod | GrpcPod:
         pod = self.pods.get(name)
         if pod is None:
             raise ValueError(f"no pod named {name!r} (pods: {', '.join(self.pods) or 'none'})")
