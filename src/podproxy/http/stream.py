@@ -72,7 +72,7 @@ class ResponseHead:
     No HTTP version: nothing downstream depends on it (keep-alive is `keep_alive`), and asking
     httptools for it formats a string (half a microsecond a response)."""
 
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "status")
+    __slots__ = ("chunked", "content_length", "end_stream", "headers", "keep_alive", "status")
 
     def __init__(
         self,
@@ -81,12 +81,16 @@ class ResponseHead:
         keep_alive: bool,
         content_length: int | None,
         chunked: bool,
+        end_stream: bool = False,
     ) -> None:
         self.status = status
         self.headers = headers
         self.keep_alive = keep_alive
         self.content_length = content_length
         self.chunked = chunked
+        # The head ended the response (an HTTP/2 HEADERS frame with END_STREAM): no body
+        # follows, whatever the framing fields say.
+        self.end_stream = end_stream
 
     def get(self, name: bytes) -> bytes | None:
         return first_value(self.headers, name)

@@ -913,7 +913,12 @@ class UpstreamRequest:
                 n = head.content_length
                 out.append(_CONTENT_LENGTH_LINES.get(n) or _content_length_line(n))
         elif not (ex.head.method == b"HEAD" or status == 204 or status == 304):
-            if ex.head.version == "1.1":
+            version = ex.head.version
+            if head.end_stream and version != "2":
+                # An HTTP/2 upstream's head that ended its stream: Envoy's HTTP/1 codec
+                # frames the empty body with a length (gRPC trailers-only answers).
+                out.append(b"content-length: 0\r\n")
+            elif version == "1.1":
                 self.response_chunked = True
                 out.append(b"transfer-encoding: chunked\r\n")
             else:

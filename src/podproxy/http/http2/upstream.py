@@ -217,7 +217,8 @@ class H2UpstreamConnection(H2Endpoint):
         elif isinstance(event, ev.ResponseReceived):
             st = self.streams.get(event.stream_id)
             if isinstance(st, ClientStream) and st.stream is not None:
-                st.stream.on_response_head(_response_head(event.headers or []))
+                ended = event.stream_ended is not None
+                st.stream.on_response_head(_response_head(event.headers or [], ended))
         elif isinstance(event, ev.TrailersReceived):
             st = self.streams.get(event.stream_id)
             if isinstance(st, ClientStream) and st.stream is not None:
@@ -319,7 +320,7 @@ class H2UpstreamConnection(H2Endpoint):
         return f"<H2UpstreamConnection {self.pool.host.key} streams={len(self.streams)}>"
 
 
-def _response_head(headers: list[Any]) -> ResponseHead:
+def _response_head(headers: list[Any], ended: bool) -> ResponseHead:
     status = 0
     length: int | None = None
     fields = []
@@ -333,4 +334,4 @@ def _response_head(headers: list[Any]) -> ResponseHead:
                 except ValueError:
                     length = None
             fields.append((k, v))
-    return ResponseHead(status, fields, True, length, False)
+    return ResponseHead(status, fields, True, length, False, ended)
