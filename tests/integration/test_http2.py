@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -414,4 +415,59 @@ async def test_pod_shutting_down_gracefully_loses_no_call(
     assert failed == []
     names = collections.Counter(r.split(b"|")[0] for r in results if isinstance(r, bytes))
     assert names[pods[1].name.encode()] > 75  # the rest went to the pod that stayed
+    assert pp.errors == []
+
+
+needs_nghttp2 = pytest.mark.skipif(
+    shutil.which("h2load") is None or shutil.which("nghttp") is None,
+    reason="nghttp2-client (h2load, nghttp) not installed",
+)
+
+
+async def _run(*argv: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+@needs_nghttp2
+async def test_h2load_many_streams_on_few_connections(
+    proxy: StartProxy, backend: Any, tmp_path: Path
+) -> None:
+    """h2load: 2 connections with 10 concurrent streams each, 400 POSTs with bodies through podproxy
+    to HTTP/1 pods; every one answered 2xx."""
+    data = tmp_path / "body"
+    data.write_bytes(b"z" * 3000)
+    b1: Backend = await backend()
+    b2: Backend = await backend()
+    pp = await proxy(bootstrap([cluster("app", [b1.address, b2.address])]))
+    out = await _run(
+        "h2load", "-n", "400", "-c", "2", "-m", "10", "-d", str(data),
+        f"http://127.0.0.1:{pp.port}/upload",
+    )  # fmt: skip
+    assert "400 succeeded, 0 failed, 0 errored" in out, out
+    assert "status codes: 400 2xx" in out, out
+    assert len(b1.requests) == len(b2.requests) == 200
+    assert pp.counter("http.ingress_http.downstream_cx_http2_total") == 2
+    assert pp.errors == []
+
+
+@needs_nghttp2
+async def test_nghttp_frames(proxy: StartProxy, backend: Any) -> None:
+    """nghttp's view of one exchange: our SETTINGS (no push, Envoy's stream limit and
+    window), the connection window raised, the answer, and a clean end."""
+    b: Backend = await backend()
+    pp = await proxy(bootstrap([cluster("app", [b.address])]))
+    out = await _run("nghttp", "-nv", f"http://127.0.0.1:{pp.port}/bytes/10")
+    assert "recv SETTINGS frame" in out
+    assert "[SETTINGS_MAX_CONCURRENT_STREAMS(0x03):1024]" in out
+    assert "[SETTINGS_INITIAL_WINDOW_SIZE(0x04):16777216]" in out
+    assert "[SETTINGS_ENABLE_PUSH(0x02):0]" in out
+    assert "window_size_increment=25100289" in out  # 24 MiB connection window
+    assert "recv (stream_id=13) :status: 200" in out
+    assert "recv DATA frame <length=10, flags=0x0" in out
+    assert "flags=0x01, stream_id=13>" in out  # the stream ends (END_STREAM)
     assert pp.errors == []
