@@ -857,6 +857,10 @@ class UpstreamRequest:
         if self.done:
             return
         if self.body_chunked:
+            if not data:
+                # An empty DATA frame from an HTTP/2 client is no chunk: encoded, it would be
+                # the last chunk (Envoy's HTTP/1 encoder writes nothing for it either).
+                return
             data = codec.encode_chunk(data)
         replay = self.replay
         if replay is not None:
@@ -962,6 +966,9 @@ class UpstreamRequest:
             return
         self.ex.bytes_sent += len(data)
         if self.response_chunked:
+            if not data:
+                # An HTTP/2 pod's empty DATA frame: as a chunk it would end the body early.
+                return
             data = codec.encode_chunk(data)
         head = self.held_head
         if head is not None:
