@@ -23,7 +23,7 @@ import grpc
 import pytest
 import yaml
 
-from integration.backends import Backend, ProxyProcess, parse_responses
+from integration.backends import Backend, ProxyProcess, free_port, parse_responses
 from integration.grpc_peers import Client, GrpcPod, in_thread
 from integration.h2_peers import H2Answer, H2Pod, PodRequest, h2_request
 from integration.sidebyside import ENVOY, exchange, start_envoy
@@ -56,6 +56,7 @@ ROUTES = [
     _to("h1", "/slow1/", "/sleep/", timeout="0.5s"),
     _to("h2", "/slow2/", "/sleep/", timeout="0.5s"),
     _to("none", "/none/"),
+    _to("dead", "/dead/"),
     {"match": {"prefix": "/t.Echo/"}, "route": {"cluster": "grpc"}},
     {
         "match": {"prefix": "/direct"},
@@ -133,6 +134,7 @@ async def sides(tmp_path: Path, loopback_ip: Callable[[int], str]) -> AsyncItera
             cluster("h2", [h2.address], **H2_OPTIONS),
             cluster("grpc", [(gp.address, gp.port)], **H2_OPTIONS),
             cluster("none", []),
+            cluster("dead", [(loopback_ip(3), free_port(loopback_ip(3)))]),  # nothing listens
         ]
         # One server name for both, so the `server` header is compared like the others.
         manager = {"server_name": "sbs", **(hcm or {})}
@@ -401,8 +403,26 @@ async def test_local_replies(sides: StartSides) -> None:
     for path in paths:
         for extra in ([], [GRPC, ("te", "trailers")]):
             envoy, pod = await s.h2(get(path, *extra, method="POST"), b"\x00\x00\x00\x00\x00")
-            differ(diffs, (path, extra), view(envoy), view(pod))
+            # One known difference is left to its own test below.
+            differ(diffs, (path, extra), view(envoy), without_empty_length(view(pod)))
     assert not diffs, "\n".join(diffs)
+
+
+def without_empty_length(v: dict[str, Any]) -> dict[str, Any]:
+    return {**v, "headers": [f for f in v["headers"] if f != (b"content-length", b"0")]}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="podproxy's HTTP/2 local reply without body carries content-length: 0 (the HTTP/1 "
+    "block's); Envoy's has none (HEADERS with END_STREAM only)",
+)
+async def test_bodiless_local_reply_has_no_content_length(sides: StartSides) -> None:
+    s = await sides()
+    for extra in ([], [GRPC, ("te", "trailers")]):
+        envoy, pod = await s.h2(get("/nowhere", *extra))
+        assert envoy.header(b"content-length") is None
+        assert view(pod) == view(envoy)
 
 
 # --- 5. gRPC with grpcio clients -------------------------------------------------------------
@@ -412,7 +432,7 @@ async def test_grpc_calls(sides: StartSides) -> None:
     s = await sides(
         routes=[
             *ROUTES,
-            {"match": {"prefix": "/t.Short/"}, "route": {"cluster": "grpc", "timeout": "0.3s"}},
+            _to("grpc", "/t.Short/", "/t.Echo/", timeout="0.3s"),
         ]
     )
 
@@ -434,7 +454,7 @@ async def test_grpc_calls(sides: StartSides) -> None:
                     fn(arg, timeout=timeout)
                 except grpc.RpcError as exc:
                     trailing = sorted(
-                        (k, v) for k, v in exc.trailing_metadata() or () if k != "date"
+                        (k, v) for k, v in exc.trailing_metadata() or () if k.encode() not in CLOCK
                     )
                     out.append((name, exc.code(), exc.details(), trailing))
         finally:
@@ -443,7 +463,12 @@ async def test_grpc_calls(sides: StartSides) -> None:
 
     envoy = await in_thread(calls, s.envoy_port)
     pod = await in_thread(calls, s.pod.port)
-    assert pod == envoy
+    diffs: list[str] = []
+    for e, p in zip(envoy, pod, strict=True):
+        # The content-length: 0 of a bodiless local reply: see the xfail above.
+        p = (*p[:-1], [f for f in p[-1] if f != ("content-length", "0")])
+        differ(diffs, e[0], e, p)
+    assert not diffs, "\n".join(diffs)
 
 
 # --- 6. stats after the same traffic -------------------------------------------------------
@@ -474,7 +499,16 @@ STATS = [
     "cluster.h2.upstream_rq_completed",
     "cluster.grpc.upstream_cx_http2_total",
     "cluster.grpc.upstream_rq_200",
+    "cluster.h1.upstream_rq_5xx",
+    "cluster.h1.upstream_rq_completed",
+    "cluster.h2.upstream_rq_5xx",
     "cluster.none.upstream_cx_none_healthy",
+    "cluster.none.upstream_rq_503",
+    "cluster.none.upstream_rq_completed",
+    "cluster.dead.upstream_cx_connect_fail",
+    "cluster.dead.upstream_rq_503",
+    "cluster.dead.upstream_rq_5xx",
+    "cluster.dead.upstream_rq_completed",
 ]
 
 
@@ -490,6 +524,7 @@ async def test_stats_after_the_same_traffic(sides: StartSides) -> None:
             "/slow1/5",
             "/nowhere",
             "/none/x",
+            "/dead/x",
             "/h2/status/204",
         ):
             await h2_request(port, get(path))

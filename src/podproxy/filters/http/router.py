@@ -42,7 +42,7 @@ from podproxy.http.stream import Exchange, Headers, ResponseHead, is_grpc_reques
 from podproxy.router.grpc_timeout import GRPC_TIMEOUT, GrpcTimeoutPolicy, to_grpc_timeout
 from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
-from podproxy.upstream.cluster import Cluster
+from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.host import Host
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
@@ -297,6 +297,9 @@ class Forwarder:
         host = cluster.choose_host()
         if host is None:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
+            if self.dynamic_stats:
+                # Envoy charges the cluster its 503 (router.cc, no host: chargeUpstreamCode).
+                charge_local_reply(cluster.info, 503)
             if self._logged:
                 note_route(ex, route.name, cluster.info.observability_name)
             self.route_local_reply(ex, route, 503, NO_HEALTHY_UPSTREAM, "UH", [])
@@ -665,6 +668,18 @@ class Forwarder:
         extra.append(b"\r\n")
         out += extra
         return b"".join(out), chunked, expect_continue
+
+
+def charge_local_reply(info: ClusterInfo, status: int) -> None:
+    """The cluster stats of a reply the router made in place of the upstream's (Envoy's
+    chargeUpstreamCode for a 503 or 504: upstream_rq_completed and the code)."""
+    st = info.stats
+    st.upstream_rq_completed.value += 1
+    info.code_counter(status).value += 1
+    if status >= 500:
+        st.upstream_rq_5xx.value += 1
+    elif status >= 400:
+        st.upstream_rq_4xx.value += 1
 
 
 def _stream_duration_reached(ureq: UpstreamRequest) -> None:
@@ -1120,6 +1135,7 @@ class UpstreamRequest:
         self.host.stats.rq_error += 1
         if not isinstance(err, UpstreamConnectError):
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
+        self._charge_abort(err.status)
         self._flush_held_head()
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
         self._reply(err.status, body, err.flag)
@@ -1139,9 +1155,17 @@ class UpstreamRequest:
         st = self.cluster.info.stats
         st.upstream_rq_timeout.value += 1
         self.host.stats.rq_timeout += 1
+        self._charge_abort(504)
         self._let_go()
         self._flush_held_head()
         self._reply(504, UPSTREAM_TIMEOUT, "UT")
+
+    def _charge_abort(self, status: int) -> None:
+        """Envoy's chargeUpstreamAbort: a request the router ends with its own 503/504
+        before any response began is charged to the cluster as that code, as a response
+        would be (router.cc chargeUpstreamCode; checked side by side with Envoy 1.40)."""
+        if self.response_head is None and self.fwd.dynamic_stats:
+            charge_local_reply(self.cluster.info, status)
 
     def _reply(self, status: int, body: bytes, flags: str) -> None:
         """The router's local reply once a host was chosen: with x-envoy-attempt-count when
