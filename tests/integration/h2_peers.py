@@ -266,6 +266,7 @@ class H2Pod:
                           with END_STREAM
     /trailers             200 "body" then trailers x-trailer: t1, grpc-status: 0
     /trailers-only        200 HEADERS with END_STREAM carrying grpc-status 7 (no DATA)
+    /reset-mid            200 with content-length 1000, 11 bytes, then RST_STREAM
     /reset[/<code>]       RST_STREAM (INTERNAL_ERROR, or the code given) instead of an answer
     /sleep/<s>            waits, then 200
     anything else         404
@@ -373,6 +374,12 @@ class H2Pod:
                 (b"grpc-message", b"nope"),
             ]
             c.respond(sid, 200, fields, True)
+        elif what == "reset-mid":
+            c.respond(sid, 200, [(b"content-type", text), (b"content-length", b"1000")], False)
+            await c.send_body(sid, b"part of it\n", False)
+            await asyncio.sleep(0.1)  # the proxy has the head and body before the reset
+            c.h2.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
+            c.flush()
         elif what == "reset":
             code = int(args[0]) if args else ErrorCodes.INTERNAL_ERROR
             c.h2.reset_stream(sid, code)
