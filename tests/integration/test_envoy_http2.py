@@ -6,6 +6,7 @@ RST_STREAM as it arrived), curl and nghttp, raw HTTP/1 bytes, and grpcio. Compar
 response headers (less the clock's), bodies, trailers, what the pod received, local replies
 (plain and gRPC's trailers-only form) and the stats after the same traffic. Each request
 goes to Envoy first, then to podproxy, so what a pod records is attributed to one proxy.
+Where podproxy still differs, a strict xfail names the difference (it fails once fixed).
 """
 
 from __future__ import annotations
