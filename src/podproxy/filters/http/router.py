@@ -42,7 +42,7 @@ from podproxy.http.stream import Exchange, Headers, ResponseHead, is_grpc_reques
 from podproxy.router.grpc_timeout import GRPC_TIMEOUT, GrpcTimeoutPolicy, to_grpc_timeout
 from podproxy.router.header_format import local_reply_info, request_info, response_info
 from podproxy.router.routes import Route, RouteTable
-from podproxy.upstream.cluster import Cluster
+from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.host import Host
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
@@ -297,6 +297,9 @@ class Forwarder:
         host = cluster.choose_host()
         if host is None:
             cluster.info.stats.upstream_cx_none_healthy.value += 1
+            if self.dynamic_stats:
+                # Envoy charges the cluster its 503 (router.cc, no host: chargeUpstreamCode).
+                charge_local_reply(cluster.info, 503)
             if self._logged:
                 note_route(ex, route.name, cluster.info.observability_name)
             self.route_local_reply(ex, route, 503, NO_HEALTHY_UPSTREAM, "UH", [])
@@ -667,6 +670,18 @@ class Forwarder:
         return b"".join(out), chunked, expect_continue
 
 
+def charge_local_reply(info: ClusterInfo, status: int) -> None:
+    """The cluster stats of a reply the router made in place of the upstream's (Envoy's
+    chargeUpstreamCode for a 503 or 504: upstream_rq_completed and the code)."""
+    st = info.stats
+    st.upstream_rq_completed.value += 1
+    info.code_counter(status).value += 1
+    if status >= 500:
+        st.upstream_rq_5xx.value += 1
+    elif status >= 400:
+        st.upstream_rq_4xx.value += 1
+
+
 def _stream_duration_reached(ureq: UpstreamRequest) -> None:
     """A stream duration from grpc-timeout ran out: the connection answers as for
     max_stream_duration (504, or DEADLINE_EXCEEDED to a gRPC client)."""
@@ -857,6 +872,10 @@ class UpstreamRequest:
         if self.done:
             return
         if self.body_chunked:
+            if not data:
+                # An empty DATA frame from an HTTP/2 client is no chunk: encoded, it would be
+                # the last chunk (Envoy's HTTP/1 encoder writes nothing for it either).
+                return
             data = codec.encode_chunk(data)
         replay = self.replay
         if replay is not None:
@@ -967,6 +986,9 @@ class UpstreamRequest:
             return
         self.ex.bytes_sent += len(data)
         if self.response_chunked:
+            if not data:
+                # An HTTP/2 pod's empty DATA frame: as a chunk it would end the body early.
+                return
             data = codec.encode_chunk(data)
         head = self.held_head
         if head is not None:
@@ -1118,6 +1140,7 @@ class UpstreamRequest:
         self.host.stats.rq_error += 1
         if not isinstance(err, UpstreamConnectError):
             self.cluster.info.stats.upstream_rq_rx_reset.value += 1
+        self._charge_abort(err.status)
         self._flush_held_head()
         body = RESET_BEFORE_HEADERS + err.reset_reason.encode()
         self._reply(err.status, body, err.flag)
@@ -1137,9 +1160,17 @@ class UpstreamRequest:
         st = self.cluster.info.stats
         st.upstream_rq_timeout.value += 1
         self.host.stats.rq_timeout += 1
+        self._charge_abort(504)
         self._let_go()
         self._flush_held_head()
         self._reply(504, UPSTREAM_TIMEOUT, "UT")
+
+    def _charge_abort(self, status: int) -> None:
+        """Envoy's chargeUpstreamAbort: a request the router ends with its own 503/504
+        before any response began is charged to the cluster as that code, as a response
+        would be (router.cc chargeUpstreamCode; checked side by side with Envoy 1.40)."""
+        if self.response_head is None and self.fwd.dynamic_stats:
+            charge_local_reply(self.cluster.info, status)
 
     def _reply(self, status: int, body: bytes, flags: str) -> None:
         """The router's local reply once a host was chosen: with x-envoy-attempt-count when
