@@ -378,12 +378,6 @@ async def test_http1_client_to_h2c_pod(sides: StartSides) -> None:
     assert not diffs, "\n".join(diffs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an h2 pod's HEADERS with END_STREAM (gRPC trailers-only) reaches an HTTP/1 client "
-    "chunked from podproxy, with content-length: 0 from Envoy (the HTTP/2 upstream does not "
-    "tell the router that the head ended the stream)",
-)
 async def test_http1_client_gets_a_headers_only_answer_with_content_length_0(
     sides: StartSides,
 ) -> None:

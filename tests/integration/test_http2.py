@@ -199,8 +199,12 @@ async def test_deadline_and_cancellation_reset_the_upstream_stream(
 
     await asyncio.wait_for(settled(), 5)
     # Both the expired and the cancelled call reset their upstream stream (Envoy counts them
-    # as upstream_rq_tx_reset and upstream_rq_cancelled).
-    assert pp.counter("cluster.pods.upstream_rq_cancelled") == 2
+    # as upstream_rq_tx_reset and upstream_rq_cancelled): every call that went upstream but
+    # the last. (On a loaded machine the 0.3 s deadline can pass before the first call left
+    # the proxy; its client reset is counted all the same.)
+    sent = pp.counter("cluster.pods.upstream_rq_total")
+    assert sent in (2, 3)
+    assert pp.counter("cluster.pods.upstream_rq_cancelled") == sent - 1
     assert pp.counter("http.ingress_http.downstream_rq_rx_reset") == 2
     assert pp.gauge("http.ingress_http.downstream_rq_active") == 0
     assert pp.errors == []
