@@ -1207,7 +1207,8 @@ class FilteredUpstreamRequest(UpstreamRequest):
         status = head.status
         # A response without a body ends with its head (as Envoy's codec tells the filters).
         end = (
-            head.content_length == 0
+            head.end_stream
+            or head.content_length == 0
             or status == 204
             or status == 304
             or self.ex.head.method == b"HEAD"
