@@ -404,6 +404,22 @@ def test_upstream_rq_time_per_method() -> None:
     assert p.histograms() == {"cluster.a.grpc.pkg.Svc.Call.upstream_rq_time": 3}
 
 
+def test_upstream_rq_time_of_a_head_then_an_empty_end() -> None:
+    """An HTTP/2 upstream's trailers-only answer reaches the filters as its head and then an
+    empty end: timed as Envoy times a head that ends the stream; a body-bearing response
+    that ends without trailers is not timed."""
+    p = Proxy(enable_upstream_stats=True)
+    s = p.call().send(frame(b"x"))
+    s.fm.encode_headers(
+        ResponseHead(200, [(b"grpc-status", b"12")], True, None, False), False, s.sink
+    )
+    s.fm.encode_data(b"", True)
+    assert p.histograms() == {"cluster.a.grpc.upstream_rq_time": 1}
+    assert p.stats()["cluster.a.grpc.12"] == 1
+    p.call().send(frame(b"x")).respond(frame(b"r"), grpc_status=None)
+    assert p.histograms() == {"cluster.a.grpc.upstream_rq_time": 1}
+
+
 def test_route_without_cluster_or_unknown_cluster() -> None:
     p = Proxy(route=Route("r", always, direct_status=503))
     p.call()

@@ -164,6 +164,7 @@ class GrpcStatsFilter(HttpFilter):
         "prefix",
         "request_end",
         "requests",
+        "response_body",
         "responses",
         "tracked",
     )
@@ -179,6 +180,7 @@ class GrpcStatsFilter(HttpFilter):
         # When the request's end passed this filter on its way upstream (monotonic seconds,
         # 0.0 before): where upstream_rq_time starts (Envoy: the last byte sent upstream).
         self.request_end = 0.0
+        self.response_body = False
 
     # request ---------------------------------------------------------------------------
     def decode_headers(self, head: Any, end_stream: bool) -> int:
@@ -249,11 +251,18 @@ class GrpcStatsFilter(HttpFilter):
         return CONTINUE
 
     def encode_data(self, data: bytes, end_stream: bool) -> int:
-        responses = self.responses
-        if responses is not None and data:
-            delta = responses.inspect(data)
-            if delta:
-                self._add("response_message_count", delta)
+        if data:
+            self.response_body = True
+            responses = self.responses
+            if responses is not None:
+                delta = responses.inspect(data)
+                if delta:
+                    self._add("response_message_count", delta)
+        elif end_stream and self.request_end and not self.response_body:
+            # A response that ends with no body and no trailers: an HTTP/2 upstream's
+            # trailers-only answer (HEADERS with END_STREAM) reaches the filters as its head,
+            # then an empty end; Envoy's filter sees the end with the head and times it there.
+            self._upstream_time()
         return CONTINUE
 
     def encode_trailers(self, trailers: Headers) -> int:
