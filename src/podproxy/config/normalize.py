@@ -25,6 +25,7 @@ from podproxy.config.schema import (
     FAULT_TYPE,
     FILE_ACCESS_LOG_TYPE,
     GRPC_HTTP1_BRIDGE_TYPE,
+    GRPC_STATS_TYPE,
     GRPC_WEB_TYPE,
     HCM_TYPE,
     HEALTH_CHECK_TYPE,
@@ -72,6 +73,7 @@ TYPE_URL_BY_NAME: dict[str, str] = {
     "envoy.filters.http.cors": CORS_TYPE,
     "envoy.filters.http.grpc_web": GRPC_WEB_TYPE,
     "envoy.filters.http.grpc_http1_bridge": GRPC_HTTP1_BRIDGE_TYPE,
+    "envoy.filters.http.grpc_stats": GRPC_STATS_TYPE,
     "envoy.access_loggers.file": FILE_ACCESS_LOG_TYPE,
     "envoy.access_loggers.stdout": STDOUT_ACCESS_LOG_TYPE,
     "envoy.access_loggers.stderr": STDERR_ACCESS_LOG_TYPE,
@@ -96,6 +98,7 @@ V2_TYPE_URLS: dict[str, str] = {
     TYPE_URL_PREFIX + "envoy.config.filter.http.grpc_web.v2.GrpcWeb": GRPC_WEB_TYPE,
     TYPE_URL_PREFIX
     + "envoy.config.filter.http.grpc_http1_bridge.v2.Config": GRPC_HTTP1_BRIDGE_TYPE,
+    TYPE_URL_PREFIX + "envoy.config.filter.http.grpc_stats.v2alpha.FilterConfig": GRPC_STATS_TYPE,
     TYPE_URL_PREFIX + "envoy.config.accesslog.v2.FileAccessLog": FILE_ACCESS_LOG_TYPE,
     TYPE_URL_PREFIX + "envoy.api.v2.auth.DownstreamTlsContext": DOWNSTREAM_TLS_TYPE,
     TYPE_URL_PREFIX + "envoy.api.v2.auth.UpstreamTlsContext": UPSTREAM_TLS_TYPE,

@@ -55,6 +55,7 @@ GRPC_WEB_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.grpc_web.v3.Grp
 GRPC_HTTP1_BRIDGE_TYPE = TYPE_URL_PREFIX + (
     "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config"
 )
+GRPC_STATS_TYPE = TYPE_URL_PREFIX + "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
 ROUTE_FILTER_CONFIG_TYPE = TYPE_URL_PREFIX + "envoy.config.route.v3.FilterConfig"
 FILE_ACCESS_LOG_TYPE = TYPE_URL_PREFIX + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_ACCESS_LOG_TYPE = (
@@ -1698,6 +1699,53 @@ class GrpcHttp1Bridge(TypedMessage):
     ignore_query_parameters: StrictBool = False
 
 
+class GrpcMethodListService(Message):
+    """envoy.config.core.v3.GrpcMethodList.Service: a fully qualified service name and the
+    methods of it that are listed."""
+
+    name: Annotated[Str, Field(min_length=1)]
+    method_names: Annotated[tuple[Str, ...], Field(min_length=1)]
+
+
+class GrpcMethodList(Message):
+    """envoy.config.core.v3.GrpcMethodList."""
+
+    services: tuple[GrpcMethodListService, ...] = ()
+
+
+class GrpcStats(TypedMessage):
+    """The gRPC statistics filter (envoy.filters.http.grpc_stats.v3.FilterConfig)."""
+
+    TYPE_URL = GRPC_STATS_TYPE
+    # Envoy keeps the message counts in the stream's filter state, where only the
+    # FILTER_STATE access log operator (or another filter) reads them; podproxy has neither,
+    # so true would do nothing visible: refused rather than silently ignored.
+    emit_filter_state: StrictBool = False
+    # oneof per_method_stat_specifier: neither set means no per-method names (Envoy's
+    # default since 1.18; it was all methods before).
+    individual_method_stats_allowlist: GrpcMethodList | None = None
+    stats_for_all_methods: StrictBool | None = None
+    enable_upstream_stats: StrictBool = False
+    replace_dots_in_grpc_service_name: StrictBool = False
+
+    @field_validator("emit_filter_state")
+    @classmethod
+    def _no_filter_state(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "true is not supported by podproxy: the filter state it fills is read only by "
+                "the FILTER_STATE access log operator, which podproxy does not have"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _oneof(self) -> GrpcStats:
+        _one_of(
+            self, ("individual_method_stats_allowlist", "stats_for_all_methods"), required=False
+        )
+        return self
+
+
 class RegexMatchAndSubstitute(Message):
     pattern: RegexMatcher
     substitution: Str
@@ -1752,6 +1800,7 @@ HTTP_FILTER_CONFIGS: dict[str, type[TypedMessage]] = {
     "envoy.filters.http.local_ratelimit": LocalRateLimit,
     "envoy.filters.http.grpc_web": GrpcWeb,
     "envoy.filters.http.grpc_http1_bridge": GrpcHttp1Bridge,
+    "envoy.filters.http.grpc_stats": GrpcStats,
 }
 # What each takes in typed_per_filter_config (v3 type URL → model).
 PER_ROUTE_CONFIGS: dict[str, type[TypedMessage]] = {

@@ -12,6 +12,7 @@ from podproxy.filters.http import (
     cors,
     fault,
     grpc_http1_bridge,
+    grpc_stats,
     grpc_web,
     health_check,
     local_ratelimit,
@@ -27,4 +28,5 @@ HTTP_FILTERS: dict[str, Callable[[Any, FilterContext], FilterFactory]] = {
     cors.NAME: cors.build,
     grpc_web.NAME: grpc_web.build,
     grpc_http1_bridge.NAME: grpc_http1_bridge.build,
+    grpc_stats.NAME: grpc_stats.build,
 }
