@@ -462,8 +462,8 @@ class FilterManager:
         if data:
             terminal.on_request_body(ex, data)
         if end_stream and not self.replied and not ex.response_complete:
-            # (Trailers end the request here: the HTTP/1 upstream sends none, as Envoy's
-            # HTTP/1 codec without enable_trailers.)
+            # (Trailers end the request here: the router passes ex.request_trailers to an
+            # HTTP/2 upstream; an HTTP/1 one sends none, as Envoy's without enable_trailers.)
             terminal.on_request_end(ex)
 
     def _through(self, i: int, data: bytes, end_stream: bool) -> bytes | None:
@@ -1009,7 +1009,11 @@ class FilterChainHandler:
     def on_request_end(self, ex: Exchange) -> None:
         fm = ex.filters
         if fm is not None and not fm.replied and not fm.head_only:
-            fm.decode_data(b"", True)
+            trailers = ex.request_trailers
+            if trailers is None:
+                fm.decode_data(b"", True)
+            else:
+                fm.decode_trailers(trailers)  # the filters may edit the list in place
 
     def on_downstream_reset(self, ex: Exchange) -> None:
         fm = ex.filters

@@ -225,6 +225,8 @@ class Exchange:
     state: Any = None
     # The stream's filter manager when the HCM has filters besides the router (else None).
     filters: Any = None
+    # The trailers the request ended with (an HTTP/2 client's; HTTP/1 drops them).
+    request_trailers: Headers | None = None
 
     @property
     def health_check(self) -> bool:

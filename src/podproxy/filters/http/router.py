@@ -801,6 +801,8 @@ class UpstreamRequest:
         if self.request_ended:
             if self.body_chunked:
                 data.append(codec.LAST_CHUNK)
+            elif self.ex.request_trailers is not None:
+                self._pass_trailers(conn)
             conn.request_done = True
         conn.write(b"".join(data) if len(data) > 1 else data[0])
 
@@ -902,7 +904,16 @@ class UpstreamRequest:
         if conn is not None and not self.done:
             if self.body_chunked:
                 conn.write(codec.LAST_CHUNK)
+            elif self.ex.request_trailers is not None:
+                self._pass_trailers(conn)
             conn.request_done = True
+
+    def _pass_trailers(self, conn: UpstreamConnection) -> None:
+        """The request ended with trailers (an HTTP/2 client's): an HTTP/2 upstream stream
+        sends them; an HTTP/1 one has no place for them (Envoy's HTTP/1 codec drops them
+        without enable_trailers)."""
+        if self.pool.multiplexed:
+            conn.request_trailers = self.ex.request_trailers
 
     # response direction ----------------------------------------------------------------
     def on_response_head(self, head: ResponseHead) -> None:

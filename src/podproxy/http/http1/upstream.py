@@ -64,6 +64,10 @@ CONN_CLOSED = ConnState.CLOSED
 class UpstreamConnection(asyncio.Protocol):
     """An HTTP/1.1 client connection owned by a `HostPool`."""
 
+    # What an HTTP/2 stream sends as its request's trailers; HTTP/1 sends none (Envoy's
+    # HTTP/1 codec drops them without enable_trailers), so the router never sets it here.
+    request_trailers: list[tuple[bytes, bytes]] | None = None
+
     def __init__(self, pool: HostPool) -> None:
         self.pool = pool
         self.state = CONN_CONNECTING
