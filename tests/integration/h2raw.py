@@ -78,6 +78,8 @@ class H2Raw:
         self.frames: list[Frame] = []
         self.streams: dict[int, Answer] = {}
         self.closed = False
+        self.sent_bytes = 0
+        self.received_bytes = 0
         self.auto_ack = True  # answer the server's SETTINGS with an ACK
         self._buf = bytearray()
         self._block: list[bytes] = []  # a header block still waiting for CONTINUATION
@@ -122,6 +124,7 @@ class H2Raw:
     # sending ------------------------------------------------------------------------------
     def send_raw(self, data: bytes) -> None:
         if not self.writer.is_closing():
+            self.sent_bytes += len(data)
             self.writer.write(data)
 
     def send(self, *frames: Frame) -> None:
@@ -157,6 +160,7 @@ class H2Raw:
     async def _read(self) -> None:
         with contextlib.suppress(ConnectionError):
             while chunk := await self.reader.read(65536):
+                self.received_bytes += len(chunk)
                 self._buf.extend(chunk)
                 self._parse()
                 self._changed.set()

@@ -328,6 +328,9 @@ class H2DownstreamConnection(H2Endpoint):
             else:
                 self.draining = True
         if data:
+            if counted:
+                # Counted as received by the HTTP/1 connection that read it.
+                st.downstream_cx_rx_bytes_total.value -= len(data)
             self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
@@ -346,6 +349,8 @@ class H2DownstreamConnection(H2Endpoint):
                 self._event(event, touched)
             except Exception:  # one stream's failure must not take the connection down
                 log.exception("HTTP/2 event %r failed", event)
+            if self.closing:
+                break
         if not self.closing:
             self.ack_after_read(touched.values())
             self.flush()
@@ -681,11 +686,12 @@ class H2DownstreamConnection(H2Endpoint):
             st.seen_io = st.io
             st.idle_since = now
         elif now - st.idle_since >= idle:
-            # HCM stream_idle_timeout / route idle_timeout: 408 "stream timeout" before the
-            # response, a reset after (send_local_reply decides), as on HTTP/1.
+            # HCM stream_idle_timeout / route idle_timeout, as Envoy 1.40 answers it on HTTP/2
+            # (checked side by side): 408 "stream timeout" while the request is arriving, 504
+            # once it has (the wait is the upstream's), a reset once the response began.
             cfg.stats.downstream_rq_idle_timeout.value += 1
             self.handler.on_downstream_reset(ex)
-            st.send_local_reply(ex, 408, b"stream timeout")
+            st.send_local_reply(ex, 504 if ex.request_complete else 408, b"stream timeout")
 
     def keepalive_lost(self) -> None:
         self.close()
