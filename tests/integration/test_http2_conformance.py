@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import yaml
 from h2.errors import ErrorCodes
@@ -30,7 +33,8 @@ from integration.h2raw import PREFACE, H2Raw, request_fields
 from integration.scripted import ScriptedRequest, ScriptedUpstream
 from integration.sidebyside import ENVOY, start_envoy
 from integration.test_hardening import ok, two_hosts
-from integration.test_proxy_http import InProcessProxy
+from integration.test_proxy_http import InProcessProxy, bootstrap, cluster
+from podproxy.config.loader import load
 
 PROTOCOL_ERROR = ErrorCodes.PROTOCOL_ERROR
 INTERNAL_ERROR = ErrorCodes.INTERNAL_ERROR
@@ -572,3 +576,111 @@ async def test_http1_clients_are_untouched_by_the_http2_limits(proxies: StartPro
     assert all(
         c.value == 0 for name, c in p.pod.server.store.counters.items() if name.startswith("http2.")
     )
+
+
+# --- connection_keepalive on a pod's connection ----------------------------------------------
+
+
+class MutablePod:
+    """An HTTP/2 pod (h2, server side) that answers every request 200 and, once `mute`d,
+    reads nothing more: its PING acks stop, as a pod behind a dead link."""
+
+    def __init__(self) -> None:
+        self.pings = 0
+        self.muted = False
+        self.connections = 0
+        self.closed = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> MutablePod:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                if self.muted:
+                    continue
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.PingReceived):
+                        self.pings += 1
+                    elif isinstance(event, h2.events.RequestReceived):
+                        conn.send_headers(
+                            event.stream_id, [(":status", "200"), ("content-length", "2")]
+                        )
+                        conn.send_data(event.stream_id, b"ok", end_stream=True)
+                writer.write(conn.data_to_send())
+        except ConnectionError:
+            pass
+        finally:
+            self.closed.set()
+            writer.close()
+
+
+async def test_keepalive_pings_an_idle_pod_and_drops_a_dead_one(proxies: StartProxies) -> None:
+    pod = await MutablePod().start()
+    try:
+        keepalive = {"interval": "0.2s", "timeout": "0.5s", "interval_jitter": {"value": 10}}
+        cfg = yaml.safe_load(two_hosts(("127.0.0.1", pod.port)))
+        cfg["static_resources"]["clusters"][0]["http2_protocol_options"] = {
+            "connection_keepalive": keepalive
+        }
+        pp = InProcessProxy(yaml.safe_dump(cfg, sort_keys=False))
+        await pp.start()
+        try:
+            get = b"GET /k HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n"
+            assert (await raw_exchange(*pp.address, get)).startswith(b"HTTP/1.1 200")
+            # Idle in the pool, the connection is PINGed (and the pod acks).
+            for _ in range(100):
+                if pod.pings >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert pod.pings >= 2
+            assert pp.counter("cluster.app.http2.keepalive_timeout") == 0
+            pod.muted = True
+            pod.closed.clear()
+            await asyncio.wait_for(pod.closed.wait(), 5.0)
+            assert pp.counter("cluster.app.http2.keepalive_timeout") == 1
+            assert pp.counter("cluster.app.upstream_cx_destroy_local") == 1
+            # The next request gets a new connection.
+            pod.muted = False
+            assert (await raw_exchange(*pp.address, get)).startswith(b"HTTP/1.1 200")
+            assert pod.connections == 2
+            assert pp.errors == []
+        finally:
+            await pp.stop()
+    finally:
+        await pod.close()
+
+
+@pytest.mark.envoy
+async def test_keepalive_config_is_accepted_as_envoy_accepts_it(tmp_path: Path) -> None:
+    """The same connection_keepalive block loads in Envoy 1.40 (validate mode) and podproxy."""
+    if not ENVOY.exists():
+        pytest.skip(f"no Envoy binary at {ENVOY}")
+    h2 = {
+        "http2_protocol_options": {
+            "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+            "max_concurrent_streams": 10,
+        }
+    }
+    text = bootstrap([cluster("app", [("127.0.1.1", 8080)], **h2)], hcm=h2)
+    load(config_yaml=text)
+    path = tmp_path / "k.yaml"
+    path.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        str(ENVOY), "--mode", "validate", "-c", str(path), "-l", "error",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()[-2000:]
