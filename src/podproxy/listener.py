@@ -35,7 +35,7 @@ from podproxy.http.conn_manager import (
 )
 from podproxy.http.http1.downstream import ConnectionTracker
 from podproxy.http.http1.logged import connection_class
-from podproxy.http.http2.codec import http2_settings
+from podproxy.http.http2.codec import http2_settings, make_codec_stats
 from podproxy.http.http2.downstream import H2DownstreamConnection, LoggedH2DownstreamConnection
 from podproxy.http.stream import StreamHandler
 from podproxy.http.upgrade import upgrade_policy
@@ -615,5 +615,6 @@ def _chain_tracker(
             LoggedH2DownstreamConnection if access_logger is not None else H2DownstreamConnection
         )
         tracker.h2_settings = http2_settings(hcm.http2_protocol_options, ccfg.max_headers_bytes)
+        tracker.h2_stats = make_codec_stats(store)
         tracker.alpn_h2 = tls
     return tracker

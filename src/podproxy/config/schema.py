@@ -731,6 +731,33 @@ class Http1ProtocolOptions(Message):
     default_host_for_http_10: Str | None = None
 
 
+class Percent(Message):
+    """envoy.type.v3.Percent: a percentage, 0 to 100."""
+
+    value: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
+
+
+class KeepaliveSettings(Message):
+    """core.v3.KeepaliveSettings (Http2ProtocolOptions.connection_keepalive): a PING every
+    `interval` (plus up to `interval_jitter` percent of it; unset: no PINGs), and the
+    connection closed when its ack has not come `timeout` after it (nor any other frame)."""
+
+    UNSUPPORTED = _names("connection_idle_interval")
+    interval: OptDuration = None
+    timeout: Duration
+    interval_jitter: Percent = Percent(value=15.0)
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _at_least_1ms(cls, value: float | None) -> float | None:
+        # Envoy's validate rule on both: gte 1ms.
+        if value is not None and value < 0.001:
+            raise PydanticCustomError(
+                "duration", "expected at least 1ms, got {got}s", {"got": value}
+            )
+        return value
+
+
 class Http2ProtocolOptions(Message):
     """core.v3.Http2ProtocolOptions (HCM and cluster `http2_protocol_options`), with Envoy's
     current defaults (reference/envoy-hcm.md §5.2)."""
@@ -738,7 +765,7 @@ class Http2ProtocolOptions(Message):
     UNSUPPORTED = _names(
         """
         allow_connect allow_metadata max_metadata_size custom_settings_parameters
-        connection_keepalive use_oghttp2_codec enable_huffman_encoding
+        use_oghttp2_codec enable_huffman_encoding
         max_consecutive_inbound_frames_with_empty_payload max_inbound_priority_frames_per_stream
         max_inbound_window_update_frames_per_data_frame_sent
         """
@@ -749,6 +776,7 @@ class Http2ProtocolOptions(Message):
     initial_connection_window_size: Annotated[UInt, Field(ge=65535, le=2147483647)] = 25165824
     max_outbound_frames: Annotated[UInt, Field(ge=1)] = 10000
     max_outbound_control_frames: Annotated[UInt, Field(ge=1)] = 1000
+    connection_keepalive: KeepaliveSettings | None = None
     # h2 (the HTTP/2 library) treats every invalid message as a connection error, which is
     # Envoy's default; resetting only the stream is not available.
     stream_error_on_invalid_http_messaging: StrictBool = False

@@ -17,7 +17,7 @@ from typing import Any
 from podproxy.errors import ConfigError
 from podproxy.http.http1 import codec
 from podproxy.http.http1.pool import HostPool
-from podproxy.http.http2.codec import http2_settings
+from podproxy.http.http2.codec import http2_settings, make_codec_stats
 from podproxy.http.http2.pool import H2HostPool
 from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 from podproxy.stats import Counter, Gauge, Store
@@ -155,6 +155,7 @@ class ClusterManager:
         h2_pool_factory: Callable[[Host], H2HostPool] | None = None
         if h2_options is not None:
             settings = http2_settings(h2_options, max_headers_kb * 1024)
+            codec_stats = make_codec_stats(info.scope)
             if (
                 tls is not None
                 and tls_cfg is not None
@@ -174,6 +175,7 @@ class ClusterManager:
                 buffer_limit=info.per_connection_buffer_limit_bytes,
                 scheme=b"https" if tls is not None else b"http",
                 tls=tls,
+                codec_stats=codec_stats,
             )
         if protocol == "http2":
             assert h2_pool_factory is not None

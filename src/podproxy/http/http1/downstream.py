@@ -78,6 +78,7 @@ class ConnectionTracker:
         # whose first read is the HTTP/2 preface becomes one.
         self.h2_connection_class: Any = None
         self.h2_settings: Any = None
+        self.h2_stats: Any = None  # the client side's `http2.*` codec stats
         # A TLS chain offering h2 by ALPN: a connection that negotiated it is HTTP/2.
         self.alpn_h2 = False
         self.connections: set[DownstreamConnection] = set()

@@ -17,6 +17,15 @@ holds what the client and the server side have in common:
   bytes arrive (Envoy keeps the connection window open so one paused stream cannot starve the
   others); a stream's own window only as its consumer takes the data, so a stream whose
   consumer paused it (`pause_reading`) gets at most its window more.
+- **Errors as RFC 9113 and Envoy grade them.** h2 makes every error a connection error; a few
+  frame handlers are wrapped so that what Envoy (nghttp2) answers with a stream error stays
+  one: a stream over `max_concurrent_streams` is refused (REFUSED_STREAM), a body that does
+  not match its content-length resets its stream (PROTOCOL_ERROR), and a header list over
+  `max_request_headers_kb` is decoded in full (HPACK state is per connection) and its stream
+  reset by the server side.
+- **Codec stats** (`Http2CodecStats`, Envoy's `http2.*` names) and **PING keepalive**
+  (`connection_keepalive`): a PING every `interval` (± jitter), the connection closed when
+  its ack does not come within `timeout` of it and nothing else came either.
 """
 
 from __future__ import annotations
@@ -24,19 +33,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import os
+import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
-from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
+from h2.events import Event, StreamReset
+from h2.exceptions import (
+    FlowControlError,
+    InvalidBodyLengthError,
+    ProtocolError,
+    StreamClosedError,
+)
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame
 
 from podproxy.http.flow import WRITE_HIGH_WATER, WRITE_LOW_WATER
 from podproxy.http.stream import Headers
+from podproxy.stats import Counter, Gauge
 
 log = logging.getLogger("podproxy.http2")
 
@@ -57,6 +75,38 @@ CONNECTION_SPECIFIC = frozenset(
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65535
 
+# A header block is decoded in full up to this many times the header limit, so that a stream
+# over the limit can be reset alone (HPACK's table is the connection's); past it decoding
+# stops and the connection goes (h2's "HPACK bomb" guard, ENHANCE_YOUR_CALM).
+HEADER_DECODE_FACTOR = 4
+
+
+@dataclass(slots=True)
+class Http2CodecStats:
+    """Envoy's per-codec stats (ALL_HTTP2_CODEC_STATS, checked against Envoy 1.40's /stats):
+    `http2.*` for the client side (one scope for every connection manager, as Envoy) and
+    `cluster.<name>.http2.*` for a cluster's pods."""
+
+    goaway_sent: Counter
+    header_overflow: Counter  # more header fields than max_headers_count
+    header_list_size_too_large: Counter  # a header list over max_request_headers_kb
+    inbound_empty_frames_flood: Counter
+    keepalive_timeout: Counter
+    outbound_control_flood: Counter
+    rx_messaging_error: Counter
+    rx_reset: Counter
+    stream_refused_errors: Counter
+    trailers: Counter
+    tx_reset: Counter
+    streams_active: Gauge
+    pending_send_bytes: Gauge
+
+
+def make_codec_stats(scope: Any) -> Http2CodecStats:
+    """`scope` is the store (client side) or a cluster's scope; the stats go under `http2.`."""
+    stats: Http2CodecStats = scope.scope("http2.").make(Http2CodecStats)
+    return stats
+
 
 @dataclass(frozen=True, slots=True)
 class Http2Settings:
@@ -74,17 +124,26 @@ class Http2Settings:
     # HttpConnectionManager.stream_error_on_invalid_http_message / the option's override:
     # an invalid message resets its stream only, rather than the connection.
     stream_error_on_invalid_http_messaging: bool = False
+    # connection_keepalive: seconds between PINGs (None: no keepalive), how long an ack may
+    # take, and the jitter added to each interval (a fraction of it, Envoy's 15% default).
+    keepalive_interval: float | None = None
+    keepalive_timeout: float = 0.0
+    keepalive_jitter: float = 0.15
 
     def local_settings(self, client: bool) -> Settings:
         values = {
             SettingCodes.HEADER_TABLE_SIZE: self.hpack_table_size,
             SettingCodes.INITIAL_WINDOW_SIZE: self.initial_stream_window_size,
-            SettingCodes.MAX_HEADER_LIST_SIZE: self.max_header_list_size,
             SettingCodes.ENABLE_PUSH: 0,
         }
-        if not client:
+        if client:
+            # The pod's answers: h2 enforces the limit (a connection error, as before).
+            values[SettingCodes.MAX_HEADER_LIST_SIZE] = self.max_header_list_size
+        else:
             # A client's max_concurrent_streams caps what the pool opens (it is not sent:
-            # servers do not open streams since push is off).
+            # servers do not open streams since push is off). The server side advertises no
+            # MAX_HEADER_LIST_SIZE, as Envoy (checked side by side): it measures each
+            # request's list itself and resets only that stream.
             values[SettingCodes.MAX_CONCURRENT_STREAMS] = self.max_concurrent_streams
         return Settings(client=client, initial_values=values)
 
@@ -94,7 +153,12 @@ DEFAULT_SETTINGS = Http2Settings()
 
 def http2_settings(options: Any, max_header_list_size: int) -> Http2Settings:
     """Settings from a typed `Http2ProtocolOptions` (config.schema)."""
+    keepalive = options.connection_keepalive
+    interval = keepalive.interval if keepalive is not None else None
     return Http2Settings(
+        keepalive_interval=interval or None,
+        keepalive_timeout=keepalive.timeout if keepalive is not None else 0.0,
+        keepalive_jitter=keepalive.interval_jitter.value / 100.0 if keepalive is not None else 0.15,
         hpack_table_size=options.hpack_table_size,
         max_concurrent_streams=options.max_concurrent_streams,
         initial_stream_window_size=options.initial_stream_window_size,
@@ -217,9 +281,14 @@ class H2Endpoint(asyncio.Protocol):
     client_side = False
     # Named by the subclasses' stats (Envoy: `http2.<name>` counters).
     stats: Any = None
+    # What the subclass counts the bytes it writes in (downstream_/upstream_cx_tx_bytes_total).
+    tx_bytes: Counter
 
-    def __init__(self, settings: Http2Settings, buffer_limit: int | None) -> None:
+    def __init__(
+        self, settings: Http2Settings, buffer_limit: int | None, codec: Http2CodecStats
+    ) -> None:
         self.settings = settings
+        self.codec = codec
         config = H2Configuration(
             client_side=self.client_side,
             header_encoding=None,
@@ -229,9 +298,14 @@ class H2Endpoint(asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = H2Connection(config=config)
+        self.h2 = _Connection(config=config)
         self.h2.local_settings = settings.local_settings(self.client_side)
+        if not self.client_side:
+            self.h2.decoder.max_header_list_size = (
+                settings.max_header_list_size * HEADER_DECODE_FACTOR
+            )
         _keep_open_after_goaway(self.h2)
+        _stream_errors_stay_stream_errors(self)
         # Stream windows and the wait limit are `initial_stream_window_size` at most: the
         # inbound window is also the most one stream may buffer (as Envoy's soft limit).
         self.h2.max_inbound_frame_size = self.h2.local_settings.max_frame_size
@@ -245,6 +319,11 @@ class H2Endpoint(asyncio.Protocol):
         self.closed = False
         # Streams with body waiting, in the order they began waiting (served round robin).
         self.waiting: dict[int, H2Stream] = {}
+        # Reads so far (the keepalive's "anything came since the PING").
+        self.reads = 0
+        self.keepalive_timer: asyncio.TimerHandle | None = None
+        self.keepalive_ping: bytes | None = None  # the PING awaiting its ack
+        self.keepalive_reads = 0
 
     # transport ------------------------------------------------------------------------
     def start(self, transport: asyncio.Transport) -> None:
@@ -256,11 +335,14 @@ class H2Endpoint(asyncio.Protocol):
         if extra > 0:
             h2.increment_flow_control_window(extra)
         self.flush()
+        if self.settings.keepalive_interval is not None:
+            self._arm_keepalive()
 
     def flush(self) -> None:
         """Write what h2 has to send."""
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
+            self.tx_bytes.value += len(data)
             self.transport.write(data)
 
     def pause_writing(self) -> None:
@@ -270,6 +352,63 @@ class H2Endpoint(asyncio.Protocol):
         self.write_paused = False
         self.send_waiting()
         self.flush()
+
+    # keepalive (connection_keepalive) ---------------------------------------------------
+    def _arm_keepalive(self) -> None:
+        interval = self.settings.keepalive_interval
+        assert interval is not None
+        jitter = interval * self.settings.keepalive_jitter * random.random()
+        loop = asyncio.get_running_loop()
+        self.keepalive_timer = loop.call_later(interval + jitter, self._send_keepalive)
+
+    def _send_keepalive(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        opaque = os.urandom(8)
+        self.keepalive_ping = opaque
+        self.keepalive_reads = self.reads
+        with contextlib.suppress(ProtocolError):
+            self.h2.ping(opaque)
+        self.flush()
+        loop = asyncio.get_running_loop()
+        self.keepalive_timer = loop.call_later(
+            self.settings.keepalive_timeout, self._keepalive_expired
+        )
+
+    def _keepalive_expired(self) -> None:
+        if self.closed or self.keepalive_ping is None:
+            return
+        if self.reads != self.keepalive_reads:
+            # Frames came meanwhile: the connection is alive, its ack is only queued behind
+            # them (Envoy extends the timeout on any frame for the same reason).
+            self.keepalive_reads = self.reads
+            loop = asyncio.get_running_loop()
+            self.keepalive_timer = loop.call_later(
+                self.settings.keepalive_timeout, self._keepalive_expired
+            )
+            return
+        self.codec.keepalive_timeout.value += 1
+        log.debug("HTTP/2 keepalive PING not answered: closing %r", self)
+        self.keepalive_lost()
+
+    def ping_acked(self, opaque: bytes) -> None:
+        """A PING ack came: if it is the keepalive's, the next PING goes an interval later."""
+        if opaque != self.keepalive_ping:
+            return
+        self.keepalive_ping = None
+        if self.keepalive_timer is not None:
+            self.keepalive_timer.cancel()
+        if not self.closed:
+            self._arm_keepalive()
+
+    def keepalive_lost(self) -> None:
+        """No keepalive ack: the subclass closes the connection."""
+
+    def stop_keepalive(self) -> None:
+        timer = self.keepalive_timer
+        if timer is not None:
+            timer.cancel()
+            self.keepalive_timer = None
 
     # outbound -------------------------------------------------------------------------
     def send_headers(self, st: H2Stream, headers: Headers, end: bool) -> None:
@@ -289,6 +428,7 @@ class H2Endpoint(asyncio.Protocol):
         if data:
             st.out.append(data)
             st.out_size += len(data)
+            self.codec.pending_send_bytes.value += len(data)
         if end:
             st.end_pending = True
         self._send_stream(st)
@@ -324,6 +464,7 @@ class H2Endpoint(asyncio.Protocol):
                 else:
                     out.pop(0)
                 st.out_size -= len(chunk)
+                self.codec.pending_send_bytes.value -= len(chunk)
                 last = not out and st.end_pending and st.trailers_pending is None
                 h2.send_data(sid, chunk, end_stream=last)
                 if last:
@@ -338,6 +479,7 @@ class H2Endpoint(asyncio.Protocol):
         except (ProtocolError, StreamClosedError, FlowControlError):
             # The stream went away meanwhile (reset): its body goes nowhere.
             out.clear()
+            self.codec.pending_send_bytes.value -= st.out_size
             st.out_size = 0
             st.ended_out = True
         if out:
@@ -360,17 +502,36 @@ class H2Endpoint(asyncio.Protocol):
             st.closed = True
             st.ended_out = True
             self.waiting.pop(st.sid, None)
-            with contextlib.suppress(ProtocolError, StreamClosedError):
+            try:
                 self.h2.reset_stream(st.sid, code)
+            except (ProtocolError, StreamClosedError):
+                pass
+            else:
+                self.codec.tx_reset.value += 1
             self.flush()
         self.forget(st)
+
+    def add_stream(self, st: H2Stream) -> None:
+        self.streams[st.sid] = st
+        self.codec.streams_active.value += 1
 
     def forget(self, st: H2Stream) -> None:
         st.closed = True
         st.out.clear()
-        st.out_size = 0
+        if st.out_size:
+            self.codec.pending_send_bytes.value -= st.out_size
+            st.out_size = 0
         self.waiting.pop(st.sid, None)
-        self.streams.pop(st.sid, None)
+        if self.streams.pop(st.sid, None) is not None:
+            self.codec.streams_active.value -= 1
+
+    def forget_all(self) -> list[H2Stream]:
+        """The connection went: every stream is dropped (and returned)."""
+        streams = list(self.streams.values())
+        for st in streams:
+            self.forget(st)
+        self.waiting.clear()
+        return streams
 
     # inbound --------------------------------------------------------------------------
     def received(self, st: H2Stream | None, flow_controlled: int) -> None:
@@ -411,7 +572,10 @@ class H2Endpoint(asyncio.Protocol):
         frame.last_stream_id = last_stream_id
         frame.error_code = code
         if self.transport is not None and not self.closed:
-            self.transport.write(frame.serialize())
+            data = frame.serialize()
+            self.codec.goaway_sent.value += 1
+            self.tx_bytes.value += len(data)
+            self.transport.write(data)
 
 
 def _keep_open_after_goaway(conn: H2Connection) -> None:
@@ -433,3 +597,50 @@ def _keep_open_after_goaway(conn: H2Connection) -> None:
         return result
 
     dispatch[GoAwayFrame] = receive_goaway
+
+
+class _Connection(H2Connection):
+    """h2's connection, except that a stream over our SETTINGS_MAX_CONCURRENT_STREAMS is not
+    a connection error: the server side refuses it (RST_STREAM REFUSED_STREAM), as Envoy
+    does and RFC 9113 §5.1.2 allows; its headers are decoded all the same (HPACK)."""
+
+    @property
+    def open_inbound_streams(self) -> int:
+        super().open_inbound_streams  # noqa: B018 (h2 drops closed streams as it counts)
+        return 0
+
+
+def is_messaging_error(exc: BaseException) -> bool:
+    """Whether h2 raised `exc` validating a header list (RFC 9113 §8.2, §8.3): Envoy's
+    `rx_messaging_error`, as against a framing or state error."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("h2", "utilities.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _stream_errors_stay_stream_errors(endpoint: H2Endpoint) -> None:
+    """Wrap h2's DATA handler: a body that disagrees with its content-length is malformed
+    (RFC 9113 §8.1.1), a stream error of type PROTOCOL_ERROR, as Envoy answers it; h2 would
+    end the connection. The stream is reset and reported as reset (a `StreamReset` event),
+    and the bytes it carried go back to the connection window."""
+    conn = endpoint.h2
+    dispatch = conn._frame_dispatch_table
+    receive_data: Callable[[DataFrame], tuple[list[Any], list[Event]]] = dispatch[DataFrame]
+
+    def on_data(frame: DataFrame) -> tuple[list[Any], list[Event]]:
+        try:
+            return receive_data(frame)
+        except InvalidBodyLengthError:
+            conn.reset_stream(frame.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            endpoint.codec.tx_reset.value += 1
+            endpoint.codec.rx_messaging_error.value += 1
+            endpoint.conn_unacked += frame.flow_controlled_length
+            event = StreamReset(
+                stream_id=frame.stream_id, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False
+            )
+            return [], [event]
+
+    dispatch[DataFrame] = on_data

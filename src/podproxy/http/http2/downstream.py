@@ -13,7 +13,12 @@ in flight are done. The known HTTP/2 attacks meet Envoy's answers: a peer that d
 while making us queue control frames (PING, SETTINGS acks, resets) past
 `max_outbound_control_frames` is disconnected, and so is one that resets more than half of
 its streams within a second of opening them once it opened 500 (CVE-2023-44487, "rapid
-reset", Envoy's `overload.premature_reset_*` defaults).
+reset", Envoy's `overload.premature_reset_*` defaults), and so is one that sends DATA frames
+without payload back to back (`max_consecutive_inbound_frames_with_empty_payload`, 1).
+Streams over `max_concurrent_streams` are refused, and a request whose header list is over
+`max_request_headers_kb` or `max_headers_count` is reset alone (INTERNAL_ERROR, as Envoy).
+A stream idle for `stream_idle_timeout` (or its route's `idle_timeout`) is answered 408, or
+reset once its response began: idle means no frame of its own moved either way.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from podproxy.http.http2.codec import (
     MAX_WINDOW,
     H2Endpoint,
     H2Stream,
+    Http2CodecStats,
     Http2Settings,
+    is_messaging_error,
     response_block_to_h2,
 )
 from podproxy.http.stream import (
@@ -54,12 +61,25 @@ log = logging.getLogger("podproxy.http2")
 # Envoy's overload.premature_reset_total_stream_count and _min_stream_lifetime_seconds.
 PREMATURE_RESET_STREAMS = 500
 PREMATURE_RESET_LIFETIME = 1.0
+# Envoy's max_consecutive_inbound_frames_with_empty_payload default: one DATA frame without
+# payload (and without END_STREAM) may follow another frame, a second in a row is a flood.
+MAX_EMPTY_FRAMES = 1
 
 
 class ServerStream(H2Stream):
     """One request stream: the `StreamConnection` of its exchange."""
 
-    __slots__ = ("ex", "head_buf", "held", "opened", "request_ended", "wrote_head")
+    __slots__ = (
+        "ex",
+        "head_buf",
+        "held",
+        "idle_since",
+        "io",
+        "opened",
+        "request_ended",
+        "seen_io",
+        "wrote_head",
+    )
 
     def __init__(self, conn: H2DownstreamConnection, sid: int) -> None:
         super().__init__(conn, sid)
@@ -69,6 +89,11 @@ class ServerStream(H2Stream):
         self.wrote_head = False
         self.request_ended = False
         self.opened = conn.loop.time()
+        # The stream idle timeout: `io` counts this stream's frames both ways; the sweep
+        # notes when it last changed (no clock read per frame).
+        self.io = 0
+        self.seen_io = 0
+        self.idle_since = self.opened
 
     # the StreamConnection the handler sees --------------------------------------------
     @property
@@ -101,8 +126,7 @@ class ServerStream(H2Stream):
         if self.closed or self.ended_out:
             return
         conn = self.conn
-        conn.io_count += 1
-        conn.stats.downstream_cx_tx_bytes_total.value += len(data)
+        self.io += 1
         while not self.wrote_head:
             buf = self.head_buf + data if self.head_buf else data
             end = buf.find(b"\r\n\r\n")
@@ -240,10 +264,12 @@ class H2DownstreamConnection(H2Endpoint):
 
     def __init__(self, tracker: ConnectionTracker, settings: Http2Settings) -> None:
         config = tracker.config
-        super().__init__(settings, config.buffer_limit)
+        codec: Http2CodecStats = tracker.h2_stats
+        super().__init__(settings, config.buffer_limit, codec)
         self.tracker = tracker
         self.config = config
         self.stats = config.stats
+        self.tx_bytes = config.stats.downstream_cx_tx_bytes_total
         self.handler = tracker.handler
         self.loop = tracker.loop or asyncio.get_running_loop()
         self.make_exchange = tracker.connection_class.exchange_type
@@ -251,7 +277,6 @@ class H2DownstreamConnection(H2Endpoint):
         self.opened = time.monotonic()
         self.opened_loop = self.loop.time()
         self.idle_since: float | None = self.opened_loop
-        self.io_count = 0
         self.closing = False
         self.draining = False
         self.drain_deadline: float | None = None
@@ -262,6 +287,7 @@ class H2DownstreamConnection(H2Endpoint):
         self.control_frames_queued = 0
         self.streams_opened = 0
         self.premature_resets = 0
+        self.empty_frames = 0
 
     # what the tracker reads -----------------------------------------------------------
     @property
@@ -302,10 +328,13 @@ class H2DownstreamConnection(H2Endpoint):
             else:
                 self.draining = True
         if data:
+            if counted:
+                # Counted as received by the HTTP/1 connection that read it.
+                st.downstream_cx_rx_bytes_total.value -= len(data)
             self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
-        self.io_count += 1
+        self.reads += 1
         self.stats.downstream_cx_rx_bytes_total.value += len(data)
         if self.closing:
             return
@@ -320,6 +349,8 @@ class H2DownstreamConnection(H2Endpoint):
                 self._event(event, touched)
             except Exception:  # one stream's failure must not take the connection down
                 log.exception("HTTP/2 event %r failed", event)
+            if self.closing:
+                break
         if not self.closing:
             self.ack_after_read(touched.values())
             self.flush()
@@ -327,10 +358,18 @@ class H2DownstreamConnection(H2Endpoint):
 
     def _event(self, event: ev.Event, touched: dict[int, H2Stream]) -> None:
         if isinstance(event, ev.DataReceived):
+            if event.data:
+                self.empty_frames = 0
+            elif event.stream_ended is None:
+                self.empty_frames += 1
+                if self.empty_frames > MAX_EMPTY_FRAMES:
+                    self._inbound_flood()
+                    return
             st = self.streams.get(event.stream_id)
             self.received(st, event.flow_controlled_length)
             if isinstance(st, ServerStream) and st.ex is not None:
                 touched[st.sid] = st
+                st.io += 1
                 ex = st.ex
                 if not ex.response_complete:
                     ex.bytes_received += len(event.data)
@@ -340,7 +379,9 @@ class H2DownstreamConnection(H2Endpoint):
         elif isinstance(event, ev.StreamEnded):
             self._request_end(event.stream_id)
         elif isinstance(event, ev.StreamReset):
-            self._stream_reset(event.stream_id)
+            if event.remote_reset:
+                self.codec.rx_reset.value += 1
+            self._stream_reset(event.stream_id, event.remote_reset)
         elif isinstance(event, ev.WindowUpdated):
             if event.stream_id:
                 st = self.streams.get(event.stream_id)
@@ -355,10 +396,12 @@ class H2DownstreamConnection(H2Endpoint):
         elif isinstance(event, ev.PingReceived):
             if self.write_paused:
                 self.control_frames_queued += 1  # the PING ack
+        elif isinstance(event, ev.PingAckReceived):
+            self.ping_acked(event.ping_data)
         elif isinstance(event, ev.TrailersReceived):
             # Request trailers end the request; the HTTP/1 side has nowhere to put them
             # (Envoy's HTTP/1 codec drops them too without enable_trailers).
-            pass
+            self.codec.trailers.value += 1
         elif isinstance(event, ev.ConnectionTerminated):
             self.goaway_received = True
             if not self.streams:
@@ -371,8 +414,17 @@ class H2DownstreamConnection(H2Endpoint):
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         self.last_stream_id = max(self.last_stream_id, sid)
+        self.empty_frames = 0
+        codec = self.codec
+        if len(self.streams) >= self.settings.max_concurrent_streams:
+            # Over our SETTINGS_MAX_CONCURRENT_STREAMS: a stream error (RFC 9113 §5.1.2), sent
+            # as REFUSED_STREAM so the client may retry it, as Envoy does.
+            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            codec.stream_refused_errors.value += 1
+            codec.tx_reset.value += 1
+            return
         st = ServerStream(self, sid)
-        self.streams[sid] = st
+        self.add_stream(st)
         self.streams_opened += 1
         self.idle_since = None
         method = path = authority = b""
@@ -397,9 +449,13 @@ class H2DownstreamConnection(H2Endpoint):
         cfg = self.config
         stats = self.stats
         if size > cfg.max_headers_bytes or len(regular) > cfg.max_headers_count:
-            # Envoy's codec resets such a stream (http2.header_overflow) and goes on.
-            stats.downstream_rq_too_large.value += 1
-            self.reset_stream(st, ErrorCodes.REFUSED_STREAM)
+            # Envoy's codec resets such a stream (INTERNAL_ERROR, nghttp2's answer to a failed
+            # header callback) and goes on; checked side by side.
+            if size > cfg.max_headers_bytes:
+                codec.header_list_size_too_large.value += 1
+            else:
+                codec.header_overflow.value += 1
+            self.reset_stream(st, ErrorCodes.INTERNAL_ERROR)
             return
         host = authority or next((v for k, v in regular if k == b"host"), None)
         if not ended and not has_length:
@@ -442,7 +498,8 @@ class H2DownstreamConnection(H2Endpoint):
     def on_request_end(self, ex: Exchange) -> None:
         self.handler.on_request_end(ex)
 
-    def _stream_reset(self, sid: int) -> None:
+    def _stream_reset(self, sid: int, remote: bool = True) -> None:
+        """The client reset stream `sid` (or broke it and it was reset here: not `remote`)."""
         st = self.streams.get(sid)
         if not isinstance(st, ServerStream):
             return
@@ -450,9 +507,10 @@ class H2DownstreamConnection(H2Endpoint):
         ex = st.ex
         if ex is not None and not ex.response_complete:
             stats = self.stats
-            stats.downstream_rq_rx_reset.value += 1
-            if self.loop.time() - st.opened < PREMATURE_RESET_LIFETIME:
-                self.premature_resets += 1
+            if remote:
+                stats.downstream_rq_rx_reset.value += 1
+                if self.loop.time() - st.opened < PREMATURE_RESET_LIFETIME:
+                    self.premature_resets += 1
             self.handler.on_downstream_reset(ex)
             ex.response_complete = True
             stats.downstream_rq_active.value -= 1
@@ -515,8 +573,20 @@ class H2DownstreamConnection(H2Endpoint):
     def _connection_error(self, exc: Exception) -> None:
         """The peer broke HTTP/2: h2 queued the GOAWAY; send it, reset every stream, close."""
         self.stats.downstream_cx_protocol_error.value += 1
+        codec = self.codec
+        if is_messaging_error(exc):
+            codec.rx_messaging_error.value += 1
+        codec.goaway_sent.value += 1
         log.debug("HTTP/2 protocol error from %s: %s", self.remote[0], exc)
         self.flush()
+        self.close()
+
+    def _inbound_flood(self) -> None:
+        """Envoy's inbound_empty_frames_flood: GOAWAY (ENHANCE_YOUR_CALM) and close."""
+        log.debug("HTTP/2 empty frames flood from %s", self.remote[0])
+        self.codec.inbound_empty_frames_flood.value += 1
+        self.stats.downstream_cx_protocol_error.value += 1
+        self.goaway(self.last_stream_id, ErrorCodes.ENHANCE_YOUR_CALM)
         self.close()
 
     def _check_flood(self) -> None:
@@ -528,6 +598,7 @@ class H2DownstreamConnection(H2Endpoint):
         elif self.control_frames_queued > self.settings.max_outbound_control_frames:
             # Envoy: http2.outbound_control_flood, and the connection goes.
             log.debug("HTTP/2 outbound control flood from %s", self.remote[0])
+            self.codec.outbound_control_flood.value += 1
             self.stats.downstream_cx_protocol_error.value += 1
             self.closing = True
             transport.abort()
@@ -607,11 +678,29 @@ class H2DownstreamConnection(H2Endpoint):
             duration = route.max_stream_duration or None
         if duration is not None and now - ex.start >= duration:
             st.max_duration_reached(ex)
+            return
+        idle = ex.idle_timeout if ex.idle_timeout is not None else cfg.stream_idle_timeout
+        if idle is None:
+            return
+        if st.io != st.seen_io:
+            st.seen_io = st.io
+            st.idle_since = now
+        elif now - st.idle_since >= idle:
+            # HCM stream_idle_timeout / route idle_timeout, as Envoy 1.40 answers it on HTTP/2
+            # (checked side by side): 408 "stream timeout" while the request is arriving, 504
+            # once it has (the wait is the upstream's), a reset once the response began.
+            cfg.stats.downstream_rq_idle_timeout.value += 1
+            self.handler.on_downstream_reset(ex)
+            st.send_local_reply(ex, 504 if ex.request_complete else 408, b"stream timeout")
+
+    def keepalive_lost(self) -> None:
+        self.close()
 
     def close(self, *, linger: bool = False) -> None:
         if self.closing:
             return
         self.closing = True
+        self.stop_keepalive()
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -620,6 +709,7 @@ class H2DownstreamConnection(H2Endpoint):
         was_closing = self.closing
         self.closing = True
         self.closed = True
+        self.stop_keepalive()
         self.tracker.connections.discard(self)
         st = self.stats
         st.downstream_cx_active.value -= 1
@@ -636,9 +726,7 @@ class H2DownstreamConnection(H2Endpoint):
             st.downstream_cx_destroy_local.value += 1
         else:
             st.downstream_cx_destroy_remote.value += 1
-        live = [s for s in self.streams.values() if isinstance(s, ServerStream)]
-        self.streams.clear()
-        self.waiting.clear()
+        live = [s for s in self.forget_all() if isinstance(s, ServerStream)]
         if any(s.ex is not None and not s.ex.response_complete for s in live):
             st.downstream_cx_destroy_active_rq.value += 1
             if was_closing:

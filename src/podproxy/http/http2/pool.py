@@ -25,8 +25,14 @@ from podproxy.errors import (
     UpstreamError,
     UpstreamResetError,
 )
-from podproxy.http.http2.codec import DEFAULT_SETTINGS, Http2Settings
+from podproxy.http.http2.codec import (
+    DEFAULT_SETTINGS,
+    Http2CodecStats,
+    Http2Settings,
+    make_codec_stats,
+)
 from podproxy.http.http2.upstream import ClientStream, H2UpstreamConnection
+from podproxy.stats import Store
 
 if TYPE_CHECKING:
     from podproxy.tls import UpstreamTls
@@ -63,9 +69,12 @@ class H2HostPool:
         buffer_limit: int | None = None,
         scheme: bytes = b"http",
         tls: UpstreamTls | None = None,
+        codec_stats: Http2CodecStats | None = None,
     ) -> None:
         self.host = host
         self.stats = stats
+        # `cluster.<name>.http2.*` (a private store when a test builds a pool alone).
+        self.codec_stats = codec_stats or make_codec_stats(Store())
         self.connect_timeout = connect_timeout
         self.settings = settings
         self.max_streams = settings.max_concurrent_streams

@@ -69,7 +69,6 @@ class ClientStream(H2Stream):
         if self.closed:
             return
         conn = self.conn
-        conn.stats.upstream_cx_tx_bytes_total.value += len(data)
         if not self.sid:
             buf = self.head_buf + data if self.head_buf else data
             end = buf.find(b"\r\n\r\n")
@@ -125,9 +124,10 @@ class H2UpstreamConnection(H2Endpoint):
     client_side = True
 
     def __init__(self, pool: H2HostPool, settings: Http2Settings, scheme: bytes) -> None:
-        super().__init__(settings, pool.buffer_limit)
+        super().__init__(settings, pool.buffer_limit, pool.codec_stats)
         self.pool = pool
         self.stats = pool.stats
+        self.tx_bytes = pool.stats.upstream_cx_tx_bytes_total
         self.scheme = scheme
         self.opened = time.monotonic()
         self.idle_since: float | None = self.opened
@@ -165,7 +165,7 @@ class H2UpstreamConnection(H2Endpoint):
         self.pending_open -= 1
         sid = self.h2.get_next_available_stream_id()
         st.sid = sid
-        self.streams[sid] = st
+        self.add_stream(st)
         if end:
             st.ended_out = True
         try:
@@ -184,6 +184,7 @@ class H2UpstreamConnection(H2Endpoint):
         self.pool.stream_done(self)
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         self.stats.upstream_cx_rx_bytes_total.value += len(data)
         if self.closed:
             return
@@ -220,6 +221,7 @@ class H2UpstreamConnection(H2Endpoint):
                 ended = event.stream_ended is not None
                 st.stream.on_response_head(_response_head(event.headers or [], ended))
         elif isinstance(event, ev.TrailersReceived):
+            self.codec.trailers.value += 1
             st = self.streams.get(event.stream_id)
             if isinstance(st, ClientStream) and st.stream is not None:
                 trailers = [(k, v) for k, v in event.headers or [] if k[:1] != b":"]
@@ -231,6 +233,8 @@ class H2UpstreamConnection(H2Endpoint):
             if isinstance(st, ClientStream):
                 self._response_end(st)
         elif isinstance(event, ev.StreamReset):
+            if event.remote_reset:
+                self.codec.rx_reset.value += 1
             st = self.streams.get(event.stream_id)
             if isinstance(st, ClientStream):
                 st.closed = True
@@ -255,6 +259,8 @@ class H2UpstreamConnection(H2Endpoint):
                 self.pool.connection_ready(self)
             else:
                 self.pool.stream_done(self)  # max_concurrent_streams may have grown
+        elif isinstance(event, ev.PingAckReceived):
+            self.ping_acked(event.ping_data)
         elif isinstance(event, ev.ConnectionTerminated):
             self._goaway(event.last_stream_id or 0)
 
@@ -291,9 +297,8 @@ class H2UpstreamConnection(H2Endpoint):
     def _lost(self, err: UpstreamError) -> None:
         self.closed = True
         self.draining = True
-        streams = [s for s in self.streams.values() if isinstance(s, ClientStream)]
-        self.streams.clear()
-        self.waiting.clear()
+        self.stop_keepalive()
+        streams = [s for s in self.forget_all() if isinstance(s, ClientStream)]
         if streams:
             self.stats.upstream_cx_destroy_with_active_rq.value += 1
         for st in streams:
@@ -301,10 +306,18 @@ class H2UpstreamConnection(H2Endpoint):
             self._fail(st, err)
 
     def close(self) -> None:
+        self.stop_keepalive()
         if self.transport is not None and not self.closed:
             self.goaway(self.h2.highest_inbound_stream_id)
             self.closed = True
             self.transport.close()
+
+    def keepalive_lost(self) -> None:
+        """The pod did not ack the keepalive PING: the connection is dead; its streams fail
+        as "connection termination" (connection_lost follows the abort)."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_closed = self.closed
