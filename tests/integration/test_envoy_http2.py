@@ -6,7 +6,7 @@ RST_STREAM as it arrived), curl and nghttp, raw HTTP/1 bytes, and grpcio. Compar
 response headers (less the clock's), bodies, trailers, what the pod received, local replies
 (plain and gRPC's trailers-only form) and the stats after the same traffic. Each request
 goes to Envoy first, then to podproxy, so what a pod records is attributed to one proxy.
-Where podproxy still differs, a strict xfail names the difference (it fails once fixed).
+Where podproxy differs, a strict xfail names the difference (it fails once fixed).
 """
 
 from __future__ import annotations
@@ -292,11 +292,6 @@ async def test_h2c_to_h2c_pod(sides: StartSides) -> None:
     assert not diffs, "\n".join(diffs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="podproxy's HTTP/2 downstream drops request trailers (TrailersReceived is ignored); "
-    "Envoy forwards them to an HTTP/2 pod",
-)
 async def test_request_trailers_reach_an_h2c_pod(sides: StartSides) -> None:
     s = await sides()
     headers = get("/h2/echo", method="POST")
@@ -409,20 +404,10 @@ async def test_local_replies(sides: StartSides) -> None:
     for path in paths:
         for extra in ([], [GRPC, ("te", "trailers")]):
             envoy, pod = await s.h2(get(path, *extra, method="POST"), b"\x00\x00\x00\x00\x00")
-            # One known difference is left to its own test below.
-            differ(diffs, (path, extra), view(envoy), without_empty_length(view(pod)))
+            differ(diffs, (path, extra), view(envoy), view(pod))
     assert not diffs, "\n".join(diffs)
 
 
-def without_empty_length(v: dict[str, Any]) -> dict[str, Any]:
-    return {**v, "headers": [f for f in v["headers"] if f != (b"content-length", b"0")]}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="podproxy's HTTP/2 local reply without body carries content-length: 0 (the HTTP/1 "
-    "block's); Envoy's has none (HEADERS with END_STREAM only)",
-)
 async def test_bodiless_local_reply_has_no_content_length(sides: StartSides) -> None:
     s = await sides()
     for extra in ([], [GRPC, ("te", "trailers")]):
@@ -471,8 +456,6 @@ async def test_grpc_calls(sides: StartSides) -> None:
     pod = await in_thread(calls, s.pod.port)
     diffs: list[str] = []
     for e, p in zip(envoy, pod, strict=True):
-        # The content-length: 0 of a bodiless local reply: see the xfail above.
-        p = (*p[:-1], [f for f in p[-1] if f != ("content-length", "0")])
         differ(diffs, e[0], e, p)
     assert not diffs, "\n".join(diffs)
 

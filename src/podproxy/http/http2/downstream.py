@@ -225,7 +225,11 @@ class ServerStream(H2Stream):
         self.response_head_sent(ex, status)
         conn.local_reply_written(ex, data)
         headers = response_block_to_h2(data[:split])
-        if ex.head.method == b"HEAD" or not body:
+        if not body:
+            # HEADERS with END_STREAM says it all: Envoy sends no content-length then.
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+            conn.send_headers(self, headers, True)
+        elif ex.head.method == b"HEAD":
             conn.send_headers(self, headers, True)
         else:
             conn.send_headers(self, headers, False)
@@ -399,9 +403,14 @@ class H2DownstreamConnection(H2Endpoint):
         elif isinstance(event, ev.PingAckReceived):
             self.ping_acked(event.ping_data)
         elif isinstance(event, ev.TrailersReceived):
-            # Request trailers end the request; the HTTP/1 side has nowhere to put them
-            # (Envoy's HTTP/1 codec drops them too without enable_trailers).
+            # Request trailers end the request (StreamEnded follows): the exchange keeps them
+            # for the filters and an HTTP/2 upstream; an HTTP/1 one drops them (Envoy's
+            # HTTP/1 codec does without enable_trailers).
             self.codec.trailers.value += 1
+            st = self.streams.get(event.stream_id)
+            if isinstance(st, ServerStream) and st.ex is not None:
+                fields = [(k, v) for k, v in event.headers or [] if k[:1] != b":"]
+                st.ex.request_trailers = fields
         elif isinstance(event, ev.ConnectionTerminated):
             self.goaway_received = True
             if not self.streams:

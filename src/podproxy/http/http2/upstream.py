@@ -39,7 +39,14 @@ log = logging.getLogger("podproxy.http2")
 class ClientStream(H2Stream):
     """One request on an `H2UpstreamConnection`: what the router holds as its connection."""
 
-    __slots__ = ("head_buf", "head_request", "request_ended", "response_ended", "stream")
+    __slots__ = (
+        "head_buf",
+        "head_request",
+        "request_ended",
+        "request_trailers",
+        "response_ended",
+        "stream",
+    )
 
     # The router's resend rule reads this: a refused stream was not processed.
     requests_served = 0
@@ -47,6 +54,8 @@ class ClientStream(H2Stream):
     def __init__(self, conn: H2UpstreamConnection) -> None:
         super().__init__(conn, 0)  # the id is taken when the head is sent (ids go in order)
         self.stream: Any = None
+        # Set by the router before request_done when the request ended with trailers.
+        self.request_trailers: list[tuple[bytes, bytes]] | None = None
         self.head_buf = b""
         self.head_request = False
         self.request_ended = False
@@ -77,12 +86,27 @@ class ClientStream(H2Stream):
                 return
             self.head_buf = b""
             data = buf[end + 4 :]
-            ends = self.request_ended and not data
+            ends = self.request_ended and not data and self.request_trailers is None
             conn.open_stream(self, request_block_to_h2(buf[: end + 4], conn.scheme), ends)
             if self.closed or ends:
                 return
-        if data or self.request_ended:
-            conn.send_data(self, data, self.request_ended)
+        if not self.request_ended:
+            if data:
+                conn.send_data(self, data, False)
+        elif self.request_trailers is None:
+            conn.send_data(self, data, True)  # the body's last piece ends the stream
+        else:
+            if data:
+                conn.send_data(self, data, False)
+            conn.send_trailers(self, self.request_trailers)
+
+    def _end(self) -> None:
+        """The request's end: its trailers (END_STREAM on them) or an empty END_STREAM."""
+        trailers = self.request_trailers
+        if trailers is not None:
+            self.conn.send_trailers(self, trailers)
+        else:
+            self.conn.send_data(self, b"", True)
 
     @property
     def request_done(self) -> bool:
@@ -95,7 +119,7 @@ class ClientStream(H2Stream):
             return
         self.request_ended = True
         if self.sid and not self.closed:
-            self.conn.send_data(self, b"", True)
+            self._end()
 
     def detach(self) -> None:
         """The router lets go mid-exchange: reset the stream (Envoy: CANCEL)."""
