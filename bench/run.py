@@ -871,7 +871,9 @@ def report_from(doc: dict[str, Any]) -> str:
     import discovery
     import micro
 
-    parts = [header(doc), summary_table(doc), targets_table(doc)]
+    parts = [header(doc)]
+    if doc["results"]:  # not in a run of HTTP/2 scenarios only
+        parts += [summary_table(doc), targets_table(doc)]
     if doc.get("micro_ops_per_s"):
         rows = list(doc["micro_ops_per_s"].items())
         parts.append("### micro-benchmarks (bench/micro.py)\n\n" + micro.table(rows))
