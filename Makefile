@@ -43,8 +43,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench fuzz
 	$(VENV)/bin/mypy
 
-# Debian packages `make bench` drives: load generator, backends/proxy, the other proxy.
-BENCH_APT_PACKAGES := wrk nginx haproxy
+# Debian packages `make bench` drives: load generators (wrk, h2load), backends/proxy, the other proxy.
+BENCH_APT_PACKAGES := wrk nginx haproxy nghttp2-client
 BENCH_STAMP := $(VENV)/.bench-installed
 # `make bench ARGS=--quick` (3 s runs); see `$(PY) bench/run.py --help`.
 ARGS ?=

@@ -3,7 +3,9 @@
 Opens N connections to a proxy in batches; each sends one request and reads its response, so
 the connection has been through the HTTP layer, then stays open and idle. The proxy's RSS
 (with its children) after, minus before, divided by N, is the cost of one idle connection.
-The caller raises RLIMIT_NOFILE first (`run.raise_nofile`).
+`measure(..., h2c=True)` does the same over h2c by prior knowledge: each connection exchanges
+SETTINGS and one GET stream, then idles with the proxy's HTTP/2 session open. The caller
+raises RLIMIT_NOFILE first (`run.raise_nofile`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 
 BATCH = 200
 SETTLE_S = 2.0
@@ -51,16 +58,50 @@ async def _open_one(host: str, port: int) -> asyncio.StreamWriter | None:
         return None
 
 
-async def measure(host: str, port: int, pid: int, n: int) -> dict[str, Any]:
+async def _open_one_h2(host: str, port: int) -> asyncio.StreamWriter | None:
+    """One h2c connection after one 200 stream; the client's h2 state is dropped after it
+    (an idle connection needs none: no proxy here pings), so only the proxy's side grows."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [(":method", "GET"), (":scheme", "http"), (":authority", "bench"), (":path", "/")],
+            end_stream=True,
+        )
+        writer.write(conn.data_to_send())
+        status = b""
+        ended = False
+        while not ended:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            if not data:
+                writer.close()
+                return None
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers).get(b":status", b"")
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                    ended = True
+            # SETTINGS ACKs and WINDOW_UPDATEs for what was read.
+            writer.write(conn.data_to_send())
+        if status != b"200":
+            writer.close()
+            return None
+        return writer
+    except (TimeoutError, OSError, h2.exceptions.H2Error):
+        return None
+
+
+async def measure(host: str, port: int, pid: int, n: int, *, h2c: bool = False) -> dict[str, Any]:
+    opener = _open_one_h2 if h2c else _open_one
     await asyncio.sleep(0.5)
     before = rss_kib(pid)
     writers: list[asyncio.StreamWriter] = []
     failed = 0
     try:
         for start in range(0, n, BATCH):
-            got = await asyncio.gather(
-                *(_open_one(host, port) for _ in range(min(BATCH, n - start)))
-            )
+            got = await asyncio.gather(*(opener(host, port) for _ in range(min(BATCH, n - start))))
             writers += [w for w in got if w is not None]
             failed += sum(1 for w in got if w is None)
         await asyncio.sleep(SETTLE_S)
@@ -80,9 +121,9 @@ async def measure(host: str, port: int, pid: int, n: int) -> dict[str, Any]:
     }
 
 
-def table(mem: dict[str, dict[str, Any]]) -> str:
+def table(mem: dict[str, dict[str, Any]], what: str = "idle keep-alive connections") -> str:
     lines = [
-        "### idle keep-alive connections: resident memory",
+        f"### {what}: resident memory",
         "",
         "| system | connections held | RSS before | RSS after | per connection |",
         "| --- | ---: | ---: | ---: | ---: |",

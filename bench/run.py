@@ -5,7 +5,9 @@ Theory of operation: three nginx backends on 127.0.1.1-3 and every proxy start o
 the same `configs.Topology`; proxies are pinned to core 0, wrk and the backends to core 1 (no
 pinning with one core). Each scenario runs every system in turn, A B C ... A B C ..., for
 `--reps` rounds, and the median round is reported. Then the idle-connection memory test
-(`memory.py`) and the discovery-at-scale test (`discovery.py`) run. Results go to stdout,
+(`memory.py`), the HTTP/2 and gRPC scenarios and idle h2c memory (`h2bench.py`: h2c nginx
+backends and grpcio pods beside the HTTP/1 ones, podproxy and Envoy on one h2-capable config)
+and the discovery-at-scale test (`discovery.py`) run. Results go to stdout,
 `bench/results/latest.json` and `bench/results/latest.png`. Benchmarks, never tests.
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import configs
+import h2bench
 import memory
 
 HERE = Path(__file__).resolve().parent
@@ -191,12 +194,18 @@ def start_backends(procs: Procs, tmp: Path) -> tuple[tuple[str, int], ...]:
 
 
 def proxy_argv(
-    system: str, topo: configs.Topology, tmp: Path, workers: int, envoy_workers: int
+    system: str,
+    topo: configs.Topology,
+    tmp: Path,
+    workers: int,
+    envoy_workers: int,
+    config: str | None = None,
 ) -> list[str]:
+    """`config`: the bootstrap YAML podproxy and Envoy run instead of `configs.envoy_yaml`."""
     port, _ = topo.ports[system]
     if system in ("podproxy", "envoy"):
         cfg = tmp / f"{system}.yaml"
-        cfg.write_text(configs.envoy_yaml(topo, system))
+        cfg.write_text(config or configs.envoy_yaml(topo, system))
         if system == "podproxy":
             return [PY, "-m", "podproxy", "-c", str(cfg), "--concurrency", str(workers),
                     "-l", "warning"]  # fmt: skip
@@ -236,8 +245,9 @@ def start_proxy(
     tmp: Path,
     workers: int = 1,
     envoy_workers: int = 1,
+    config: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    argv = proxy_argv(system, topo, tmp, workers, envoy_workers)
+    argv = proxy_argv(system, topo, tmp, workers, envoy_workers, config)
     # One worker: pinned to core 0. More than one cannot share one core meaningfully.
     n = workers if system == "podproxy" else envoy_workers if system == "envoy" else 1
     if n == 1:
@@ -307,6 +317,172 @@ def run_wrk(host: str, port: int, sc: Scenario, duration: int, tmp: Path) -> dic
     except subprocess.TimeoutExpired:
         return {"rps": 0.0, "errors": -1}
     return parse_wrk(out)
+
+
+# HTTP/2 and gRPC ----------------------------------------------------------------------------
+
+H2_SYSTEMS = ("direct", "podproxy", "envoy")
+GRPC_PEER = HERE / "grpc_peer.py"
+
+
+def start_h2_backends(procs: Procs, tmp: Path) -> tuple[tuple[str, int], ...]:
+    """nginx h2c backends on the HTTP/1 backends' hosts, another port."""
+    reply = h2bench.write_grpc_reply(tmp / "docroot")
+    port = free_port(BACKEND_HOSTS)
+    addrs = tuple((h, port) for h in BACKEND_HOSTS)
+    for addr in addrs:
+        conf = tmp / f"backend-h2-{addr[0]}.conf"
+        conf.write_text(h2bench.nginx_h2_backend_conf(tmp, addr, reply, NOFILE_NOW))
+        p = procs.start(
+            f"h2 backend {addr[0]}",
+            pin(1, ["nginx", "-c", str(conf), "-p", str(tmp)]),
+            tmp / f"backend-h2-{addr[0]}.log",
+        )
+        wait_port(*addr, p, f"nginx h2c backend {addr[0]}")
+    return addrs
+
+
+def start_grpc_pods(procs: Procs, tmp: Path) -> tuple[tuple[str, int], ...]:
+    """grpcio pods (grpc_peer.py serve), one process each, on the backends' hosts."""
+    port = free_port(BACKEND_HOSTS)
+    addrs = tuple((h, port) for h in BACKEND_HOSTS)
+    for host, _ in addrs:
+        p = procs.start(
+            f"grpc pod {host}",
+            pin(1, [PY, str(GRPC_PEER), "serve", f"{host}:{port}"]),
+            tmp / f"grpc-pod-{host}.log",
+        )
+        wait_port(host, port, p, f"grpc pod {host}")
+    return addrs
+
+
+def h2_unavailable(sc: h2bench.H2Scenario) -> str | None:
+    """Why scenario `sc` cannot run here, or None."""
+    if sc.tool == "h2load" and not shutil.which("h2load"):
+        return "h2load not found (Debian nghttp2-client; make bench installs it)"
+    if sc.tool == "grpc":
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            return "grpcio not installed (pip install -e '.[test]')"
+    return None
+
+
+def run_h2_scenario(
+    sc: h2bench.H2Scenario,
+    system: str,
+    target: list[tuple[str, int]],
+    duration: int,
+    tmp: Path,
+) -> dict[str, Any]:
+    """One run of `sc` against `target` (the proxy, or the backends for "direct")."""
+    host, port = target[0]
+    if sc.tool == "h2load":
+        log = tmp / f"h2load-{system}.tsv"
+        argv = h2bench.h2load_argv(f"http://{host}:{port}{sc.path}", sc, duration, log)
+        return h2bench.run_h2load(pin(1, argv), duration, log)
+    if sc.tool == "grpc":
+        targets = [f"{h}:{p}" for h, p in target]
+        argv = h2bench.grpc_load_argv(PY, GRPC_PEER, targets, sc, duration)
+        return h2bench.run_grpc_load(pin(1, argv), duration)
+    return run_wrk(host, port, Scenario(sc.name, sc.title, sc.connections, sc.path), duration, tmp)
+
+
+def run_h2(
+    procs: Procs,
+    topo: configs.Topology,
+    tmp: Path,
+    args: argparse.Namespace,
+    systems: list[str],
+    scenarios: list[h2bench.H2Scenario],
+    duration: int,
+    say: Any,
+) -> dict[str, Any]:
+    """The HTTP/2 part: its backends, each proxy on the h2 config, the scenarios in rounds,
+    then idle h2c connections' memory. Returns the run's `h2` section."""
+    out: dict[str, Any] = {"scenarios": {}, "results": {}, "skipped": {}, "failures": {}}
+    runnable = []
+    for sc in scenarios:
+        why = h2_unavailable(sc)
+        if why is None:
+            runnable.append(sc)
+        else:
+            out["skipped"][sc.name] = why
+            say(f"skipping {sc.name}: {why}")
+    h2_backends = start_h2_backends(procs, tmp)
+    pods = start_grpc_pods(procs, tmp) if any(sc.tool == "grpc" for sc in runnable) else ()
+    for system in systems:
+        if system != "direct":
+            topo.ports[system] = (free_port(), free_port())
+
+    def config(system: str) -> str:
+        return h2bench.envoy_h2_yaml(topo, system, h2_backends, pods)
+
+    running: dict[str, subprocess.Popen[bytes] | None] = {}
+    for system in systems:
+        if system == "direct":
+            running[system] = None
+            continue
+        try:
+            running[system] = start_proxy(
+                procs, system, topo, tmp, args.podproxy_workers, args.envoy_workers, config(system)
+            )
+        except RuntimeError as exc:
+            out["skipped"][system] = str(exc)
+            say(f"skipping {system} (HTTP/2): {exc}")
+    rss: dict[str, dict[str, int]] = {}
+    load: dict[str, float] = {}
+    direct = {"h2": list(h2_backends), "pods": list(pods)}
+    for sc in runnable:
+        out["scenarios"][sc.name] = sc.title
+        load[sc.name] = round(os.getloadavg()[0], 2)
+        targets = {
+            s: direct[sc.direct] if s == "direct" else [(topo.listen_host, topo.ports[s][0])]
+            for s in running
+            if s != "direct" or sc.direct
+        }
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in targets}
+        for _ in range(args.reps):
+            for system, target in targets.items():
+                runs[system].append(run_h2_scenario(sc, system, target, duration, tmp))
+                proc = running[system]
+                if proc is not None:
+                    rss.setdefault(system, {})[sc.name] = memory.rss_kib(proc.pid)
+        out["results"][sc.name] = {s: h2bench.median_run(r) for s, r in runs.items()}
+        say(h2bench.scenario_table(sc.title, out["results"][sc.name], load[sc.name]))
+    for proc in running.values():
+        if proc is not None:
+            procs.stop(proc)
+    out["rss_kib_after_scenario"] = rss
+    out["loadavg_1min_at_scenario_start"] = load
+    if runnable:
+        say(h2bench.summary_table(out))
+        say(h2bench.targets_table(out))
+    if not args.skip_memory:
+        out["idle_memory"] = mem = {}
+        for system in running:
+            if system == "direct":
+                continue
+            port = free_port()
+            topo.ports[system] = (port, free_port())
+            try:
+                proc = start_proxy(
+                    procs, system, topo, tmp, args.podproxy_workers, args.envoy_workers,
+                    config(system),
+                )  # fmt: skip
+                try:
+                    mem[system] = asyncio.run(
+                        memory.measure(
+                            topo.listen_host, port, proc.pid, args.idle_h2_connections, h2c=True
+                        )
+                    )
+                finally:
+                    procs.stop(proc)
+            except Exception as exc:  # one failed part must not lose the run's results
+                out["failures"][f"idle h2c memory {system}"] = repr(exc)
+                say(f"idle h2c memory of {system} failed: {exc!r}")
+        say(memory.table(mem, "idle h2c connections"))
+    return out
 
 
 # The run ------------------------------------------------------------------------------------
@@ -445,6 +621,8 @@ def chart(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
         print("matplotlib not installed: no chart (pip install -e '.[bench]')")
         return
     names = [sc.name for sc in SCENARIOS if sc.name in results]
+    if not names:  # a run of HTTP/2 scenarios only: their tables are the report
+        return
     systems = [s for s in SYSTEMS if any(s in results[n] for n in names)]
     fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.8 / max(1, len(systems))
@@ -496,7 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, help="seconds per wrk run (10; 3 with --quick)")
     p.add_argument("--reps", type=int, default=3, help="rounds per scenario (median reported)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset")
-    p.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    p.add_argument(
+        "--scenarios",
+        default=",".join(s.name for s in (*SCENARIOS, *h2bench.H2_SCENARIOS)),
+        help="comma-separated subset, HTTP/1 and HTTP/2 names alike",
+    )
     p.add_argument(
         "--podproxy-workers", type=int, default=1, help="podproxy --concurrency N (unpinned if > 1)"
     )
@@ -506,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-micro", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-discovery", action="store_true")
+    p.add_argument("--skip-h2", action="store_true", help="no HTTP/2 or gRPC scenarios")
     p.add_argument("--idle-connections", type=int, default=10_000)
+    p.add_argument("--idle-h2-connections", type=int, default=5_000)
     p.add_argument("--output", default=str(RESULTS / "latest.json"))
     p.add_argument("--render", metavar="JSON", help="only re-write the .md and .png of a run")
     args = p.parse_args(argv)
@@ -524,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     wanted = [s for s in SYSTEMS if s in args.systems.split(",")]
     scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    h2_scenarios = [s for s in h2bench.H2_SCENARIOS if s.name in args.scenarios.split(",")]
     results: dict[str, dict[str, dict[str, Any]]] = {}
     report: list[str] = []
     failures: dict[str, str] = {}
@@ -620,6 +805,15 @@ def main(argv: list[str] | None = None) -> int:
                     failures[f"idle_memory {system}"] = repr(exc)
                     say(f"idle memory of {system} failed: {exc!r}")
             say(memory.table(mem))
+        h2_systems = [s for s in H2_SYSTEMS if s in running]
+        if not args.skip_h2 and h2_scenarios and h2_systems:
+            try:
+                extra["h2"] = run_h2(
+                    procs, topo, tmp, args, h2_systems, h2_scenarios, duration, say
+                )
+            except Exception as exc:  # e.g. a backend that would not start
+                failures["h2"] = repr(exc)
+                say(f"HTTP/2 scenarios failed: {exc!r}")
         if not args.skip_discovery:
             try:
                 import discovery
@@ -677,7 +871,9 @@ def report_from(doc: dict[str, Any]) -> str:
     import discovery
     import micro
 
-    parts = [header(doc), summary_table(doc), targets_table(doc)]
+    parts = [header(doc)]
+    if doc["results"]:  # not in a run of HTTP/2 scenarios only
+        parts += [summary_table(doc), targets_table(doc)]
     if doc.get("micro_ops_per_s"):
         rows = list(doc["micro_ops_per_s"].items())
         parts.append("### micro-benchmarks (bench/micro.py)\n\n" + micro.table(rows))
@@ -689,6 +885,8 @@ def report_from(doc: dict[str, Any]) -> str:
         parts.append(rss_table(doc["rss_kib_after_scenario"], list(doc["scenarios"])))
     if doc.get("idle_memory"):
         parts.append(memory.table(doc["idle_memory"]))
+    if doc.get("h2"):
+        parts += h2bench.report(doc["h2"], rss_table, memory.table)
     if doc.get("discovery"):
         parts.append(discovery.table(doc["discovery"]))
     for system, why in doc.get("skipped", {}).items():
