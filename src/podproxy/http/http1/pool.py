@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from podproxy.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
+from podproxy.errors import UpstreamConnectError, UpstreamError
+from podproxy.http.connect import connect
 from podproxy.http.http1.codec import DEFAULT_MAX_RESPONSE_HEADERS_BYTES
 from podproxy.http.http1.upstream import (
     CONN_BUSY,
@@ -32,11 +32,6 @@ if TYPE_CHECKING:
     from podproxy.tls import UpstreamTls
     from podproxy.upstream.cluster import ClusterStats
     from podproxy.upstream.host import Host
-
-log = logging.getLogger("podproxy.pool")
-
-# `ssl=` and `server_hostname=` of a plaintext connection.
-_PLAINTEXT: tuple[None, None] = (None, None)
 
 
 class PoolWaiter(Protocol):
@@ -186,50 +181,25 @@ class HostPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        st = self.stats
-        hst = self.host.stats
-        st.upstream_cx_total.value += 1
-        st.upstream_cx_http1_total.value += 1
-        hst.cx_total += 1
-        started = time.monotonic()
-        err: UpstreamError | None = None
-        conn: UpstreamConnection | None = None
-        # Envoy's connect_timeout runs until the transport socket is connected: with TLS,
-        # until the handshake is done.
-        ssl, server_hostname = (
-            self.tls.ssl_options(self.host) if self.tls is not None else _PLAINTEXT
-        )
+        self.stats.upstream_cx_http1_total.value += 1
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.host.address,
-                    self.host.port,
-                    ssl=ssl,
-                    server_hostname=server_hostname,
-                )
-            conn = proto
-        except TimeoutError:
-            st.upstream_cx_connect_timeout.value += 1
-            err = UpstreamConnectTimeout(f"connect to {self.host.key} timed out")
-        except OSError as exc:
-            err = UpstreamConnectError(f"connect to {self.host.key} failed: {exc.strerror or exc}")
+            conn, err = await connect(
+                self.host,
+                self.stats,
+                lambda: UpstreamConnection(self),
+                self.connect_timeout,
+                self.tls,
+            )
         finally:
             self.connecting -= 1
-        if err is not None or conn is None:
-            st.upstream_cx_connect_fail.value += 1
-            hst.cx_connect_fail += 1
-            log.debug("%s", err)
+        if conn is None:
             if self.pending:
+                st = self.stats
                 waiter = self.pending.popleft()
                 st.upstream_rq_pending_active.value -= 1
                 st.upstream_rq_pending_failure_eject.value += 1
                 waiter.on_pool_failure(err or UpstreamConnectError("connect failed"))
             return
-        st.upstream_cx_active.value += 1
-        hst.cx_active += 1
-        st.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000.0)
         if self.draining and not self.pending:
             conn.state = CONN_IDLE
             conn.close()

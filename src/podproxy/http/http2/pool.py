@@ -14,17 +14,16 @@ picks the host for each request, so one client connection's calls spread over al
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from podproxy.errors import (
     UpstreamConnectError,
-    UpstreamConnectTimeout,
     UpstreamError,
     UpstreamResetError,
 )
+from podproxy.http.connect import connect
 from podproxy.http.http2.codec import (
     DEFAULT_SETTINGS,
     Http2CodecStats,
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from podproxy.tls import UpstreamTls
     from podproxy.upstream.cluster import ClusterStats
     from podproxy.upstream.host import Host
-
-log = logging.getLogger("podproxy.pool")
 
 # max_requests_per_connection unset: Envoy's 2^29 streams per connection.
 UNLIMITED_REQUESTS = 2**29
@@ -225,47 +222,23 @@ class H2HostPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        st = self.stats
-        hst = self.host.stats
-        st.upstream_cx_total.value += 1
-        st.upstream_cx_http2_total.value += 1
-        hst.cx_total += 1
-        started = time.monotonic()
-        err: UpstreamError | None = None
-        conn: H2UpstreamConnection | None = None
-        # connect_timeout runs until the transport is connected: with TLS, the handshake.
-        ssl, server_hostname = (
-            self.tls.ssl_options(self.host) if self.tls is not None else (None, None)
-        )
+        self.stats.upstream_cx_http2_total.value += 1
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: H2UpstreamConnection(self, self.settings, self.scheme),
-                    self.host.address,
-                    self.host.port,
-                    ssl=ssl,
-                    server_hostname=server_hostname,
-                )
-        except TimeoutError:
-            st.upstream_cx_connect_timeout.value += 1
-            err = UpstreamConnectTimeout(f"connect to {self.host.key} timed out")
-        except OSError as exc:
-            err = UpstreamConnectError(f"connect to {self.host.key} failed: {exc.strerror or exc}")
+            conn, err = await connect(
+                self.host,
+                self.stats,
+                lambda: H2UpstreamConnection(self, self.settings, self.scheme),
+                self.connect_timeout,
+                self.tls,
+            )
         finally:
             self.connecting -= 1
-        if err is not None or conn is None:
-            st.upstream_cx_connect_fail.value += 1
-            hst.cx_connect_fail += 1
-            log.debug("%s", err)
+        if conn is None:
             if not self.connecting:
                 # Nothing else is being made for the waiters: each fails (and may try
                 # another host, as after an HTTP/1 connect failure).
                 self._fail_pending(err or UpstreamConnectError("connect failed"))
             return
-        st.upstream_cx_active.value += 1
-        hst.cx_active += 1
-        st.upstream_cx_connect_ms.record((time.monotonic() - started) * 1000.0)
         self.connections.append(conn)
         if self.draining and not self.pending:
             conn.draining = True
