@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -178,6 +179,34 @@ class ConnectionManagerConfig:
             stats.downstream_rq_4xx,
             stats.downstream_rq_5xx,
         )
+
+
+def count_connection_closed(
+    config: ConnectionManagerConfig, opened: float, local: bool, with_requests: bool
+) -> None:
+    """Envoy's counts for a downstream connection that went (either codec): destroyed, by
+    whom (`local`: we closed it), its length, and whether requests were still in flight
+    (`with_requests`). The codec counts its own `downstream_cx_http<N>_active`."""
+    st = config.stats
+    st.downstream_cx_active.value -= 1
+    st.downstream_cx_destroy.value += 1
+    length_ms = (time.monotonic() - opened) * 1000.0
+    st.downstream_cx_length_ms.record(length_ms)
+    ls = config.listener_stats
+    if ls is not None:
+        ls.downstream_cx_active.value -= 1
+        ls.downstream_cx_destroy.value += 1
+        ls.downstream_cx_length_ms.record(length_ms)
+    if local:
+        st.downstream_cx_destroy_local.value += 1
+    else:
+        st.downstream_cx_destroy_remote.value += 1
+    if with_requests:
+        st.downstream_cx_destroy_active_rq.value += 1
+        if local:
+            st.downstream_cx_destroy_local_active_rq.value += 1
+        else:
+            st.downstream_cx_destroy_remote_active_rq.value += 1
 
 
 # --- what the connection manager does to every request: sanitise, identify ----------------

@@ -21,7 +21,11 @@ from collections import deque
 from typing import Any, cast
 
 from podproxy.errors import ProtocolError
-from podproxy.http.conn_manager import ConnectionManagerConfig, expects_body
+from podproxy.http.conn_manager import (
+    ConnectionManagerConfig,
+    count_connection_closed,
+    expects_body,
+)
 from podproxy.http.flow import PEER_WRITE_BLOCKED, PIPELINE_QUEUED, FlowControl
 from podproxy.http.http1 import codec, tunnel
 from podproxy.http.stream import (
@@ -298,27 +302,12 @@ class DownstreamConnection(asyncio.Protocol):
             self.linger_timer.cancel()
             self.linger_timer = None
         st = self.stats
-        st.downstream_cx_active.value -= 1
         st.downstream_cx_http1_active.value -= 1
-        st.downstream_cx_destroy.value += 1
-        length_ms = (time.monotonic() - self.opened) * 1000.0
-        st.downstream_cx_length_ms.record(length_ms)
-        ls = self.config.listener_stats
-        if ls is not None:
-            ls.downstream_cx_active.value -= 1
-            ls.downstream_cx_destroy.value += 1
-            ls.downstream_cx_length_ms.record(length_ms)
-        if was_closing:
-            st.downstream_cx_destroy_local.value += 1
-        else:
-            st.downstream_cx_destroy_remote.value += 1
         ex = self.active
-        if ex is not None and not ex.response_complete:
-            st.downstream_cx_destroy_active_rq.value += 1
-            if was_closing:
-                st.downstream_cx_destroy_local_active_rq.value += 1
-            else:
-                st.downstream_cx_destroy_remote_active_rq.value += 1
+        in_flight = ex is not None and not ex.response_complete
+        count_connection_closed(self.config, self.opened, was_closing, in_flight)
+        if ex is not None and in_flight:
+            if not was_closing:
                 st.downstream_rq_rx_reset.value += 1
             self.active = None
             st.downstream_rq_active.value -= 1

@@ -32,6 +32,7 @@ import h2.events as ev
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError as H2ProtocolError
 
+from podproxy.http.conn_manager import count_connection_closed
 from podproxy.http.http1 import codec as h1codec
 from podproxy.http.http1.logged import LoggedExchange
 from podproxy.http.http2.codec import (
@@ -721,27 +722,10 @@ class H2DownstreamConnection(H2Endpoint):
         self.stop_keepalive()
         self.tracker.connections.discard(self)
         st = self.stats
-        st.downstream_cx_active.value -= 1
         st.downstream_cx_http2_active.value -= 1
-        st.downstream_cx_destroy.value += 1
-        length_ms = (time.monotonic() - self.opened) * 1000.0
-        st.downstream_cx_length_ms.record(length_ms)
-        ls = self.config.listener_stats
-        if ls is not None:
-            ls.downstream_cx_active.value -= 1
-            ls.downstream_cx_destroy.value += 1
-            ls.downstream_cx_length_ms.record(length_ms)
-        if was_closing:
-            st.downstream_cx_destroy_local.value += 1
-        else:
-            st.downstream_cx_destroy_remote.value += 1
         live = [s for s in self.forget_all() if isinstance(s, ServerStream)]
-        if any(s.ex is not None and not s.ex.response_complete for s in live):
-            st.downstream_cx_destroy_active_rq.value += 1
-            if was_closing:
-                st.downstream_cx_destroy_local_active_rq.value += 1
-            else:
-                st.downstream_cx_destroy_remote_active_rq.value += 1
+        in_flight = any(s.ex is not None and not s.ex.response_complete for s in live)
+        count_connection_closed(self.config, self.opened, was_closing, in_flight)
         for s in live:
             s.closed = True
             ex = s.ex
