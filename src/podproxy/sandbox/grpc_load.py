@@ -13,10 +13,11 @@ deadline; workers stop when told.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import grpc  # type: ignore[import-untyped]
@@ -24,6 +25,8 @@ import grpc.aio  # type: ignore[import-untyped]
 
 from podproxy.sandbox.grpc_pods import CHAT, HELLO, WATCH, as_bytes, pod_of
 from podproxy.sandbox.load import LoadStats
+
+log = logging.getLogger("podproxy.sandbox")
 
 CALL_TIMEOUT: Final = 5.0  # the deadline of every call, so a stuck call cannot hang the load
 WATCH_MESSAGES: Final = 3
@@ -197,16 +200,18 @@ class GrpcLoad:
             self._tasks.append(loop.create_task(self._worker(i, self._proxy)))
 
     async def stop(self) -> None:
+        """Stop the workers and close the channels, each step bounded in time: a grpc.aio
+        channel that stopped answering must not keep the sandbox from exiting."""
         self._stopping = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _bounded(asyncio.gather(*self._tasks, return_exceptions=True), "workers")
         self._tasks.clear()
         if self._proxy is not None:
-            await self._proxy.channel.close(1.0)
+            await _bounded(self._proxy.channel.close(1.0), "the proxy channel")
             self._proxy = None
         if self.pinned is not None:
-            await self.pinned.close()
+            await _bounded(self.pinned.close(), "the Service channel")
 
     async def _count_connections(self, channel: Any) -> None:
         state = channel.get_state(try_to_connect=True)
@@ -256,3 +261,14 @@ async def _one(caller: Caller, kind: str, stats: LoadStats) -> bool:
         return True
     record_ok(stats, pod)
     return True
+
+
+# How long stopping the load may wait for each step.
+STOP_TIMEOUT = 5.0
+
+
+async def _bounded(aw: Awaitable[Any], what: str) -> None:
+    try:
+        await asyncio.wait_for(aw, STOP_TIMEOUT)
+    except TimeoutError:
+        log.warning("gRPC load: %s did not stop within %gs; going on", what, STOP_TIMEOUT)

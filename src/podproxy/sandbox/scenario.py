@@ -215,9 +215,14 @@ class Scenario:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
                 await asyncio.to_thread(self.proxy.wait)
-        await asyncio.gather(
+        stopping = asyncio.gather(
             *(p.stop(grace=1.0) for p in self.pods.values()), return_exceptions=True
         )
+        try:
+            # Bounded: a pod's server that no longer answers must not hold the exit.
+            await asyncio.wait_for(stopping, 10.0)
+        except TimeoutError:
+            log.warning("pods did not stop within 10s; going on")
         await self.dns.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

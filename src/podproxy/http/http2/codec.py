@@ -317,6 +317,7 @@ class H2Endpoint(asyncio.Protocol):
         self.stream_low = limit // 4 if buffer_limit else WRITE_LOW_WATER
         self.conn_unacked = 0
         self.closed = False
+        self.flush_scheduled = False
         # Streams with body waiting, in the order they began waiting (served round robin).
         self.waiting: dict[int, H2Stream] = {}
         # Reads so far (the keepalive's "anything came since the PING").
@@ -328,6 +329,7 @@ class H2Endpoint(asyncio.Protocol):
     # transport ------------------------------------------------------------------------
     def start(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.transport_loop = asyncio.get_running_loop()
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         h2 = self.h2
         h2.initiate_connection()
@@ -339,7 +341,16 @@ class H2Endpoint(asyncio.Protocol):
             self._arm_keepalive()
 
     def flush(self) -> None:
-        """Write what h2 has to send."""
+        """Write what h2 has to send once this turn of the loop is over: the frames one
+        exchange makes in a turn (HEADERS, DATA, END_STREAM, trailers, WINDOW_UPDATEs, for
+        several streams) leave in one write, not one each (each write is a syscall)."""
+        if not self.flush_scheduled and self.transport is not None and not self.closed:
+            self.flush_scheduled = True
+            self.transport_loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what h2 has to send, now (before a GOAWAY written directly, or a close)."""
+        self.flush_scheduled = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.tx_bytes.value += len(data)
@@ -567,7 +578,7 @@ class H2Endpoint(asyncio.Protocol):
     def goaway(self, last_stream_id: int, code: int = ErrorCodes.NO_ERROR) -> None:
         """Send GOAWAY without closing h2's state machine: streams up to `last_stream_id` go
         on (h2 refuses every frame after a GOAWAY it sends itself)."""
-        self.flush()
+        self.flush_now()
         frame = GoAwayFrame(0)
         frame.last_stream_id = last_stream_id
         frame.error_code = code

@@ -588,7 +588,6 @@ class H2DownstreamConnection(H2Endpoint):
             codec.rx_messaging_error.value += 1
         codec.goaway_sent.value += 1
         log.debug("HTTP/2 protocol error from %s: %s", self.remote[0], exc)
-        self.flush()
         self.close()
 
     def _inbound_flood(self) -> None:
@@ -711,7 +710,7 @@ class H2DownstreamConnection(H2Endpoint):
             return
         self.closing = True
         self.stop_keepalive()
-        self.flush()
+        self.flush_now()
         if self.transport is not None:
             self.transport.close()
 

@@ -217,7 +217,7 @@ class H2UpstreamConnection(H2Endpoint):
         except H2ProtocolError as exc:
             self.stats.upstream_cx_protocol_error.value += 1
             log.debug("HTTP/2 protocol error from %s: %s", self.pool.host.key, exc)
-            self.flush()
+            self.flush_now()
             self._lost(UpstreamProtocolError(str(exc)))
             if self.transport is not None:
                 self.transport.close()
