@@ -475,3 +475,40 @@ async def test_nghttp_frames(proxy: StartProxy, backend: Any) -> None:
     assert "recv DATA frame <length=10, flags=0x0" in out
     assert "flags=0x01, stream_id=13>" in out  # the stream ends (END_STREAM)
     assert pp.errors == []
+
+
+@needs_curl
+async def test_use_downstream_protocol_config_follows_the_client(proxy: StartProxy) -> None:
+    """use_downstream_protocol_config: an HTTP/2 client's request goes up over HTTP/2, an
+    HTTP/1.1 client's over HTTP/1.1. The pod is a second podproxy (codec AUTO, a direct
+    response), whose own stats say which protocol reached it."""
+    pod_text = bootstrap(
+        [cluster("none", [])],
+        routes=[
+            {
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": "pod"}},
+            }
+        ],
+    )
+    pod = await proxy(pod_text)
+    down = {
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "use_downstream_protocol_config": {},
+            }
+        }
+    }
+    front = await proxy(bootstrap([cluster("pod", [("127.0.0.1", pod.port)], **down)]))
+    url = f"http://127.0.0.1:{front.port}/x"
+    for flag in ("--http2-prior-knowledge", "--http1.1", "--http2-prior-knowledge"):
+        rc, out, err = await _curl(flag, url)
+        assert (rc, out) == (0, "pod"), err
+    assert pod.counter("http.ingress_http.downstream_cx_http2_total") == 1  # one h2 pool
+    assert pod.counter("http.ingress_http.downstream_rq_http2_total") == 2
+    assert pod.counter("http.ingress_http.downstream_rq_http1_total") == 1
+    assert front.counter("cluster.pod.upstream_cx_http2_total") == 1
+    assert front.counter("cluster.pod.upstream_cx_http1_total") == 1
+    assert front.errors == pod.errors == []
