@@ -35,8 +35,12 @@ system-deps:
 run: $(STAMP)
 	$(PY) -m podproxy sandbox
 
+# The suite mostly waits on real peers (Envoy, DNS, timeouts): three workers (pytest-xdist)
+# keep it well under CI's 10 minutes on two cores; each worker takes its own loopback blocks.
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench fuzz

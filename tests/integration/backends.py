@@ -76,9 +76,20 @@ class LoopbackAllocator:
 
     def __init__(self) -> None:
         self._next = itertools.count(os.getpid())
+        # Under pytest-xdist (`make test` runs the suite on several workers) each worker
+        # takes its own share of the blocks, so two tests running at once never share one.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        self._worker = int(worker[2:]) if worker.startswith("gw") else 0
+        self._workers = max(1, min(workers, self.BLOCKS))
+
+    @property
+    def share(self) -> int:
+        """How many blocks this process takes turns with (all, without xdist)."""
+        return self.BLOCKS // self._workers
 
     def block(self) -> Callable[[int], str]:
-        index = next(self._next) % self.BLOCKS
+        index = self._worker + self._workers * (next(self._next) % self.share)
         base = 1 + index * self.BLOCK
         limit = self.BLOCK + self.EXTRA
 

@@ -22,9 +22,15 @@ import yaml
 from integration.backends import ProxyProcess
 
 ENVOY = Path(sys.executable).parent / "envoy"
-# --base-id keeps concurrent Envoys (other tests, other pytest runs) off each other's shared
-# memory; derived from our pid so two runs rarely collide.
-_base_ids = itertools.count((os.getpid() % 100_000) * 10 + 5)
+# --base-id keeps concurrent Envoys (other tests, other pytest runs, other xdist workers) off
+# each other's shared memory: each process takes its own range of 1000 ids, from its pid.
+_base_ids = itertools.count((os.getpid() % 4000) * 1000 + 1)
+
+
+def next_base_id() -> int:
+    """A --base-id no other Envoy of this machine's test runs is using."""
+    return next(_base_ids)
+
 
 Step = bytes | float  # bytes to send, or a pause in seconds
 
@@ -47,7 +53,7 @@ async def start_envoy(
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     argv = [str(ENVOY), "-c", str(path), "--concurrency", "1", *args]
-    argv += ["--base-id", str(next(_base_ids)), "-l", "warning"]
+    argv += ["--base-id", str(next_base_id()), "-l", "warning"]
     envoy = ProxyProcess(argv, path, tmp_path / name, ("127.0.0.1", admin))
     try:
         await envoy.wait_ready(15.0)

@@ -253,7 +253,7 @@ def test_loopback_blocks_are_valid_and_disjoint_including_their_extra_addresses(
     alloc = LoopbackAllocator()
     seen: set[str] = set()
     limit = LoopbackAllocator.BLOCK + LoopbackAllocator.EXTRA
-    for _ in range(LoopbackAllocator.BLOCKS):
+    for _ in range(alloc.share):
         ip = alloc.block()
         addrs = {ip(n) for n in range(limit)}
         assert len(addrs) == limit and not addrs & seen

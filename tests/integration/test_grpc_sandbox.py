@@ -11,8 +11,6 @@ every call on one pod.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import random
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from integration.backends import ProxyProcess, free_port
+from integration.sidebyside import next_base_id
 from podproxy.sandbox.cluster_dns import ClusterDNS
 from podproxy.sandbox.grpc_config import (
     GRPC_LABELS,
@@ -37,7 +36,6 @@ from podproxy.sandbox.scenario import parse_membership
 ENVOY = Path(sys.executable).parent / "envoy"
 FQDN = "grpc-discovery.mynamespace.svc.cluster.local."
 CALLS_PER_POD = 100
-_base_ids = itertools.count((os.getpid() % 100_000) * 10 + 7)
 
 StartProxy = Callable[..., Awaitable[ProxyProcess]]
 
@@ -143,7 +141,7 @@ async def proxy(
         await add(dns_server, pod)
     config = proxy_config(free_port(), free_port(), pods[0].port, dns_server.address[1])
     if request.param == "envoy":
-        command = [str(ENVOY), "--concurrency", "1", "--base-id", str(next(_base_ids))]
+        command = [str(ENVOY), "--concurrency", "1", "--base-id", str(next_base_id())]
         proc = await podproxy_process(config, command=command)
     else:
         proc = await podproxy_process(config)
