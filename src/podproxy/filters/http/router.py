@@ -314,6 +314,7 @@ class Forwarder:
             pool = cluster.pool_for(host, head.version == "2")
         else:
             pool = cluster.pools.get(host) or cluster.pool_for(host)
+        mirror_chunked = chunked  # a mirror's pool decides its own framing
         if chunked and pool.multiplexed:
             chunked = False  # HTTP/2 frames the body itself
         upstream = pool.take_idle()
@@ -336,7 +337,7 @@ class Forwarder:
         ex.state = ureq
         ureq.start(upstream)
         if route.mirrors is not None:
-            self._mirror(ex, ureq, route, head_bytes, chunked)
+            self._mirror(ex, ureq, route, head_bytes, mirror_chunked)
         # The request is on its way upstream: what is left is off the critical path.
         if self._spare_id is None and self.config.generate_request_id:
             self._spare_id = new_request_id()

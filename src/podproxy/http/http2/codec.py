@@ -98,6 +98,7 @@ class Http2CodecStats:
     stream_refused_errors: Counter
     trailers: Counter
     tx_reset: Counter
+    tx_flush_timeout: Counter  # a finished response that could not be sent in time
     streams_active: Gauge
     pending_send_bytes: Gauge
 
@@ -227,6 +228,7 @@ class H2Stream:
 
     __slots__ = (
         "closed",
+        "conn_held",
         "end_pending",
         "ended_out",
         "endpoint",
@@ -249,6 +251,10 @@ class H2Stream:
         self.ended_out = False  # END_STREAM sent (or the stream reset)
         self.write_blocked = False  # the producer was told to pause
         self.unacked = 0  # received bytes not yet handed back as stream window
+        # Bytes that came while its consumer was paused: the connection window they took is
+        # handed back only when it resumes (or the stream goes), so paused streams together
+        # hold at most the connection window (as nghttp2 consumes both windows at once).
+        self.conn_held = 0
         self.reasons = 0  # FlowControl-like: reading paused for these reasons
         self.closed = False
 
@@ -527,6 +533,8 @@ class H2Endpoint(asyncio.Protocol):
         self.codec.streams_active.value += 1
 
     def forget(self, st: H2Stream) -> None:
+        if st.conn_held and not self.closed:
+            self.release_held(st)
         st.closed = True
         st.out.clear()
         if st.out_size:
@@ -547,12 +555,29 @@ class H2Endpoint(asyncio.Protocol):
     # inbound --------------------------------------------------------------------------
     def received(self, st: H2Stream | None, flow_controlled: int) -> None:
         """`flow_controlled` bytes of DATA arrived (for `st`, or a stream gone already)."""
-        self.conn_unacked += flow_controlled
-        if st is not None:
-            st.unacked += flow_controlled
+        if st is None:
+            self.conn_unacked += flow_controlled
+            return
+        st.unacked += flow_controlled
+        if st.reasons:
+            st.conn_held += flow_controlled
+        else:
+            self.conn_unacked += flow_controlled
+
+    def release_held(self, st: H2Stream) -> None:
+        """`st` resumed or went: the connection window its paused bytes took comes back."""
+        held = st.conn_held
+        if held:
+            st.conn_held = 0
+            self.conn_unacked += held
+            if self.conn_unacked >= self.settings.initial_connection_window_size // 2:
+                self.h2.increment_flow_control_window(self.conn_unacked)
+                self.conn_unacked = 0
+                self.flush()
 
     def ack_stream(self, st: H2Stream) -> None:
-        """Hand `st`'s consumed bytes back to the peer as stream window."""
+        """Hand `st`'s consumed bytes back to the peer as stream window (it resumed)."""
+        self.release_held(st)
         n = st.unacked
         st.unacked = 0
         try:

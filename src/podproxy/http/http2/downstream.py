@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -67,10 +68,42 @@ PREMATURE_RESET_LIFETIME = 1.0
 MAX_EMPTY_FRAMES = 1
 
 
+# RFC 9110 §5.6.2 token characters (a method), and what an authority may hold (RFC 3986
+# reg-name, IP literals, port, userinfo); a path must hold no space or control character.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:%\[\]@]*")
+_PATH_BAD = re.compile(rb"[\x00-\x20\x7f]")
+_INVALID_LENGTH = -1
+
+
+def _valid_request_line(method: bytes, path: bytes, authority: bytes) -> bool:
+    """Whether the pseudo-headers make a request line every HTTP/1 reader reads as we do."""
+    if _TOKEN.fullmatch(method) is None or _AUTHORITY.fullmatch(authority) is None:
+        return False
+    if method == b"CONNECT":
+        return True  # no :path (h2 checks); answered before routing
+    if path == b"*":
+        return method == b"OPTIONS"
+    return path[:1] == b"/" and _PATH_BAD.search(path) is None
+
+
+def _declared_length(headers: Headers) -> int | None:
+    """The request's content-length (several equal fields are one), or _INVALID_LENGTH."""
+    value: bytes | None = None
+    for k, v in headers:
+        if k == b"content-length":
+            if not v.isdigit() or (value is not None and v != value):
+                return _INVALID_LENGTH
+            value = v
+    return int(value) if value is not None else None
+
+
 class ServerStream(H2Stream):
     """One request stream: the `StreamConnection` of its exchange."""
 
     __slots__ = (
+        "body_received",
+        "declared_length",
         "ex",
         "head_buf",
         "held",
@@ -95,6 +128,9 @@ class ServerStream(H2Stream):
         self.io = 0
         self.seen_io = 0
         self.idle_since = self.opened
+        # The request's content-length, and the body bytes that came (checked at its end).
+        self.declared_length: int | None = None
+        self.body_received = 0
 
     # the StreamConnection the handler sees --------------------------------------------
     @property
@@ -288,6 +324,7 @@ class H2DownstreamConnection(H2Endpoint):
         self.final_goaway_sent = False
         self.last_stream_id = 0
         self.goaway_received = False
+        self.abort_timer: asyncio.TimerHandle | None = None
         # Flood and rapid-reset accounting (see the module docstring).
         self.control_frames_queued = 0
         self.streams_opened = 0
@@ -375,6 +412,7 @@ class H2DownstreamConnection(H2Endpoint):
             if isinstance(st, ServerStream) and st.ex is not None:
                 touched[st.sid] = st
                 st.io += 1
+                st.body_received += len(event.data)
                 ex = st.ex
                 if not ex.response_complete:
                     ex.bytes_received += len(event.data)
@@ -423,16 +461,17 @@ class H2DownstreamConnection(H2Endpoint):
             # Opened after our final GOAWAY: refused, never served (RFC 9113 §6.8).
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        self.last_stream_id = max(self.last_stream_id, sid)
         self.empty_frames = 0
         codec = self.codec
         if len(self.streams) >= self.settings.max_concurrent_streams:
             # Over our SETTINGS_MAX_CONCURRENT_STREAMS: a stream error (RFC 9113 §5.1.2), sent
-            # as REFUSED_STREAM so the client may retry it, as Envoy does.
+            # as REFUSED_STREAM so the client may retry it, as Envoy does. Not processed, so
+            # the final GOAWAY does not name it.
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             codec.stream_refused_errors.value += 1
             codec.tx_reset.value += 1
             return
+        self.last_stream_id = max(self.last_stream_id, sid)
         st = ServerStream(self, sid)
         self.add_stream(st)
         self.streams_opened += 1
@@ -467,6 +506,20 @@ class H2DownstreamConnection(H2Endpoint):
                 codec.header_overflow.value += 1
             self.reset_stream(st, ErrorCodes.INTERNAL_ERROR)
             return
+        declared = _declared_length(regular) if has_length else None
+        if (
+            not _valid_request_line(method, path, authority)
+            or declared == _INVALID_LENGTH
+            or (ended and declared)
+        ):
+            # What the HTTP/1 side would read differently than we route it (a space in
+            # :path, a method that is no token), or a length the body cannot have: a
+            # malformed request, as nghttp2 judges it for Envoy (RFC 9113 §8.1.1), reset
+            # before any byte goes upstream.
+            codec.rx_messaging_error.value += 1
+            self.reset_stream(st, ErrorCodes.PROTOCOL_ERROR)
+            return
+        st.declared_length = declared
         host = authority or next((v for k, v in regular if k == b"host"), None)
         if not ended and not has_length:
             # The HTTP/1 side frames a body of unknown length in chunks.
@@ -499,11 +552,31 @@ class H2DownstreamConnection(H2Endpoint):
         ex = st.ex
         if ex is None:
             return
+        declared = st.declared_length
+        if declared is not None and st.body_received != declared:
+            # The body ended short of (or past) its content-length: what went upstream
+            # must not be taken for a complete request (an HTTP/1 pod would read the next
+            # request's bytes as its rest). Reset, as nghttp2 does for Envoy.
+            self.codec.rx_messaging_error.value += 1
+            self._abandon(st, ex)
+            return
         ex.request_complete = True
         if ex.response_complete:
-            self.forget(st)
+            if not st.out and st.ended_out:
+                self.forget(st)
+            # else: its response still waits for window; `_send_stream` forgets it after.
         else:
             self.on_request_end(ex)
+
+    def _abandon(self, st: ServerStream, ex: Exchange) -> None:
+        """Reset a stream the client broke, letting go of its upstream side."""
+        if not ex.response_complete:
+            ex.response_complete = True
+            self.stats.downstream_rq_active.value -= 1
+            self.handler.on_downstream_reset(ex)
+            self.stream_reset_logged(ex)
+            ex.state = None
+        self.reset_stream(st, ErrorCodes.PROTOCOL_ERROR)
 
     def on_request_end(self, ex: Exchange) -> None:
         self.handler.on_request_end(ex)
@@ -559,14 +632,17 @@ class H2DownstreamConnection(H2Endpoint):
 
     def _send_stream(self, st: H2Stream) -> None:
         super()._send_stream(st)
-        if (
-            isinstance(st, ServerStream)
-            and st.ended_out
-            and st.request_ended
-            and st.ex is not None
-            and st.ex.response_complete
-        ):
-            self.forget(st)
+        if not isinstance(st, ServerStream):
+            return
+        st.io += 1  # the window moved: not idle (see _flush_timeout)
+        ex = st.ex
+        if st.ended_out and not st.out and ex is not None and ex.response_complete:
+            # The last of a finished response left: the stream goes (reset NO_ERROR if the
+            # request is still coming, as stream_complete does when nothing waited).
+            if st.request_ended:
+                self.forget(st)
+            elif not st.closed:
+                self.reset_stream(st, ErrorCodes.NO_ERROR)
             self._maybe_close()
 
     # access logs (LoggedH2DownstreamConnection) -----------------------------------------
@@ -674,6 +750,8 @@ class H2DownstreamConnection(H2Endpoint):
         self, st: ServerStream, ex: Exchange, now: float, cfg: ConnectionManagerConfig
     ) -> None:
         if ex.response_complete:
+            if st.out and not st.closed:
+                self._flush_timeout(st, ex, now, cfg)
             return
         timeout = cfg.request_timeout
         if timeout is not None and not ex.request_complete and now - ex.start >= timeout:
@@ -702,6 +780,22 @@ class H2DownstreamConnection(H2Endpoint):
             self.handler.on_downstream_reset(ex)
             st.send_local_reply(ex, 504 if ex.request_complete else 408, b"stream timeout")
 
+    def _flush_timeout(
+        self, st: ServerStream, ex: Exchange, now: float, cfg: ConnectionManagerConfig
+    ) -> None:
+        """A finished response still waiting for the client's window: the stream idle
+        timeout keeps running (Envoy's stream flush timeout, which defaults to it); when it
+        passes the stream is reset and its body dropped (`http2.tx_flush_timeout`)."""
+        idle = ex.idle_timeout if ex.idle_timeout is not None else cfg.stream_idle_timeout
+        if idle is None:
+            return
+        if st.io != st.seen_io:
+            st.seen_io = st.io
+            st.idle_since = now
+        elif now - st.idle_since >= idle:
+            self.codec.tx_flush_timeout.value += 1
+            self.reset_stream(st, ErrorCodes.CANCEL)
+
     def keepalive_lost(self) -> None:
         self.close()
 
@@ -711,10 +805,18 @@ class H2DownstreamConnection(H2Endpoint):
         self.closing = True
         self.stop_keepalive()
         self.flush_now()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            # A peer that does not read would keep the connection (and what we wrote to it)
+            # for ever: Envoy's delayed close gives it delayed_close_timeout, then aborts.
+            delay = self.config.delayed_close_timeout or 1.0
+            self.abort_timer = self.loop.call_later(delay, transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.abort_timer is not None:
+            self.abort_timer.cancel()
+            self.abort_timer = None
         was_closing = self.closing
         self.closing = True
         self.closed = True

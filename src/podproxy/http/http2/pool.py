@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from podproxy.errors import (
     UpstreamConnectError,
     UpstreamError,
+    UpstreamRefusedStream,
     UpstreamResetError,
 )
 from podproxy.http.connect import connect
@@ -148,7 +149,17 @@ class H2HostPool:
             waiter = pending.popleft()
             self.stats.upstream_rq_pending_active.value -= 1
             waiter.on_pool_ready(conn.new_stream())
-        if pending and not self.connecting and not self.draining:
+        if not pending:
+            return
+        if conn.h2.remote_settings.max_concurrent_streams == 0:
+            # The pod takes no streams at all: another connection would hear the same, so
+            # the waiters fail (and may try another host) and this one closes when idle.
+            conn.draining = True
+            self._close_if_done(conn)
+            if not self.connecting:
+                self._fail_pending(UpstreamRefusedStream("no streams allowed"))
+            return
+        if not self.connecting and not self.draining:
             self._start_connect()
 
     def stream_done(self, conn: H2UpstreamConnection) -> None:

@@ -40,6 +40,7 @@ class ClientStream(H2Stream):
     """One request on an `H2UpstreamConnection`: what the router holds as its connection."""
 
     __slots__ = (
+        "failed",
         "head_buf",
         "head_request",
         "request_ended",
@@ -54,6 +55,7 @@ class ClientStream(H2Stream):
     def __init__(self, conn: H2UpstreamConnection) -> None:
         super().__init__(conn, 0)  # the id is taken when the head is sent (ids go in order)
         self.stream: Any = None
+        self.failed: UpstreamError | None = None
         # Set by the router before request_done when the request ended with trailers.
         self.request_trailers: list[tuple[bytes, bytes]] | None = None
         self.head_buf = b""
@@ -72,6 +74,13 @@ class ClientStream(H2Stream):
     def attach(self, stream: Any, head_request: bool) -> None:
         self.stream = stream
         self.head_request = head_request
+        failed = self.failed
+        if failed is not None:
+            # Opening failed when the router wrote the head, before it attached: it hears of
+            # it once it has taken the stream over (after this call returns).
+            self.failed = None
+            self.stream = None
+            asyncio.get_running_loop().call_soon(stream.on_upstream_error, failed)
 
     def write(self, data: bytes) -> None:
         """The request: its HTTP/1 head first (sent as HEADERS once complete), then body."""
@@ -129,7 +138,8 @@ class ClientStream(H2Stream):
             if self.sid:
                 conn.reset_stream(self, ErrorCodes.CANCEL)
             else:
-                conn.forget(self)
+                conn.pending_open -= 1  # handed out, never opened: its room is free again
+                self.closed = True
             conn.stream_gone(self)
 
     # back-pressure from the endpoint ----------------------------------------------------
@@ -243,7 +253,14 @@ class H2UpstreamConnection(H2Endpoint):
             st = self.streams.get(event.stream_id)
             if isinstance(st, ClientStream) and st.stream is not None:
                 ended = event.stream_ended is not None
-                st.stream.on_response_head(_response_head(event.headers or [], ended))
+                head = _response_head(event.headers or [], ended)
+                if head is None:
+                    # Envoy: a protocol error (502, UPE); the stream is reset.
+                    self.stats.upstream_cx_protocol_error.value += 1
+                    self.reset_stream(st, ErrorCodes.PROTOCOL_ERROR)
+                    self._fail(st, UpstreamProtocolError("malformed response head"))
+                    return
+                st.stream.on_response_head(head)
         elif isinstance(event, ev.TrailersReceived):
             self.codec.trailers.value += 1
             st = self.streams.get(event.stream_id)
@@ -263,11 +280,15 @@ class H2UpstreamConnection(H2Endpoint):
             if isinstance(st, ClientStream):
                 st.closed = True
                 self.forget(st)
-                err: UpstreamError = (
-                    UpstreamRefusedStream("refused")
-                    if event.error_code == ErrorCodes.REFUSED_STREAM
-                    else UpstreamRemoteReset(f"reset {event.error_code!r}")
-                )
+                err: UpstreamError
+                if not event.remote_reset:
+                    # We reset it: the pod broke the stream (a body longer or shorter than
+                    # its content-length): Envoy's protocol error (502, UPE).
+                    err = UpstreamProtocolError(f"stream error {event.error_code!r}")
+                elif event.error_code == ErrorCodes.REFUSED_STREAM:
+                    err = UpstreamRefusedStream("refused")
+                else:
+                    err = UpstreamRemoteReset(f"reset {event.error_code!r}")
                 self._fail(st, err)
         elif isinstance(event, ev.WindowUpdated):
             if event.stream_id:
@@ -306,6 +327,8 @@ class H2UpstreamConnection(H2Endpoint):
         st.stream = None
         if stream is not None:
             stream.on_upstream_error(err)
+        else:
+            st.failed = err  # not attached yet (see attach)
         self.stream_gone(st)
 
     def _goaway(self, last_id: int) -> None:
@@ -357,18 +380,23 @@ class H2UpstreamConnection(H2Endpoint):
         return f"<H2UpstreamConnection {self.pool.host.key} streams={len(self.streams)}>"
 
 
-def _response_head(headers: list[Any], ended: bool) -> ResponseHead:
+def _response_head(headers: list[Any], ended: bool) -> ResponseHead | None:
+    """The response head, or None when it is malformed (a :status that is not three digits
+    from 200 to 599, a content-length that is not a number): h2 checks neither."""
     status = 0
     length: int | None = None
     fields = []
     for k, v in headers:
         if k == b":status":
+            if len(v) != 3 or not v.isdigit() or not b"200" <= v <= b"599":
+                return None
             status = int(v)
         elif k[:1] != b":":
             if k == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    length = None
+                if not v.isdigit() or (length is not None and int(v) != length):
+                    return None
+                length = int(v)
             fields.append((k, v))
+    if not status:
+        return None
     return ResponseHead(status, fields, True, length, False, ended)
