@@ -464,7 +464,8 @@ def named_handshake(
     server_ctx: ssl.SSLContext, tls: UpstreamTls
 ) -> tuple[ssl.SSLObject, BaseException | None]:
     _, hostname = tls.ssl_options(None)
-    _, cli, err = handshake(server_ctx, tls.context, hostname)
+    # asyncio and uvloop give wrap_bio None for an empty server_hostname.
+    _, cli, err = handshake(server_ctx, tls.context, hostname or None)
     return cli, err
 
 

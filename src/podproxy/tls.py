@@ -478,22 +478,10 @@ class _ObservedSSLObject(ssl.SSLObject):
         observer.on_success(self, self.expected_san)
 
 
-class ServerName(str):
-    """`server_hostname` for a connection with per-request names (auto_sni): the event loop
-    hands it unchanged to `ObservedContext.wrap_bio`, which sends `sni` (none when empty) and
-    has the handshake check `san`. Its text is never sent; it is not empty because asyncio
-    and uvloop drop an empty server_hostname."""
-
-    __slots__ = ("san", "sni")
-
-    sni: str
-    san: str | None
-
-    def __new__(cls, sni: str, san: str | None) -> ServerName:
-        self = super().__new__(cls, sni or san or "-")
-        self.sni = sni
-        self.san = san
-        return self
+# Joins the SNI and auto_san_validation's name in the server_hostname of a named connection:
+# the event loops hand server_hostname to wrap_bio unchanged (uvloop only as an exact str),
+# and no real name holds a NUL (OpenSSL takes names as C strings, Python's ssl refuses it).
+_SAN_MARK = "\x00"
 
 
 class ObservedContext(ssl.SSLContext):
@@ -509,11 +497,11 @@ class ObservedContext(ssl.SSLContext):
         server_hostname: str | bytes | None = None,
         session: ssl.SSLSession | None = None,
     ) -> ssl.SSLObject:
-        if not isinstance(server_hostname, ServerName):
+        if not isinstance(server_hostname, str) or _SAN_MARK not in server_hostname:
             return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
-        names = server_hostname
-        obj = super().wrap_bio(incoming, outgoing, server_side, names.sni or None, session)
-        obj.expected_san = names.san  # type: ignore[attr-defined]
+        sni, _, san = server_hostname.partition(_SAN_MARK)
+        obj = super().wrap_bio(incoming, outgoing, server_side, sni or None, session)
+        obj.expected_san = san  # type: ignore[attr-defined]
         return obj
 
 
@@ -732,7 +720,7 @@ class UpstreamTls:
                 # bytes): a name with an empty or overlong label goes without SNI.
                 send = ""
         other = copy.copy(self)
-        other._options = TlsOptions(self.context, ServerName(send, san))
+        other._options = TlsOptions(self.context, send if san is None else send + _SAN_MARK + san)
         return other
 
 
