@@ -3,7 +3,8 @@
 The host set changes only through `priority_set.update_hosts()` (discovery calls it); the load
 balancer and the per-host pools follow through the member-update callback: the LB rebuilds its
 host list, pools of removed hosts drain (idle connections close now, busy ones after their
-request). Pools are created lazily on a host's first pick.
+request). Pools are created lazily on a host's first pick; a cluster with auto_sni keeps one
+per host and per-request names (`pool_for_request`), dropping unused ones as they pile up.
 """
 
 from __future__ import annotations
