@@ -448,3 +448,79 @@ def test_unknown_cipher_and_curves(server: Issued) -> None:
         downstream(server, Store(), common={"tls_params": {"ecdh_curves": ["X25519", "P-256"]}})
     assert info.value.path.endswith("tls_params.ecdh_curves")
     downstream(server, Store(), common={"tls_params": {"ecdh_curves": ["P-256"]}})
+
+
+# --- per-request names (upstream_http_protocol_options) -------------------------------------
+
+
+def sni_recorder(server: Issued) -> tuple[ssl.SSLContext, list[str | None]]:
+    seen: list[str | None] = []
+    ctx = downstream(server, Store()).context
+    ctx.sni_callback = lambda obj, name, c: seen.append(name)  # type: ignore[assignment,misc,return-value]
+    return ctx, seen
+
+
+def named_handshake(
+    server_ctx: ssl.SSLContext, tls: UpstreamTls
+) -> tuple[ssl.SSLObject, BaseException | None]:
+    _, hostname = tls.ssl_options(None)
+    # asyncio and uvloop give wrap_bio None for an empty server_hostname.
+    _, cli, err = handshake(server_ctx, tls.context, hostname or None)
+    return cli, err
+
+
+def test_named_connections_send_their_sni(server: Issued) -> None:
+    store = Store()
+    up = upstream(store, sni="configured.example.com")
+    ctx, seen = sni_recorder(server)
+    assert named_handshake(ctx, up.named("Foo.Example.com", None))[1] is None
+    # No per-request SNI (an IP address): the configured one.
+    assert up.named(None, None) is up
+    assert named_handshake(ctx, up)[1] is None
+    # A name IDNA cannot encode goes without SNI rather than failing the connection.
+    assert named_handshake(ctx, up.named("a..b", None))[1] is None
+    assert seen == ["Foo.Example.com", "configured.example.com", None]
+    assert counters(store, "cluster.c.ssl.")["handshake"] == 3
+
+
+def test_auto_san_validation(server: Issued, ca: CertificateAuthority) -> None:
+    store = Store()
+    trusted = {"validation_context": {"trusted_ca": {"inline_string": ca.cert_pem.decode()}}}
+    up = upstream(store, common_tls_context=trusted)
+    srv = downstream(server_cert(ca, "*.wild.example.com"), Store()).context
+    for ok in ("x.wild.example.com", "LOCALHOST", "127.0.0.1", "::1"):
+        _, err = named_handshake(srv, up.named(None, ok))
+        assert err is None, ok
+    for bad in ("wild.example.com", "a.b.wild.example.com", "127.0.0.2", ""):
+        _, err = named_handshake(srv, up.named(None, bad))
+        assert isinstance(err, ssl.SSLCertVerificationError), bad
+    got = counters(store, "cluster.c.ssl.")
+    assert got["handshake"] == 4
+    assert got["fail_verify_san"] == 4
+    assert "fail_verify_error" not in got
+    # The same context without names checks no SAN.
+    assert handshake(srv, up.context)[2] is None
+
+
+def test_auto_san_validation_without_a_trusted_ca_fails_uncounted(server: Issued) -> None:
+    store = Store()
+    up = upstream(store)
+    assert up.unverified
+    _, err = named_handshake(downstream(server, Store()).context, up.named(None, "localhost"))
+    assert isinstance(err, ssl.SSLCertVerificationError)
+    assert counters(store, "cluster.c.ssl.") == {}
+    # Pins make the context verify: then the name is checked as with a CA.
+    pinned = upstream(
+        store,
+        common_tls_context={
+            "validation_context": {
+                "verify_certificate_hash": [hashlib.sha256(server.der).hexdigest()]
+            }
+        },
+    )
+    assert not pinned.unverified
+    srv = downstream(server, Store()).context
+    assert named_handshake(srv, pinned.named(None, "localhost"))[1] is None
+    assert isinstance(
+        named_handshake(srv, pinned.named(None, "nope"))[1], ssl.SSLCertVerificationError
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import ipaddress
@@ -382,11 +383,14 @@ class HandshakeObserver:
         self._ciphers: dict[str, Counter] = {}
         self._versions: dict[str, Counter] = {}
 
-    def on_success(self, obj: ssl.SSLObject) -> None:
+    def on_success(self, obj: ssl.SSLObject, expected_san: str | None = None) -> None:
         """The handshake finished: check the peer's certificate, count it (raises
-        `ssl.SSLCertVerificationError` to fail the handshake)."""
+        `ssl.SSLCertVerificationError` to fail the handshake). `expected_san`: the name
+        auto_san_validation wants among the certificate's SANs."""
         der = obj.getpeercert(binary_form=True)
         v = self.validation
+        if expected_san is not None:
+            self._check_expected(obj, der, expected_san)
         if not v.empty:
             if der is None:
                 self.stats.fail_verify_no_cert.inc()
@@ -404,6 +408,24 @@ class HandshakeObserver:
         version = obj.version()
         if version is not None:
             self._count(self._versions, "versions.", version)
+
+    def _check_expected(self, obj: ssl.SSLObject, der: bytes | None, name: str) -> None:
+        if obj.context.verify_mode == ssl.CERT_NONE and self.validation.empty:
+            # A context that verifies nothing (no trusted_ca, no matchers, no pins): Envoy
+            # asks BoringSSL to verify this connection's peer with no CA to trust, so every
+            # handshake fails (CERTIFICATE_VERIFY_FAILED), and no ssl.* counter moves
+            # (checked side by side with Envoy 1.40).
+            raise ssl.SSLCertVerificationError("no trusted CA to verify the peer against")
+        if der is None:
+            self.stats.fail_verify_no_cert.inc()
+            raise ssl.SSLCertVerificationError("peer did not present a certificate")
+        # DefaultCertValidator::verifySubjectAltName: a DNS SAN matches as a DNS name (with
+        # its wildcard), any other SAN by its text (an IP address as Envoy prints it).
+        for kind, value in parse_certificate(der).subject_alt_names:
+            if _dns_match(value, name) if kind == "dns" else value == name:
+                return
+        self.stats.fail_verify_san.inc()
+        raise ssl.SSLCertVerificationError(f"certificate SANs do not match {name}")
 
     def _check(self, der: bytes) -> None:
         v = self.validation
@@ -441,6 +463,9 @@ class HandshakeObserver:
 class _ObservedSSLObject(ssl.SSLObject):
     """An SSL object whose finished handshake goes through its context's observer."""
 
+    # auto_san_validation's name for this connection (set by ObservedContext.wrap_bio).
+    expected_san: str | None = None
+
     def do_handshake(self) -> None:
         observer: HandshakeObserver = self.context.observer  # type: ignore[attr-defined]
         try:
@@ -450,13 +475,34 @@ class _ObservedSSLObject(ssl.SSLObject):
         except ssl.SSLError as exc:
             observer.on_failure(exc)
             raise
-        observer.on_success(self)
+        observer.on_success(self, self.expected_san)
+
+
+# Joins the SNI and auto_san_validation's name in the server_hostname of a named connection:
+# the event loops hand server_hostname to wrap_bio unchanged (uvloop only as an exact str),
+# and no real name holds a NUL (OpenSSL takes names as C strings, Python's ssl refuses it).
+_SAN_MARK = "\x00"
 
 
 class ObservedContext(ssl.SSLContext):
     """An `ssl.SSLContext` that knows its observer (read by `_ObservedSSLObject`)."""
 
     observer: HandshakeObserver
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if not isinstance(server_hostname, str) or _SAN_MARK not in server_hostname:
+            return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        sni, _, san = server_hostname.partition(_SAN_MARK)
+        obj = super().wrap_bio(incoming, outgoing, server_side, sni or None, session)
+        obj.expected_san = san  # type: ignore[attr-defined]
+        return obj
 
 
 # --- building contexts ------------------------------------------------------------------------
@@ -645,12 +691,37 @@ class UpstreamTls:
         self.certs = _cert_source(cfg.common_tls_context)
         _expiry_gauges(scope, self.certs)
         # An empty sni sends none (asyncio would otherwise send the address it connects to).
+        self.sni = cfg.sni
         self._options = TlsOptions(self.context, cfg.sni)
 
     def ssl_options(self, host: Any) -> TlsOptions:
         """`ssl=` and `server_hostname=` for a connection to `host` (the same for every host:
         auto_host_sni is not supported)."""
         return self._options
+
+    @property
+    def unverified(self) -> bool:
+        """The context verifies nothing about the peer (no trusted_ca, matchers or pins)."""
+        return self.context.verify_mode == ssl.CERT_NONE and self.context.observer.validation.empty
+
+    def named(self, sni: str | None, san: str | None) -> UpstreamTls:
+        """This TLS for the connections of one auto_sni pool: SNI `sni` (None: the
+        configured `sni`), and the certificate's SANs checked against `san` (None: no such
+        check). Shares the context, its observer and stats, and `/certs`."""
+        if sni is None and san is None:
+            return self
+        send = self.sni if sni is None else sni
+        if send:
+            try:
+                if len(send.encode("idna")) > 255:  # RFC 6066 §3: at most 2^8-1 bytes
+                    raise UnicodeError
+            except UnicodeError:
+                # Python's ssl sends only what IDNA can encode (BoringSSL would send the raw
+                # bytes): a name with an empty or overlong label goes without SNI.
+                send = ""
+        other = copy.copy(self)
+        other._options = TlsOptions(self.context, send if san is None else send + _SAN_MARK + san)
+        return other
 
 
 # --- /certs -----------------------------------------------------------------------------

@@ -824,6 +824,40 @@ class UseDownstreamHttpConfig(Message):
     http2_protocol_options: Http2ProtocolOptions | None = None
 
 
+# validate.proto's well-known HTTP_HEADER_NAME (Envoy's check on override_auto_sni_header).
+_HTTP_HEADER_NAME = re.compile(r"^:?[0-9a-zA-Z!#$%&'*+-.^_|~`]+$")
+
+
+class CoreUpstreamHttpProtocolOptions(Message):
+    """core.v3.UpstreamHttpProtocolOptions: a cluster's per-request upstream SNI and SAN check
+    (the deprecated Cluster.upstream_http_protocol_options, or the typed extension's field of
+    that name). Named apart from the extension message, which podproxy calls
+    UpstreamHttpProtocolOptions."""
+
+    # SNI of each new connection from the request's Host (after the route's host rewrite) or
+    # the override header, without the port; none for an IP address.
+    auto_sni: StrictBool = False
+    # Check the pod certificate's SANs against that same name.
+    auto_san_validation: StrictBool = False
+    override_auto_sni_header: Str = ""
+
+    @field_validator("override_auto_sni_header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if value and not _HTTP_HEADER_NAME.match(value):
+            raise PydanticCustomError(
+                "header_name",
+                "value does not match regex pattern {want}, got {got}",
+                {"want": show(_HTTP_HEADER_NAME.pattern), "got": show(value)},
+            )
+        return value
+
+    @property
+    def active(self) -> bool:
+        """Envoy's router reads the options only when one of the two is on."""
+        return self.auto_sni or self.auto_san_validation
+
+
 class UpstreamHttpProtocolOptions(TypedMessage):
     """extensions.upstreams.http.v3.HttpProtocolOptions, a cluster's
     `typed_extension_protocol_options` entry: which protocol its pools speak."""
@@ -831,11 +865,12 @@ class UpstreamHttpProtocolOptions(TypedMessage):
     TYPE_URL = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     UNSUPPORTED = _names(
         """
-        auto_config upstream_http_protocol_options http_filters header_validation_config
+        auto_config http_filters header_validation_config
         outlier_detection hash_policy retry_policy request_mirror_policies
         """
     )
     common_http_protocol_options: HttpProtocolOptions | None = None
+    upstream_http_protocol_options: CoreUpstreamHttpProtocolOptions | None = None
     explicit_http_config: ExplicitHttpConfig | None = None
     use_downstream_protocol_config: UseDownstreamHttpConfig | None = None
 
@@ -2682,7 +2717,7 @@ class Cluster(Message):
         """
         transport_socket_matches transport_socket_matcher alt_stat_name eds_cluster_config
         health_checks max_requests_per_connection circuit_breakers
-        upstream_http_protocol_options dns_resolution_config outlier_detection
+        dns_resolution_config outlier_detection
         cleanup_interval upstream_bind_config lb_subset_config ring_hash_lb_config
         maglev_lb_config original_dst_lb_config round_robin_lb_config
         metadata upstream_connection_options
@@ -2710,6 +2745,7 @@ class Cluster(Message):
     wait_for_warm_on_init: StrictBool = True
     per_connection_buffer_limit_bytes: UInt = 1048576
     common_http_protocol_options: HttpProtocolOptions = HttpProtocolOptions()
+    upstream_http_protocol_options: CoreUpstreamHttpProtocolOptions | None = None
     # The deprecated per-protocol fields: http2_protocol_options, even `{}`, makes the
     # cluster speak HTTP/2 (prior knowledge); typed_extension_protocol_options is their
     # successor (reference/envoy-hcm.md §5.3).
@@ -2772,6 +2808,18 @@ class Cluster(Message):
         if self.http2_protocol_options is not None:
             return "http2", self.http2_protocol_options
         return "http1", None
+
+    def auto_sni_options(self) -> CoreUpstreamHttpProtocolOptions | None:
+        """upstream_http_protocol_options when it turns auto_sni or auto_san_validation on;
+        the typed extension, when given, wins over the deprecated field (Envoy's
+        createOptions takes all of a cluster's HTTP options from one place)."""
+        opts = self.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS_KEY)
+        upo = (
+            opts.upstream_http_protocol_options
+            if opts is not None
+            else (self.upstream_http_protocol_options)
+        )
+        return upo if upo is not None and upo.active else None
 
     def http_options(self) -> HttpProtocolOptions:
         """common_http_protocol_options, from the typed extension when given there."""

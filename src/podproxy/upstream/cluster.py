@@ -3,18 +3,24 @@
 The host set changes only through `priority_set.update_hosts()` (discovery calls it); the load
 balancer and the per-host pools follow through the member-update callback: the LB rebuilds its
 host list, pools of removed hosts drain (idle connections close now, busy ones after their
-request). Pools are created lazily on a host's first pick.
+request). Pools are created lazily on a host's first pick; a cluster with auto_sni keeps one
+per host and per-request names (`pool_for_request`), dropping unused ones as they pile up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from podproxy.http.stream import Headers
 from podproxy.stats import Counter, Gauge, Histogram, Scope
+from podproxy.upstream.auto_sni import AutoSni, NamesKey
 from podproxy.upstream.host import Host, HostSet, PrioritySet
 from podproxy.upstream.load_balancer import LoadBalancer
+
+if TYPE_CHECKING:
+    from podproxy.tls import UpstreamTls
 
 
 @dataclass(slots=True)
@@ -116,7 +122,11 @@ class ClusterInfo:
         return c
 
 
-PoolFactory = Callable[[Host], Any]
+# (host) -> pool, or (host, tls) -> pool with that TLS (an auto_sni pool's names).
+PoolFactory = Callable[..., Any]
+# Per-name pools kept before the unused ones are dropped (each distinct Host a client sends
+# makes one per host; Envoy frees a pool once it has no connections left).
+SNI_POOLS_SWEEP = 256
 
 
 class Cluster:
@@ -128,6 +138,8 @@ class Cluster:
         lb: LoadBalancer,
         pool_factory: PoolFactory,
         h2_pool_factory: PoolFactory | None = None,
+        auto_sni: AutoSni | None = None,
+        tls: UpstreamTls | None = None,
     ) -> None:
         self.info = info
         self.lb = lb
@@ -140,6 +152,15 @@ class Cluster:
         self.by_downstream = h2_pool_factory is not None
         self.h2_pools: dict[Host, Any] = {}
         self._h2_pool_factory = h2_pool_factory
+        # upstream_http_protocol_options auto_sni / auto_san_validation: pools per (host,
+        # names), made with the cluster's TLS named for them.
+        self.auto_sni = auto_sni
+        self._tls = tls
+        self.sni_pools: dict[tuple[Host, bool, NamesKey], Any] = {}
+        self._sweep_at = SNI_POOLS_SWEEP
+        # Whether the router must pick the pool from the request (the client's protocol, or
+        # its names), decided here so other clusters pay nothing for either.
+        self.by_request = self.by_downstream or auto_sni is not None
         self.initialized = False
         self._init_callbacks: list[Callable[[], None]] = []
         self.discovery: Any = None
@@ -164,6 +185,10 @@ class Cluster:
                 pool = pools.pop(h, None)
                 if pool is not None:
                     pool.drain()
+        if removed and self.sni_pools:
+            gone = set(removed)
+            for key in [k for k in self.sni_pools if k[0] in gone]:
+                self.sni_pools.pop(key).drain()
 
     def pool_for(self, host: Host, http2: bool = False) -> Any:
         """`host`'s pool; `http2`: the request came over HTTP/2 (read only by a cluster that
@@ -178,8 +203,34 @@ class Cluster:
             pool = self.pools[host] = self._pool_factory(host)
         return pool
 
+    def pool_for_request(self, host: Host, http2: bool, authority: bytes, headers: Headers) -> Any:
+        """`host`'s pool for a request going up with Host `authority` (after the route's
+        rewrite) and `headers`: `pool_for` unless auto_sni names the connection."""
+        auto = self.auto_sni
+        if auto is None:
+            return self.pool_for(host, http2)
+        names, sni, san = auto.key(authority, headers)
+        if names == (None, None):
+            return self.pool_for(host, http2)  # an IP address: Envoy's default names
+        h2 = http2 and self._h2_pool_factory is not None
+        key = (host, h2, names)
+        pool = self.sni_pools.get(key)
+        if pool is None:
+            if len(self.sni_pools) >= self._sweep_at:
+                self._sweep()
+            factory = self._h2_pool_factory if h2 else self._pool_factory
+            assert factory is not None
+            pool = self.sni_pools[key] = factory(host, auto.tls_for(self._tls, sni, san))
+        return pool
+
+    def _sweep(self) -> None:
+        """Drop the per-name pools with no connection and nothing waiting."""
+        for key in [k for k, p in self.sni_pools.items() if p.is_empty]:
+            del self.sni_pools[key]
+        self._sweep_at = max(SNI_POOLS_SWEEP, 2 * len(self.sni_pools))
+
     def all_pools(self) -> list[Any]:
-        return [*self.pools.values(), *self.h2_pools.values()]
+        return [*self.pools.values(), *self.h2_pools.values(), *self.sni_pools.values()]
 
     def mark_initialized(self) -> None:
         """Discovery finished its first round (warming is over for this cluster)."""

@@ -10,6 +10,7 @@ pushes host sets in (podproxy.workers) and says when all are initialized.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from podproxy.http.http2.pool import H2HostPool
 from podproxy.http.stream import DEFAULT_MAX_HEADERS_COUNT
 from podproxy.stats import Counter, Gauge, Store
 from podproxy.tls import UpstreamTls
+from podproxy.upstream.auto_sni import AutoSni
 from podproxy.upstream.cluster import Cluster, ClusterInfo
 from podproxy.upstream.discovery import CLUSTER_TYPES, DNS_TYPES
 from podproxy.upstream.dns import (
@@ -30,8 +32,9 @@ from podproxy.upstream.dns import (
     Resolver,
     resolver_config_from_cluster,
 )
-from podproxy.upstream.host import Host
 from podproxy.upstream.load_balancer import LB_POLICIES, RandomFn, default_random
+
+log = logging.getLogger("podproxy.upstream")
 
 
 @dataclass(slots=True)
@@ -138,7 +141,7 @@ class ClusterManager:
             tls = self.tls[cfg.name] = UpstreamTls(
                 tls_cfg, f"{path}.transport_socket.typed_config", info.scope
             )
-        pool_factory: Callable[[Host], HostPool] = lambda host: HostPool(  # noqa: E731
+        pool_factory: Callable[..., HostPool] = lambda host, tls=tls: HostPool(  # noqa: E731
             host,
             info.stats,
             connect_timeout=info.connect_timeout,
@@ -152,7 +155,7 @@ class ClusterManager:
         protocol, h2_options = (
             cfg.upstream_protocol() if hasattr(cfg, "upstream_protocol") else ("http1", None)
         )
-        h2_pool_factory: Callable[[Host], H2HostPool] | None = None
+        h2_pool_factory: Callable[..., H2HostPool] | None = None
         if h2_options is not None:
             settings = http2_settings(h2_options, max_headers_kb * 1024)
             codec_stats = make_codec_stats(info.scope)
@@ -165,7 +168,7 @@ class ClusterManager:
                 # Envoy offers the pool's protocol when the context names none: a pod
                 # speaking HTTP/2 over TLS (gRPC) requires ALPN h2.
                 tls.context.set_alpn_protocols(["h2"])
-            h2_pool_factory = lambda host: H2HostPool(  # noqa: E731
+            h2_pool_factory = lambda host, tls=tls: H2HostPool(  # noqa: E731
                 host,
                 info.stats,
                 connect_timeout=info.connect_timeout,
@@ -177,13 +180,32 @@ class ClusterManager:
                 tls=tls,
                 codec_stats=codec_stats,
             )
+        auto_options = cfg.auto_sni_options() if hasattr(cfg, "auto_sni_options") else None
+        auto_sni = AutoSni.from_config(auto_options)
+        if auto_sni is not None and auto_sni.san and tls is not None and tls.unverified:
+            log.warning(
+                "cluster %s: auto_san_validation without a trusted_ca fails every TLS "
+                "connection (as in Envoy: the peer cannot be verified)",
+                cfg.name,
+            )
         if protocol == "http2":
             assert h2_pool_factory is not None
-            cluster = Cluster(info, lb_factory(**lb_kwargs), h2_pool_factory)
+            cluster = Cluster(
+                info, lb_factory(**lb_kwargs), h2_pool_factory, auto_sni=auto_sni, tls=tls
+            )
         elif protocol == "downstream":
-            cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory, h2_pool_factory)
+            cluster = Cluster(
+                info,
+                lb_factory(**lb_kwargs),
+                pool_factory,
+                h2_pool_factory,
+                auto_sni=auto_sni,
+                tls=tls,
+            )
         else:
-            cluster = Cluster(info, lb_factory(**lb_kwargs), pool_factory)
+            cluster = Cluster(
+                info, lb_factory(**lb_kwargs), pool_factory, auto_sni=auto_sni, tls=tls
+            )
         if self.pushed:
             factory(cluster, cfg, path, resolver=None, random=self.random)  # config checks only
             cluster.discovery = PushedDiscovery(cluster)

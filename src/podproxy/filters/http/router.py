@@ -310,8 +310,12 @@ class Forwarder:
             # Envoy answers 100-continue itself and strips Expect (proxy_100_continue false).
             conn.write(CONTINUE_100)
         pool: HostPool
-        if cluster.by_downstream:
-            pool = cluster.pool_for(host, head.version == "2")
+        if cluster.by_request:
+            # The client's protocol, or upstream_http_protocol_options' names: the Host as
+            # it goes up (Envoy's getRequestHostValue: after host_rewrite_literal).
+            pool = cluster.pool_for_request(
+                host, head.version == "2", route.host_rewrite or authority, head.headers
+            )
         else:
             pool = cluster.pools.get(host) or cluster.pool_for(host)
         mirror_chunked = chunked  # a mirror's pool decides its own framing
@@ -362,13 +366,22 @@ class Forwarder:
             if host is None:
                 cluster.info.stats.upstream_cx_none_healthy.value += 1
                 continue
+            mirror_head = shadow_head(head, policy, self.config.node_address)
+            if cluster.auto_sni is None:
+                pool = cluster.pool_for(host, ex.head.version == "2")
+            else:
+                # Envoy's mirror runs the router again on its copy: its Host (with the
+                # -shadow suffix) names the connection.
+                pool = cluster.pool_for_request(
+                    host, ex.head.version == "2", head_authority(mirror_head), ex.head.headers
+                )
             shadows.append(
                 ShadowStream(
                     ex,
                     cluster,
                     host,
-                    cluster.pool_for(host, ex.head.version == "2"),
-                    shadow_head(head, policy, self.config.node_address),
+                    pool,
+                    mirror_head,
                     chunked,
                     timeout=self._shadow_timeout(ex, route),
                     limit=self.config.buffer_limit,
@@ -671,6 +684,13 @@ class Forwarder:
         return b"".join(out), chunked, expect_continue
 
 
+def head_authority(head: bytes) -> bytes:
+    """The Host of an upstream request head as `Forwarder.request_head` builds it (`host: `
+    is its first field)."""
+    start = head.index(b"\r\n") + 8  # after the request line and "host: "
+    return head[start : head.index(b"\r\n", start)]
+
+
 def charge_local_reply(info: ClusterInfo, status: int) -> None:
     """The cluster stats of a reply the router made in place of the upstream's (Envoy's
     chargeUpstreamCode for a 503 or 504: upstream_rq_completed and the code)."""
@@ -850,7 +870,10 @@ class UpstreamRequest:
         host.stats.rq_active += 1
         cluster.info.stats.upstream_rq_retry.value += 1
         self.host = host
-        self.pool = cluster.pool_for(host, self.ex.head.version == "2")
+        head = self.ex.head
+        self.pool = cluster.pool_for_request(
+            host, head.version == "2", self.route.host_rewrite or head.host or b"", head.headers
+        )
         self.ex.upstream_host = host.key
         self._resend()
         return True

@@ -173,6 +173,11 @@ class HostPool:
     def is_idle(self) -> bool:
         return not self.busy and not self.pending and not self.connecting
 
+    @property
+    def is_empty(self) -> bool:
+        """No connection, none being made, nothing waiting: the pool can be dropped."""
+        return not self.idle and self.is_idle
+
     # connecting ------------------------------------------------------------------------
     def _start_connect(self) -> None:
         self.connecting += 1

@@ -225,6 +225,11 @@ class H2HostPool:
             and all(not c.streams and not c.pending_open for c in self.connections)
         )
 
+    @property
+    def is_empty(self) -> bool:
+        """No connection, none being made, nothing waiting: the pool can be dropped."""
+        return not self.connections and not self.pending and not self.connecting
+
     # connecting -----------------------------------------------------------------------
     def _start_connect(self) -> None:
         self.connecting += 1
