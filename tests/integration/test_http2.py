@@ -515,3 +515,45 @@ async def test_use_downstream_protocol_config_follows_the_client(proxy: StartPro
     assert front.counter("cluster.pod.upstream_cx_http2_total") == 1
     assert front.counter("cluster.pod.upstream_cx_http1_total") == 1
     assert front.errors == pod.errors == []
+
+
+@needs_curl
+async def test_http2_streams_are_access_logged(
+    proxy: StartProxy, backend: Any, tmp_path: Path
+) -> None:
+    b: Backend = await backend()
+    log = tmp_path / "access.log"
+    access_log = [
+        {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                "FileAccessLog",
+                "path": str(log),
+                "log_format": {
+                    "text_format_source": {
+                        "inline_string": "%PROTOCOL% %REQ(:METHOD)% %REQ(:PATH)% "
+                        "%RESPONSE_CODE% %BYTES_RECEIVED% %RESPONSE_FLAGS%\n"
+                    }
+                },
+            },
+        }
+    ]
+    pp = await proxy(bootstrap([cluster("app", [b.address])], hcm={"access_log": access_log}))
+    rc, _, err = await _curl(
+        "--http2-prior-knowledge", "-d", "hello", f"http://127.0.0.1:{pp.port}/echo/a"
+    )
+    assert rc == 0, err
+    rc, _, err = await _curl("--http2-prior-knowledge", f"http://127.0.0.1:{pp.port}/status/404")
+    assert rc == 0, err
+
+    async def logged() -> list[str]:
+        while True:
+            lines = log.read_text().splitlines() if log.exists() else []
+            if len(lines) >= 2:
+                return lines
+            await asyncio.sleep(0.05)
+
+    lines = await asyncio.wait_for(logged(), 5)
+    assert lines == ["HTTP/2 POST /echo/a 200 5 -", "HTTP/2 GET /status/404 404 0 -"]
+    assert pp.errors == []

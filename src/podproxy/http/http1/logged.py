@@ -16,7 +16,7 @@ from typing import Any, cast
 from podproxy.access_log.stream_info import Headers
 from podproxy.http.conn_manager import expects_body, trusted_xff_address
 from podproxy.http.http1.downstream import DownstreamConnection, HeadTimedConnection
-from podproxy.http.stream import Exchange
+from podproxy.http.stream import AccessLogger, Exchange
 
 
 def socket_address(sock: Any) -> str | None:
@@ -206,12 +206,16 @@ class LoggedConnection(DownstreamConnection):
             self._log(ex)
 
     def _log(self, ex: LoggedExchange) -> None:
-        now = self.loop.time()
-        ex.response_end = now
-        ex.start_time = time.time() - (now - ex.start)
-        logger = self.config.access_logger
-        if logger is not None:
-            logger.log_exchange(ex)
+        log_ended(ex, self.loop.time(), self.config.access_logger)
+
+
+def log_ended(ex: LoggedExchange, now: float, logger: AccessLogger | None) -> None:
+    """The stream ended (or was reset) at loop time `now`: stamp it and write its log line
+    (either codec's connection calls this)."""
+    ex.response_end = now
+    ex.start_time = time.time() - (now - ex.start)
+    if logger is not None:
+        logger.log_exchange(ex)
 
 
 class LoggedHeadTimedConnection(LoggedConnection, HeadTimedConnection):

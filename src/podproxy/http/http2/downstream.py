@@ -35,7 +35,7 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 
 from podproxy.http.conn_manager import count_connection_closed
 from podproxy.http.http1 import codec as h1codec
-from podproxy.http.http1.logged import LoggedExchange
+from podproxy.http.http1.logged import LoggedExchange, log_ended
 from podproxy.http.http2.codec import (
     MAX_WINDOW,
     H2Endpoint,
@@ -865,9 +865,4 @@ class LoggedH2DownstreamConnection(H2DownstreamConnection):
             self._log(ex)
 
     def _log(self, ex: LoggedExchange) -> None:
-        now = self.loop.time()
-        ex.response_end = now
-        ex.start_time = time.time() - (now - ex.start)
-        logger = self.config.access_logger
-        if logger is not None:
-            logger.log_exchange(ex)
+        log_ended(ex, self.loop.time(), self.config.access_logger)
