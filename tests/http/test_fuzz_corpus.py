@@ -42,6 +42,9 @@ FOUND_BUGS: dict[str, str] = {
     "request-transfer-coding-unsupported": "Transfer-Encoding: gzip, chunked was accepted and "
     "the body went upstream still gzip-coded without its coding (Envoy answers 501)",
     "duplicate-host": "two Host lines were accepted (RFC 9112 §3.2: 400)",
+    "fold-head-begun-earlier": "a read that started inside a header value with what looked "
+    "like the request line, then an obs-fold: the head was re-parsed from that read, its "
+    "fields from the earlier read moved after the new ones (found by make fuzz)",
     "host-trailing-ows": "RequestHead.host kept the trailing OWS llhttp leaves on values, so "
     "it matched no domain",
     "absolute-form-ipv6": "an IPv6 literal authority lost its brackets: host b'::1:8080'",
@@ -371,6 +374,15 @@ FOUND: list[tuple[str, str, bytes, tuple[int, ...], int, str]] = [
         (),
         0,
         "obs-fold-rfind",
+    ),
+    (
+        "fold-in-a-head-begun-in-an-earlier-read",
+        "request",
+        b"POST /u HTTP/1.1\r\nHost: a\r\nX: a=POST /u HTTP/1.1\r\nY: b\r\n c\r\n"
+        b"Content-Length: 1\r\n\r\nz",
+        (33,),
+        0,
+        "fold-head-begun-earlier",
     ),
     (
         "fold-then-body",

@@ -128,6 +128,7 @@ class RequestDecoder:
         "_counting",
         "_fed",
         "_h2c_body",
+        "_head_began_earlier",
         "_headers",
         "_host",
         "_parser",
@@ -162,6 +163,7 @@ class RequestDecoder:
         self._counting = False
         self._bound = 0
         self._fed = 0  # the length of the read being parsed
+        self._head_began_earlier = False
         self._host: bytes | None = None
         self._connection = False  # a Connection (or Proxy-Connection) header is in this head
         # An h2c upgrade request with a body: llhttp skipped the body, which is re-framed after
@@ -187,6 +189,9 @@ class RequestDecoder:
         client may pipeline hundreds of them in one read."""
         self._fed = len(data)
         self._bound += self._fed
+        # A head already begun in an earlier read: a fold in it is never unfolded (see
+        # `_unfolded`), even if this read happens to start like a request line.
+        self._head_began_earlier = bool(self._url or self._headers)
         while not self.stopped:
             # The list the next head's fields go to: another one once a head ends in this read.
             fields = self._headers
@@ -241,7 +246,12 @@ class RequestDecoder:
         request in one read, or begun in an earlier read) a fold stays a 400, which RFC 9112
         allows."""
         start = self._parser.get_method() + b" " + self._url + b" HTTP/"
-        if self._headers is not fields or not self._url or not data.startswith(start):
+        if (
+            self._head_began_earlier
+            or self._headers is not fields
+            or not self._url
+            or not data.startswith(start)
+        ):
             raise ProtocolError("bad request: obs-fold where the head's start is not known")
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -353,6 +363,7 @@ class RequestDecoder:
         if url[0] != 47 and url != b"*" and method != b"CONNECT":  # 47: not "/..."
             url, host = _origin_form(url)
         head = RequestHead(method, url, version, self._headers, keep_alive, host, upgrade)
+        self._head_began_earlier = False  # the next head begins in this read at the earliest
         self._headers = []
         self._url = b""
         # The next head starts here unless trailers come first (on_message_complete resets).
