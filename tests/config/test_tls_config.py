@@ -16,8 +16,10 @@ from podproxy.config.loader import load
 from podproxy.config.schema import SanType, TlsProtocol
 from podproxy.errors import ConfigErrors
 
-CERT = {"inline_string": "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"}
-KEY = {"inline_string": "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n"}
+# A certificate and key made when the tests load (never a key in the repository).
+_ISSUED = server_cert(CertificateAuthority())
+CERT = {"inline_string": _ISSUED.cert_pem.decode()}
+KEY = {"inline_string": _ISSUED.key_pem.decode()}
 TLS_CERTS = [{"certificate_chain": CERT, "private_key": KEY}]
 DOWNSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
