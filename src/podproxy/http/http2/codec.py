@@ -218,9 +218,19 @@ def request_block_to_h2(block: bytes, scheme: bytes) -> Headers:
     return headers
 
 
-def headers_to_block_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Trailers or extra fields as HTTP/1 lines (for what reads heads as blocks)."""
-    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+INVALID_LENGTH = -1
+
+
+def declared_length(headers: Headers) -> int | None:
+    """A message's content-length (several equal fields are one), None without one, or
+    INVALID_LENGTH when it is no number or the fields disagree (h2 checks neither)."""
+    value: bytes | None = None
+    for k, v in headers:
+        if k == b"content-length":
+            if not v.isdigit() or (value is not None and v != value):
+                return INVALID_LENGTH
+            value = v
+    return int(value) if value is not None else None
 
 
 class H2Stream:
@@ -506,6 +516,15 @@ class H2Endpoint(asyncio.Protocol):
         if st.write_blocked and st.out_size <= self.stream_low:
             st.write_blocked = False
             st.on_write_resumed()
+
+    def window_updated(self, stream_id: int) -> None:
+        """A WINDOW_UPDATE came: send what waited for it (one stream's, or any: stream 0)."""
+        if stream_id:
+            st = self.streams.get(stream_id)
+            if st is not None:
+                self._send_stream(st)
+        else:
+            self.send_waiting()
 
     def send_waiting(self) -> None:
         """Windows opened (or the socket drained): send the streams' waiting body."""

@@ -37,11 +37,13 @@ from podproxy.http.conn_manager import count_connection_closed
 from podproxy.http.http1 import codec as h1codec
 from podproxy.http.http1.logged import LoggedExchange, log_ended
 from podproxy.http.http2.codec import (
+    INVALID_LENGTH,
     MAX_WINDOW,
     H2Endpoint,
     H2Stream,
     Http2CodecStats,
     Http2Settings,
+    declared_length,
     is_messaging_error,
     response_block_to_h2,
 )
@@ -73,7 +75,6 @@ MAX_EMPTY_FRAMES = 1
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _AUTHORITY = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+,;=:%\[\]@]*")
 _PATH_BAD = re.compile(rb"[\x00-\x20\x7f]")
-_INVALID_LENGTH = -1
 
 
 def _valid_request_line(method: bytes, path: bytes, authority: bytes) -> bool:
@@ -85,17 +86,6 @@ def _valid_request_line(method: bytes, path: bytes, authority: bytes) -> bool:
     if path == b"*":
         return method == b"OPTIONS"
     return path[:1] == b"/" and _PATH_BAD.search(path) is None
-
-
-def _declared_length(headers: Headers) -> int | None:
-    """The request's content-length (several equal fields are one), or _INVALID_LENGTH."""
-    value: bytes | None = None
-    for k, v in headers:
-        if k == b"content-length":
-            if not v.isdigit() or (value is not None and v != value):
-                return _INVALID_LENGTH
-            value = v
-    return int(value) if value is not None else None
 
 
 class ServerStream(H2Stream):
@@ -426,12 +416,7 @@ class H2DownstreamConnection(H2Endpoint):
                 self.codec.rx_reset.value += 1
             self._stream_reset(event.stream_id, event.remote_reset)
         elif isinstance(event, ev.WindowUpdated):
-            if event.stream_id:
-                st = self.streams.get(event.stream_id)
-                if st is not None:
-                    self._send_stream(st)
-            else:
-                self.send_waiting()
+            self.window_updated(event.stream_id)
         elif isinstance(event, ev.RemoteSettingsChanged):
             self.send_waiting()
             if self.write_paused:
@@ -506,10 +491,10 @@ class H2DownstreamConnection(H2Endpoint):
                 codec.header_overflow.value += 1
             self.reset_stream(st, ErrorCodes.INTERNAL_ERROR)
             return
-        declared = _declared_length(regular) if has_length else None
+        declared = declared_length(regular) if has_length else None
         if (
             not _valid_request_line(method, path, authority)
-            or declared == _INVALID_LENGTH
+            or declared == INVALID_LENGTH
             or (ended and declared)
         ):
             # What the HTTP/1 side would read differently than we route it (a space in

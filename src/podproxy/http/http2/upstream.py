@@ -27,7 +27,14 @@ from podproxy.errors import (
     UpstreamRemoteReset,
     UpstreamResetError,
 )
-from podproxy.http.http2.codec import H2Endpoint, H2Stream, Http2Settings, request_block_to_h2
+from podproxy.http.http2.codec import (
+    INVALID_LENGTH,
+    H2Endpoint,
+    H2Stream,
+    Http2Settings,
+    declared_length,
+    request_block_to_h2,
+)
 from podproxy.http.stream import ResponseHead
 
 if TYPE_CHECKING:
@@ -291,12 +298,7 @@ class H2UpstreamConnection(H2Endpoint):
                     err = UpstreamRemoteReset(f"reset {event.error_code!r}")
                 self._fail(st, err)
         elif isinstance(event, ev.WindowUpdated):
-            if event.stream_id:
-                st = self.streams.get(event.stream_id)
-                if st is not None:
-                    self._send_stream(st)
-            else:
-                self.send_waiting()
+            self.window_updated(event.stream_id)
         elif isinstance(event, ev.RemoteSettingsChanged):
             self.send_waiting()
             if not self.ready:
@@ -384,7 +386,6 @@ def _response_head(headers: list[Any], ended: bool) -> ResponseHead | None:
     """The response head, or None when it is malformed (a :status that is not three digits
     from 200 to 599, a content-length that is not a number): h2 checks neither."""
     status = 0
-    length: int | None = None
     fields = []
     for k, v in headers:
         if k == b":status":
@@ -392,11 +393,8 @@ def _response_head(headers: list[Any], ended: bool) -> ResponseHead | None:
                 return None
             status = int(v)
         elif k[:1] != b":":
-            if k == b"content-length":
-                if not v.isdigit() or (length is not None and int(v) != length):
-                    return None
-                length = int(v)
             fields.append((k, v))
-    if not status:
+    length = declared_length(fields)
+    if not status or length == INVALID_LENGTH:
         return None
     return ResponseHead(status, fields, True, length, False, ended)
