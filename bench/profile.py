@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import configs
+import h2bench
 import run
 
 # "name (path/file.py:123)" -> "name (file.py)"
@@ -73,7 +74,11 @@ def top_table(title: str, counts: collections.Counter[str], n: int, k: int) -> s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", default="ka50", choices=[s.name for s in run.SCENARIOS])
+    p.add_argument(
+        "--scenario",
+        default="ka50",
+        choices=[s.name for s in run.SCENARIOS] + [s.name for s in h2bench.H2_SCENARIOS],
+    )
     p.add_argument("--src", help="profile this src/ directory instead of the installed podproxy")
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -86,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which(tool):
             print(f"error: {tool} not found (pip install -e '.[bench]')", file=sys.stderr)
             return 1
-    sc = next(s for s in run.SCENARIOS if s.name == args.scenario)
+    h2sc = next((s for s in h2bench.H2_SCENARIOS if s.name == args.scenario), None)
+    sc = next((s for s in run.SCENARIOS if s.name == args.scenario), None)
+    if h2sc is not None and (why := run.h2_unavailable(h2sc)):
+        print(f"error: {why}", file=sys.stderr)
+        return 1
     run.raise_nofile()
     procs = run.Procs()
     tmp = Path(tempfile.mkdtemp(prefix="podproxy-profile-"))
@@ -98,10 +107,23 @@ def main(argv: list[str] | None = None) -> int:
         backends = run.start_backends(procs, tmp)
         topo = configs.Topology(backends=backends, ports={"podproxy": (run.free_port(), 0)})
         topo.ports["podproxy"] = (topo.ports["podproxy"][0], run.free_port())
-        proxy = run.start_proxy(procs, "podproxy", topo, tmp)
+        yaml = None
+        if h2sc is not None:
+            h2_backends = run.start_h2_backends(procs, tmp)
+            pods = run.start_grpc_pods(procs, tmp) if h2sc.tool == "grpc" else ()
+            yaml = h2bench.envoy_h2_yaml(topo, "podproxy", h2_backends, pods)
+        proxy = run.start_proxy(procs, "podproxy", topo, tmp, config=yaml)
         port = topo.ports["podproxy"][0]
+
+        def load(seconds: int) -> dict[str, float]:
+            if h2sc is not None:
+                target = [(topo.listen_host, port)]
+                return run.run_h2_scenario(h2sc, "podproxy", target, seconds, tmp)
+            assert sc is not None
+            return run.run_wrk(topo.listen_host, port, sc, seconds, tmp)
+
         # Warm up: pools filled, code paths hot, before the samples start.
-        run.run_wrk(topo.listen_host, port, sc, 2, tmp)
+        load(2)
         raw = tmp / "profile.txt"
         spy_argv = [spy, "record", "--pid", str(proxy.pid), "--rate", str(args.rate),
                     "--duration", str(args.duration + 2), "--format", "raw", "--output", str(raw),
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         spy_argv.append("--native" if args.native else "--nonblocking")
         spy_proc = procs.start("py-spy", run.pin(1, spy_argv), tmp / "py-spy.log")
         time.sleep(1.0)
-        res = run.run_wrk(topo.listen_host, port, sc, args.duration, tmp)
+        res = load(args.duration)
         spy_proc.wait(args.duration + 30)
         if not raw.exists():
             print((tmp / "py-spy.log").read_text(errors="replace"), file=sys.stderr)
@@ -117,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         own, total, n = aggregate(raw.read_text(), args.lines)
         src = args.src or "installed podproxy"
         print(
-            f"## {sc.title}: {src}\n\nwrk: {res.get('rps', 0):,.0f} req/s "
+            f"## {(h2sc or sc).title}: {src}\n\nload: {res.get('rps', 0):,.0f} req/s "
             f"(under py-spy at {args.rate} Hz), p50 {res.get('p50_ms', 0):.2f} ms; "
             f"{n:,} samples\n"
         )

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import h2.connection
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
@@ -53,6 +54,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame, GoAwayFrame
 
 from podproxy.http.flow import WRITE_HIGH_WATER, WRITE_LOW_WATER
+from podproxy.http.http2 import fields, hpack_codec
 from podproxy.http.stream import Headers
 from podproxy.stats import Counter, Gauge
 
@@ -315,6 +317,7 @@ class H2Endpoint(asyncio.Protocol):
             normalize_outbound_headers=False,
         )
         self.h2 = _Connection(config=config)
+        hpack_codec.install(self.h2)
         self.h2.local_settings = settings.local_settings(self.client_side)
         if not self.client_side:
             self.h2.decoder.max_header_list_size = (
@@ -562,6 +565,13 @@ class H2Endpoint(asyncio.Protocol):
         self.waiting.pop(st.sid, None)
         if self.streams.pop(st.sid, None) is not None:
             self.codec.streams_active.value -= 1
+        # h2 drops a closed stream when it next counts its open ones, a scan of all it
+        # holds; dropped now (as h2 drops it), that count stays short.
+        h2 = self.h2
+        gone = h2.streams.get(st.sid)
+        if gone is not None and gone.closed:
+            del h2.streams[st.sid]
+            h2._closed_streams[st.sid] = gone.closed_by
 
     def forget_all(self) -> list[H2Stream]:
         """The connection went: every stream is dropped (and returned)."""
@@ -654,6 +664,16 @@ def _keep_open_after_goaway(conn: H2Connection) -> None:
     dispatch[GoAwayFrame] = receive_goaway
 
 
+def _unformatted(frame: object) -> str:
+    return ""
+
+
+# h2 formats every frame it receives for a trace log line (`repr(frame)`, evaluated before
+# its logger, a no-op, is called): a twentieth of the proxy's time per gRPC call. The name
+# `repr` in h2.connection, used there only for that line, formats nothing.
+h2.connection.repr = _unformatted  # type: ignore[attr-defined]
+
+
 class _Connection(H2Connection):
     """h2's connection, except that a stream over our SETTINGS_MAX_CONCURRENT_STREAMS is not
     a connection error: the server side refuses it (RST_STREAM REFUSED_STREAM), as Envoy
@@ -664,10 +684,18 @@ class _Connection(H2Connection):
         super().open_inbound_streams  # noqa: B018 (h2 drops closed streams as it counts)
         return 0
 
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        # Received blocks are checked by fields.check_block, not h2's generator pipeline.
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = fields.Stream
+        return stream
+
 
 def is_messaging_error(exc: BaseException) -> bool:
     """Whether h2 raised `exc` validating a header list (RFC 9113 §8.2, §8.3): Envoy's
     `rx_messaging_error`, as against a framing or state error."""
+    if isinstance(exc, fields.FieldError):
+        return True
     tb = exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename.endswith(os.path.join("h2", "utilities.py")):
